@@ -1,0 +1,493 @@
+//! Experiment configuration: the typed form of an experiment YAML file.
+//!
+//! Every section rejects unknown keys, so a typo is an error rather than a
+//! silently ignored setting. Loading reports the file, line and column of a
+//! bad key or value.
+//!
+//! ```yaml
+//! name: p1
+//! seed: 0
+//! domains:
+//!   a: { latent_dim: 8 }
+//!   b: { latent_dim: 16 }
+//! workspace:
+//!   flavour: two_domains
+//!   dim: 16
+//!   encoders: { hidden: 32, n_layers: 1 }
+//!   decoders: { hidden: 32, n_layers: 1 }
+//! loss:
+//!   coefs: { demi_cycles: 1.0, cycles: 1.0, translations: 1.0, contrastives: 0.05 }
+//! optim:
+//!   lr: 1.0e-3
+//!   weight_decay: 0.01
+//!   scheduler: { type: one_cycle, max_lr: 1.0e-3, total_steps: 20 }
+//! ```
+
+use anyhow::{Context, Result};
+use indexmap::IndexMap;
+use serde::{Deserialize, Serialize};
+use shimmer_plugin_api::LossSegment;
+use std::path::{Path, PathBuf};
+
+/// A whole experiment.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Experiment {
+    /// Experiment name; runs land in `runs/<name>/`.
+    pub name: String,
+    /// Seed of every random draw (weights, selection, data order).
+    #[serde(default)]
+    pub seed: u64,
+    /// Training device: `auto`, `cpu` or `cuda:N`.
+    #[serde(default = "default_device")]
+    pub device: String,
+    /// Where to look for plugins.
+    #[serde(default)]
+    pub plugins: PluginsConfig,
+    /// The domains, in model order (the order shimmer's `domain_mods` has).
+    pub domains: IndexMap<String, DomainConfig>,
+    /// The Global Workspace itself.
+    pub workspace: WorkspaceConfig,
+    /// Loss coefficients.
+    #[serde(default)]
+    pub loss: LossConfig,
+    /// Optimiser and learning-rate schedule.
+    #[serde(default)]
+    pub optim: OptimConfig,
+}
+
+fn default_device() -> String {
+    "auto".to_string()
+}
+
+impl Experiment {
+    /// Reads and checks an experiment file.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read experiment file {}", path.display()))?;
+        Self::from_yaml(&text, path)
+    }
+
+    /// Parses an experiment from YAML text; `origin` names the file in errors.
+    pub fn from_yaml(text: &str, origin: &Path) -> Result<Self> {
+        let exp: Experiment = serde_norway::from_str(text).map_err(|e| {
+            let at = e
+                .location()
+                .map(|l| format!(":{}:{}", l.line(), l.column()))
+                .unwrap_or_default();
+            anyhow::anyhow!("{}{at}: {e}", origin.display())
+        })?;
+        exp.check()
+            .with_context(|| format!("invalid experiment {}", origin.display()))?;
+        Ok(exp)
+    }
+
+    /// Cross-field checks serde cannot express.
+    pub fn check(&self) -> Result<()> {
+        if self.domains.is_empty() {
+            anyhow::bail!("`domains` is empty: a workspace needs at least one domain");
+        }
+        for (name, d) in &self.domains {
+            if d.plugin.is_none() && d.latent_dim.is_none() {
+                anyhow::bail!(
+                    "domain `{name}` has neither `plugin` nor `latent_dim`: \
+                     say which plugin provides its data, or give its latent size"
+                );
+            }
+        }
+        self.loss.check()?;
+        Ok(())
+    }
+}
+
+/// Where plugin libraries are searched for, before `SHIMMER_PLUGIN_PATH` and
+/// the folder of the `shimmer` binary.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginsConfig {
+    /// Folders searched first, in order.
+    #[serde(default)]
+    pub paths: Vec<PathBuf>,
+}
+
+/// One domain of the workspace.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DomainConfig {
+    /// Plugin providing the domain's data: a name or a path to the library.
+    #[serde(default)]
+    pub plugin: Option<String>,
+    /// Domain kind inside the plugin; defaults to the plugin's only kind.
+    #[serde(default)]
+    pub kind: Option<String>,
+    /// The plugin's own settings for this domain, handed over as JSON.
+    #[serde(default = "empty_object")]
+    pub config: serde_json::Value,
+    /// Size of the latent vector the GW sees. Required without a plugin
+    /// (latents given directly, as in `shimmer replay`); checked otherwise.
+    #[serde(default)]
+    pub latent_dim: Option<usize>,
+    /// Replaces the plugin's loss spec for this domain.
+    #[serde(default)]
+    pub loss: Option<Vec<LossSegment>>,
+}
+
+fn empty_object() -> serde_json::Value {
+    serde_json::Value::Object(Default::default())
+}
+
+/// Which GW class and loss family to build.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Flavour {
+    /// shimmer's `GlobalWorkspace2Domains`: SingleDomain selection and
+    /// `GWLosses2Domains` (demi-cycles, cycles, translations, contrastives).
+    TwoDomains,
+    /// shimmer's `GlobalWorkspaceFusion`: any selection and the broadcast loss
+    /// of `GWLosses`.
+    Fusion,
+}
+
+/// Hidden size and depth of the per-domain GW encoders or decoders.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MlpConfig {
+    /// Width of the hidden layers.
+    pub hidden: usize,
+    /// Number of extra `Linear(h, h) ReLU` pairs.
+    #[serde(default = "one")]
+    pub n_layers: usize,
+}
+
+fn one() -> usize {
+    1
+}
+
+impl Default for MlpConfig {
+    fn default() -> Self {
+        Self {
+            hidden: 32,
+            n_layers: 1,
+        }
+    }
+}
+
+/// How domain scores are computed before fusion.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum SelectionConfig {
+    /// One domain per item, drawn uniformly (scores 0/1).
+    SingleDomain,
+    /// Every domain gets `1/n`.
+    FixedShared,
+    /// `softmax(U(0,1) / temperature)` over the group's domains.
+    Random {
+        /// Softmax temperature.
+        #[serde(default = "default_temperature")]
+        temperature: f64,
+    },
+    /// Key/query attention with a fixed learned-free initial query (one pass).
+    KqFixedQ {
+        /// Size of keys and queries.
+        head_size: usize,
+    },
+    /// Key/query attention refined `n_steps` times from the fused state.
+    DynamicQuery {
+        /// Size of keys and queries.
+        head_size: usize,
+        /// Refinement steps.
+        #[serde(default = "one")]
+        n_steps: usize,
+    },
+}
+
+fn default_temperature() -> f64 {
+    0.2
+}
+
+/// Activation applied to the score-weighted sum of encodings.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Activation {
+    /// shimmer's default.
+    #[default]
+    Tanh,
+    /// No activation.
+    Identity,
+    /// Logistic sigmoid.
+    Sigmoid,
+    /// Rectified linear unit.
+    Relu,
+}
+
+/// CLIP-style contrastive loss settings.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContrastiveConfig {
+    /// Initial logit scale (log of the inverse temperature).
+    #[serde(default = "default_logit_scale")]
+    pub logit_scale: f64,
+    /// Whether the logit scale is trained.
+    #[serde(default)]
+    pub learn: bool,
+}
+
+/// `log(1 / 0.07)`, CLIP's and shimmer's initial logit scale.
+pub fn default_logit_scale() -> f64 {
+    (1.0f64 / 0.07).ln()
+}
+
+impl Default for ContrastiveConfig {
+    fn default() -> Self {
+        Self {
+            logit_scale: default_logit_scale(),
+            learn: false,
+        }
+    }
+}
+
+/// The Global Workspace.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkspaceConfig {
+    /// Which GW class and loss family.
+    pub flavour: Flavour,
+    /// Workspace size.
+    pub dim: usize,
+    /// GW encoders (domain latent -> workspace).
+    #[serde(default)]
+    pub encoders: MlpConfig,
+    /// GW decoders (workspace -> domain latent).
+    #[serde(default)]
+    pub decoders: MlpConfig,
+    /// Selection module; defaults to `single_domain` for `two_domains` and
+    /// `random` (temperature 0.2) for `fusion`, as shimmer does.
+    #[serde(default)]
+    pub selection: Option<SelectionConfig>,
+    /// Fusion activation.
+    #[serde(default)]
+    pub activation: Activation,
+    /// Contrastive loss.
+    #[serde(default)]
+    pub contrastive: ContrastiveConfig,
+}
+
+impl WorkspaceConfig {
+    /// The selection actually used (explicit, or the flavour's default).
+    pub fn selection(&self) -> SelectionConfig {
+        self.selection.unwrap_or(match self.flavour {
+            Flavour::TwoDomains => SelectionConfig::SingleDomain,
+            Flavour::Fusion => SelectionConfig::Random {
+                temperature: default_temperature(),
+            },
+        })
+    }
+}
+
+/// Names a loss coefficient may have.
+pub const LOSS_COEF_NAMES: [&str; 5] =
+    ["demi_cycles", "cycles", "translations", "contrastives", "fused"];
+
+/// Loss coefficients (shimmer's `loss_coefs`), in the order given.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LossConfig {
+    /// Coefficient per loss family; the total loss is the **mean** of
+    /// `coef * metric` over families with `coef > 0`, as shimmer computes it.
+    pub coefs: IndexMap<String, f64>,
+}
+
+impl Default for LossConfig {
+    fn default() -> Self {
+        let coefs = ["demi_cycles", "cycles", "translations", "contrastives"]
+            .into_iter()
+            .map(|n| (n.to_string(), 1.0))
+            .collect();
+        Self { coefs }
+    }
+}
+
+impl LossConfig {
+    fn check(&self) -> Result<()> {
+        for (name, coef) in &self.coefs {
+            if !LOSS_COEF_NAMES.contains(&name.as_str()) {
+                anyhow::bail!(
+                    "unknown loss coefficient `loss.coefs.{name}`; allowed: {}",
+                    LOSS_COEF_NAMES.join(", ")
+                );
+            }
+            if !coef.is_finite() || *coef < 0.0 {
+                anyhow::bail!("loss coefficient `loss.coefs.{name}` must be >= 0, got {coef}");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// AdamW (PyTorch semantics) and its learning-rate schedule.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OptimConfig {
+    /// Base learning rate (the peak for `one_cycle` unless `max_lr` is set).
+    #[serde(default = "default_lr")]
+    pub lr: f64,
+    /// Decoupled weight decay.
+    #[serde(default = "default_weight_decay")]
+    pub weight_decay: f64,
+    /// `(beta1, beta2)`; beta1 is cycled by `one_cycle`.
+    #[serde(default = "default_betas")]
+    pub betas: [f64; 2],
+    /// Denominator epsilon.
+    #[serde(default = "default_eps")]
+    pub eps: f64,
+    /// Learning-rate schedule, stepped after every optimiser step.
+    #[serde(default)]
+    pub scheduler: SchedulerConfig,
+}
+
+fn default_lr() -> f64 {
+    1e-3
+}
+fn default_weight_decay() -> f64 {
+    0.01
+}
+fn default_betas() -> [f64; 2] {
+    [0.9, 0.999]
+}
+fn default_eps() -> f64 {
+    1e-8
+}
+
+impl Default for OptimConfig {
+    fn default() -> Self {
+        Self {
+            lr: default_lr(),
+            weight_decay: default_weight_decay(),
+            betas: default_betas(),
+            eps: default_eps(),
+            scheduler: SchedulerConfig::default(),
+        }
+    }
+}
+
+/// Learning-rate schedules.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum SchedulerConfig {
+    /// Constant learning rate `optim.lr`.
+    #[default]
+    None,
+    /// PyTorch's `OneCycleLR` with its defaults (beta1 cycled too).
+    OneCycle {
+        /// Peak learning rate; defaults to `optim.lr`.
+        #[serde(default)]
+        max_lr: Option<f64>,
+        /// Length of the schedule; defaults to the training length.
+        #[serde(default)]
+        total_steps: Option<usize>,
+        /// Fraction of steps spent increasing the learning rate.
+        #[serde(default = "default_pct_start")]
+        pct_start: f64,
+        /// `initial_lr = max_lr / div_factor`.
+        #[serde(default = "default_div_factor")]
+        div_factor: f64,
+        /// `min_lr = initial_lr / final_div_factor`.
+        #[serde(default = "default_final_div_factor")]
+        final_div_factor: f64,
+        /// Whether beta1 is cycled inversely to the learning rate.
+        #[serde(default = "yes")]
+        cycle_momentum: bool,
+        /// Lowest beta1 (at peak learning rate).
+        #[serde(default = "default_base_momentum")]
+        base_momentum: f64,
+        /// Highest beta1 (at the ends).
+        #[serde(default = "default_max_momentum")]
+        max_momentum: f64,
+    },
+    /// Linear warm-up, then cosine decay from `optim.lr` to `min_lr`.
+    Cosine {
+        /// Length of the schedule; defaults to the training length.
+        #[serde(default)]
+        total_steps: Option<usize>,
+        /// Steps of linear warm-up from 0.
+        #[serde(default)]
+        warmup_steps: usize,
+        /// Final learning rate.
+        #[serde(default)]
+        min_lr: f64,
+    },
+}
+
+fn default_pct_start() -> f64 {
+    0.3
+}
+fn default_div_factor() -> f64 {
+    25.0
+}
+fn default_final_div_factor() -> f64 {
+    1e4
+}
+fn yes() -> bool {
+    true
+}
+fn default_base_momentum() -> f64 {
+    0.85
+}
+fn default_max_momentum() -> f64 {
+    0.95
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const P1: &str = r#"
+name: p1
+domains:
+  a: { latent_dim: 8 }
+  b: { latent_dim: 16 }
+workspace:
+  flavour: two_domains
+  dim: 16
+loss:
+  coefs: { demi_cycles: 1, cycles: 1.0, translations: 1.0, contrastives: 0.05 }
+optim:
+  scheduler: { type: one_cycle, total_steps: 20 }
+"#;
+
+    #[test]
+    fn parses_with_defaults_and_integer_coefficients() {
+        let exp = Experiment::from_yaml(P1, Path::new("p1.yaml")).unwrap();
+        assert_eq!(exp.domains.keys().collect::<Vec<_>>(), ["a", "b"]);
+        assert_eq!(exp.loss.coefs["demi_cycles"], 1.0);
+        assert_eq!(exp.workspace.selection(), SelectionConfig::SingleDomain);
+        assert!(matches!(
+            exp.optim.scheduler,
+            SchedulerConfig::OneCycle {
+                total_steps: Some(20),
+                pct_start,
+                ..
+            } if pct_start == 0.3
+        ));
+    }
+
+    #[test]
+    fn unknown_key_names_file_line_and_key() {
+        let bad = P1.replace("dim: 16", "dims: 16");
+        let err = Experiment::from_yaml(&bad, Path::new("p1.yaml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("p1.yaml:"), "{err}");
+        assert!(err.contains("dims"), "{err}");
+    }
+
+    #[test]
+    fn unknown_coefficient_lists_allowed_names() {
+        let bad = P1.replace("cycles: 1.0,", "cycels: 1.0,");
+        let err = format!(
+            "{:#}",
+            Experiment::from_yaml(&bad, Path::new("p1.yaml")).unwrap_err()
+        );
+        assert!(err.contains("cycels") && err.contains("demi_cycles"), "{err}");
+    }
+}

@@ -1,0 +1,54 @@
+//! Choosing the training device from the experiment's `device` setting.
+
+use anyhow::{Result, bail};
+use candle_core::Device;
+
+/// Resolves `auto`, `cpu` or `cuda:N` into a candle device. `auto` picks the
+/// first GPU when the binary was built with `--features cuda` and one is
+/// present, the CPU otherwise; an explicit `cuda:N` that cannot be opened is
+/// an error, never a silent fallback.
+pub fn resolve(spec: &str) -> Result<Device> {
+    match spec.trim() {
+        "cpu" => Ok(Device::Cpu),
+        "auto" => Ok(Device::cuda_if_available(0).unwrap_or(Device::Cpu)),
+        other => {
+            let Some(ordinal) = other.strip_prefix("cuda") else {
+                bail!("unknown device `{other}`; allowed: auto, cpu, cuda, cuda:N");
+            };
+            let ordinal = match ordinal.strip_prefix(':') {
+                Some(n) => n
+                    .parse::<usize>()
+                    .map_err(|_| anyhow::anyhow!("bad GPU index in device `{other}`"))?,
+                None if ordinal.is_empty() => 0,
+                None => bail!("unknown device `{other}`; allowed: auto, cpu, cuda, cuda:N"),
+            };
+            if !candle_core::utils::cuda_is_available() {
+                bail!(
+                    "device `{other}` asked for, but this shimmer binary was built without \
+                     CUDA support (rebuild with `--features cuda`)"
+                );
+            }
+            Device::new_cuda(ordinal)
+                .map_err(|e| anyhow::anyhow!("cannot open device `{other}`: {e}"))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_and_auto_resolve_without_gpu() {
+        assert!(resolve("cpu").unwrap().is_cpu());
+        assert!(resolve("auto").is_ok());
+    }
+
+    #[test]
+    fn bad_specs_are_errors() {
+        assert!(resolve("tpu").unwrap_err().to_string().contains("allowed"));
+        assert!(resolve("cuda:x").is_err());
+        #[cfg(not(feature = "cuda"))]
+        assert!(resolve("cuda:0").unwrap_err().to_string().contains("features cuda"));
+    }
+}

@@ -1,0 +1,15 @@
+//! shimmer-rs host: loads domain plugins, builds and trains Global Workspace
+//! models in candle, and writes runs researchers can inspect.
+//!
+//! One module per concern; the `shimmer` binary only parses its command line
+//! and calls into these.
+
+pub mod checkpoint;
+pub mod config;
+pub mod data;
+pub mod device;
+pub mod gw;
+pub mod losses;
+pub mod optim;
+pub mod plugin;
+pub mod replay;

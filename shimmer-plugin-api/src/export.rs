@@ -1,0 +1,483 @@
+//! What [`export_plugin!`](crate::export_plugin) expands to: one `extern "C"`
+//! shim per ABI function, generic over the plugin type, each catching panics
+//! and turning errors into a status plus a message in the host's buffer.
+//!
+//! Plugin authors never call anything here directly.
+
+use crate::abi::{
+    self, DomainInfoC, DomainPtr, FunctionTable, LossSegmentC, MsgBuf, PluginDescriptor, Status,
+    StrRef,
+};
+use crate::plugin::{Domain, Plugin, PluginError};
+use crate::types::Split;
+use std::collections::HashMap;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::{Mutex, OnceLock};
+use std::thread::ThreadId;
+
+/// Threads currently inside a shim, with the location of a panic they raised.
+/// A plain static (no thread-locals), so the library stays unloadable.
+static IN_SHIM: Mutex<Option<HashMap<ThreadId, Option<String>>>> = Mutex::new(None);
+
+fn lock_in_shim() -> std::sync::MutexGuard<'static, Option<HashMap<ThreadId, Option<String>>>> {
+    IN_SHIM.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Installs (once) a panic hook in the plugin's own copy of std: panics
+/// raised inside a shim are recorded silently (the host reports them as
+/// errors); any other panic goes to the previous hook.
+fn install_quiet_panic_hook() {
+    static ONCE: OnceLock<()> = OnceLock::new();
+    ONCE.get_or_init(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let id = std::thread::current().id();
+            let mut guard = lock_in_shim();
+            if let Some(slot) = guard.as_mut().and_then(|m| m.get_mut(&id)) {
+                *slot = info.location().map(|l| format!("{}:{}", l.file(), l.line()));
+            } else {
+                drop(guard);
+                previous(info);
+            }
+        }));
+    });
+}
+
+fn write_msg(msg: *mut MsgBuf, text: &str) {
+    if msg.is_null() {
+        return;
+    }
+    // SAFETY: the host passes a valid, exclusive MsgBuf for the call.
+    let buf = unsafe { &mut *msg };
+    if buf.ptr.is_null() || buf.cap == 0 {
+        buf.len = 0;
+        return;
+    }
+    let mut n = text.len().min(buf.cap);
+    while !text.is_char_boundary(n) {
+        n -= 1;
+    }
+    // SAFETY: `buf.ptr` has `buf.cap >= n` writable bytes owned by the host.
+    unsafe { std::ptr::copy_nonoverlapping(text.as_ptr(), buf.ptr, n) };
+    buf.len = n;
+}
+
+fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "a panic with a non-string payload".to_string()
+    }
+}
+
+/// Runs `f`, catching panics; errors and panics go into `msg`.
+fn guard(msg: *mut MsgBuf, f: impl FnOnce() -> Result<Status, PluginError>) -> Status {
+    let id = std::thread::current().id();
+    lock_in_shim().get_or_insert_with(HashMap::new).insert(id, None);
+    let result = catch_unwind(AssertUnwindSafe(f));
+    let location = lock_in_shim().as_mut().and_then(|m| m.remove(&id)).flatten();
+    match result {
+        Ok(Ok(status)) => status,
+        Ok(Err(e)) => {
+            write_msg(msg, e.message());
+            abi::STATUS_ERROR
+        }
+        Err(payload) => {
+            let text = panic_text(payload.as_ref());
+            let text = match location {
+                Some(loc) => format!("panicked at {loc}: {text}"),
+                None => format!("panicked: {text}"),
+            };
+            write_msg(msg, &text);
+            abi::STATUS_PANIC
+        }
+    }
+}
+
+fn read_str<'a>(s: StrRef, what: &str) -> Result<&'a str, PluginError> {
+    // SAFETY: the host passes a string valid for the duration of the call.
+    unsafe { s.as_str() }.map_err(|e| PluginError::new(format!("{what} is not UTF-8: {e}")))
+}
+
+/// # Safety
+/// `domain` must come from `create_domain` of this library and not be destroyed.
+unsafe fn domain_ref<'a>(domain: DomainPtr) -> Result<&'a dyn Domain, PluginError> {
+    if domain.is_null() {
+        return Err(PluginError::new("null domain handle"));
+    }
+    // SAFETY: created by `create_domain::<P>` as a `Box<Box<dyn Domain>>`.
+    Ok(unsafe { &**(domain as *const Box<dyn Domain>) })
+}
+
+/// # Safety
+/// `ptr` must be valid for `len` reads (or `len == 0`).
+unsafe fn slice_in<'a, T>(ptr: *const T, len: usize) -> Result<&'a [T], PluginError> {
+    if len == 0 {
+        return Ok(&[]);
+    }
+    if ptr.is_null() {
+        return Err(PluginError::new("null input buffer"));
+    }
+    // SAFETY: guaranteed by the caller.
+    Ok(unsafe { std::slice::from_raw_parts(ptr, len) })
+}
+
+/// # Safety
+/// `ptr` must be valid for `len` writes (or `len == 0`) and not aliased.
+unsafe fn slice_out<'a, T>(ptr: *mut T, len: usize) -> Result<&'a mut [T], PluginError> {
+    if len == 0 {
+        return Ok(&mut []);
+    }
+    if ptr.is_null() {
+        return Err(PluginError::new("null output buffer"));
+    }
+    // SAFETY: guaranteed by the caller.
+    Ok(unsafe { std::slice::from_raw_parts_mut(ptr, len) })
+}
+
+fn check_len(what: &str, got: usize, expected: usize) -> Result<(), PluginError> {
+    if got != expected {
+        return Err(PluginError::new(format!(
+            "{what} holds {got} values, expected {expected}"
+        )));
+    }
+    Ok(())
+}
+
+unsafe extern "C" fn create_domain<P: Plugin>(
+    kind: StrRef,
+    config_json: StrRef,
+    out: *mut DomainPtr,
+    msg: *mut MsgBuf,
+) -> Status {
+    guard(msg, || {
+        let kind = read_str(kind, "domain kind")?;
+        let config = read_str(config_json, "domain config")?;
+        if !P::DOMAIN_KINDS.contains(&kind) {
+            return Err(PluginError::new(format!(
+                "unknown domain kind `{kind}`; this plugin provides: {}",
+                P::DOMAIN_KINDS.join(", ")
+            )));
+        }
+        if out.is_null() {
+            return Err(PluginError::new("null output pointer"));
+        }
+        let domain: Box<dyn Domain> = P::create_domain(kind, config)?;
+        let spec = domain.loss_spec();
+        spec.validate(domain.info().latent_dim)
+            .map_err(|e| PluginError::new(format!("invalid loss spec: {e}")))?;
+        // SAFETY: `out` is a valid host pointer for the call.
+        unsafe { *out = Box::into_raw(Box::new(domain)) as DomainPtr };
+        Ok(abi::STATUS_OK)
+    })
+}
+
+unsafe extern "C" fn destroy_domain(domain: DomainPtr) {
+    if domain.is_null() {
+        return;
+    }
+    // A panicking destructor must not unwind into the host.
+    let _ = catch_unwind(AssertUnwindSafe(|| {
+        // SAFETY: created by `create_domain` as a `Box<Box<dyn Domain>>`,
+        // and the host destroys each domain exactly once.
+        drop(unsafe { Box::from_raw(domain as *mut Box<dyn Domain>) });
+    }));
+}
+
+unsafe extern "C" fn domain_info(
+    domain: DomainPtr,
+    out: *mut DomainInfoC,
+    msg: *mut MsgBuf,
+) -> Status {
+    guard(msg, || {
+        // SAFETY: the host passes a live domain and a valid output pointer.
+        let d = unsafe { domain_ref(domain)? };
+        let out = unsafe { slice_out(out, 1)? };
+        out[0] = d.info().to_c();
+        Ok(abi::STATUS_OK)
+    })
+}
+
+unsafe extern "C" fn loss_spec(
+    domain: DomainPtr,
+    out: *mut LossSegmentC,
+    cap: usize,
+    out_len: *mut usize,
+    msg: *mut MsgBuf,
+) -> Status {
+    guard(msg, || {
+        // SAFETY: the host passes a live domain and valid buffers.
+        let d = unsafe { domain_ref(domain)? };
+        let spec = d.loss_spec();
+        let len = unsafe { slice_out(out_len, 1)? };
+        len[0] = spec.segments.len();
+        if spec.segments.len() > cap {
+            return Ok(abi::STATUS_BUFFER_TOO_SMALL);
+        }
+        let out = unsafe { slice_out(out, spec.segments.len())? };
+        for (o, s) in out.iter_mut().zip(&spec.segments) {
+            *o = s.to_c();
+        }
+        Ok(abi::STATUS_OK)
+    })
+}
+
+unsafe extern "C" fn load(
+    domain: DomainPtr,
+    split: u32,
+    indices: *const u64,
+    n: usize,
+    out: *mut f32,
+    out_len: usize,
+    msg: *mut MsgBuf,
+) -> Status {
+    guard(msg, || {
+        // SAFETY: the host passes a live domain and valid buffers.
+        let d = unsafe { domain_ref(domain)? };
+        let split = Split::from_code(split)
+            .ok_or_else(|| PluginError::new(format!("unknown split code {split}")))?;
+        let indices = unsafe { slice_in(indices, n)? };
+        let out = unsafe { slice_out(out, out_len)? };
+        check_len("load output", out_len, n * d.info().item_len)?;
+        d.load(split, indices, out)?;
+        Ok(abi::STATUS_OK)
+    })
+}
+
+/// Shared body of `encode` and `decode`.
+fn transcode(
+    domain: DomainPtr,
+    input: *const f32,
+    input_len: usize,
+    n: usize,
+    out: *mut f32,
+    out_len: usize,
+    encoding: bool,
+) -> Result<Status, PluginError> {
+    // SAFETY: the host passes a live domain and valid buffers.
+    let d = unsafe { domain_ref(domain)? };
+    let info = d.info();
+    let (in_dim, out_dim) = if encoding {
+        (info.item_len, info.latent_dim)
+    } else {
+        (info.latent_dim, info.item_len)
+    };
+    check_len("input", input_len, n * in_dim)?;
+    check_len("output", out_len, n * out_dim)?;
+    let input = unsafe { slice_in(input, input_len)? };
+    let out = unsafe { slice_out(out, out_len)? };
+    if encoding {
+        d.encode(input, out)?;
+    } else {
+        d.decode(input, out)?;
+    }
+    Ok(abi::STATUS_OK)
+}
+
+unsafe extern "C" fn encode(
+    domain: DomainPtr,
+    input: *const f32,
+    input_len: usize,
+    n: usize,
+    out: *mut f32,
+    out_len: usize,
+    msg: *mut MsgBuf,
+) -> Status {
+    guard(msg, || {
+        transcode(domain, input, input_len, n, out, out_len, true)
+    })
+}
+
+unsafe extern "C" fn decode(
+    domain: DomainPtr,
+    input: *const f32,
+    input_len: usize,
+    n: usize,
+    out: *mut f32,
+    out_len: usize,
+    msg: *mut MsgBuf,
+) -> Status {
+    guard(msg, || {
+        transcode(domain, input, input_len, n, out, out_len, false)
+    })
+}
+
+struct Built {
+    /// Backing store of `descriptor.domain_kinds`.
+    _kinds: Vec<StrRef>,
+    descriptor: PluginDescriptor,
+}
+
+// SAFETY: after construction the descriptor is immutable and only points to
+// `'static` strings and to `_kinds`, which lives as long as it does.
+unsafe impl Send for Built {}
+// SAFETY: as above.
+unsafe impl Sync for Built {}
+
+/// Holds the plugin's descriptor, built on first use.
+#[doc(hidden)]
+pub struct DescriptorCell(OnceLock<Built>);
+
+impl DescriptorCell {
+    /// An empty cell, for a `static`.
+    pub const fn new() -> Self {
+        Self(OnceLock::new())
+    }
+
+    /// The descriptor of plugin `P`.
+    pub fn get<P: Plugin>(&'static self) -> *const PluginDescriptor {
+        let built = self.0.get_or_init(|| {
+            install_quiet_panic_hook();
+            let kinds: Vec<StrRef> = P::DOMAIN_KINDS.iter().map(|k| StrRef::from_str(k)).collect();
+            let descriptor = PluginDescriptor {
+                abi_version: abi::ABI_VERSION,
+                descriptor_size: std::mem::size_of::<PluginDescriptor>() as u32,
+                name: StrRef::from_str(P::NAME),
+                version: StrRef::from_str(P::VERSION),
+                abi_minor: abi::ABI_MINOR,
+                flags: 0,
+                domain_kinds: kinds.as_ptr(),
+                domain_kind_count: kinds.len(),
+                functions: FunctionTable {
+                    create_domain: create_domain::<P>,
+                    destroy_domain,
+                    domain_info,
+                    loss_spec,
+                    load,
+                    encode,
+                    decode,
+                },
+                reserved: [0; 8],
+            };
+            Built {
+                _kinds: kinds,
+                descriptor,
+            }
+        });
+        &built.descriptor
+    }
+}
+
+impl Default for DescriptorCell {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Exports a type implementing [`Plugin`](crate::Plugin) as a shimmer plugin:
+/// generates the `shimmer_plugin_entry` symbol the host looks for. Call it
+/// once, at the root of a `cdylib` crate.
+#[macro_export]
+macro_rules! export_plugin {
+    ($plugin:ty) => {
+        /// Entry point the shimmer host looks up (generated by `export_plugin!`).
+        #[unsafe(no_mangle)]
+        pub extern "C" fn shimmer_plugin_entry() -> *const $crate::abi::PluginDescriptor {
+            static CELL: $crate::export::DescriptorCell = $crate::export::DescriptorCell::new();
+            CELL.get::<$plugin>()
+        }
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::{DomainInfo, SplitSizes};
+
+    struct Ones;
+    impl Domain for Ones {
+        fn info(&self) -> DomainInfo {
+            DomainInfo {
+                latent_dim: 2,
+                item_len: 2,
+                split_sizes: SplitSizes {
+                    train: 4,
+                    val: 0,
+                    test: 0,
+                },
+                has_encode: false,
+                has_decode: false,
+            }
+        }
+        fn load(&self, _: Split, indices: &[u64], out: &mut [f32]) -> Result<(), PluginError> {
+            if indices.contains(&3) {
+                panic!("item 3 is cursed");
+            }
+            out.fill(1.0);
+            Ok(())
+        }
+    }
+    struct P;
+    impl Plugin for P {
+        const NAME: &'static str = "ones";
+        const VERSION: &'static str = "0.0.1";
+        const DOMAIN_KINDS: &'static [&'static str] = &["ones"];
+        fn create_domain(_: &str, config: &str) -> Result<Box<dyn Domain>, PluginError> {
+            if config.contains("bad") {
+                return Err("bad config".into());
+            }
+            Ok(Box::new(Ones))
+        }
+    }
+
+    fn msg_buf(bytes: &mut [u8]) -> MsgBuf {
+        MsgBuf {
+            ptr: bytes.as_mut_ptr(),
+            cap: bytes.len(),
+            len: 0,
+        }
+    }
+
+    fn create(config: &str) -> (Status, DomainPtr, String) {
+        let mut bytes = [0u8; 256];
+        let mut msg = msg_buf(&mut bytes);
+        let mut ptr: DomainPtr = std::ptr::null_mut();
+        // SAFETY: valid strings and out pointers for the call.
+        let status = unsafe {
+            create_domain::<P>(
+                StrRef::from_str("ones"),
+                StrRef::from_str(config),
+                &mut ptr,
+                &mut msg,
+            )
+        };
+        let text = String::from_utf8_lossy(&bytes[..msg.len]).into_owned();
+        (status, ptr, text)
+    }
+
+    #[test]
+    fn errors_and_panics_become_statuses() {
+        let (status, _, text) = create("bad");
+        assert_eq!((status, text.as_str()), (abi::STATUS_ERROR, "bad config"));
+
+        let (status, ptr, _) = create("{}");
+        assert_eq!(status, abi::STATUS_OK);
+        let mut out = [0f32; 2];
+        let mut bytes = [0u8; 256];
+        let mut msg = msg_buf(&mut bytes);
+        // SAFETY: live domain, valid buffers.
+        let status = unsafe { load(ptr, 0, [3u64].as_ptr(), 1, out.as_mut_ptr(), 2, &mut msg) };
+        let text = String::from_utf8_lossy(&bytes[..msg.len]).into_owned();
+        assert_eq!(status, abi::STATUS_PANIC);
+        assert!(text.contains("item 3 is cursed"), "{text}");
+
+        // A wrong output length is an error, not memory corruption.
+        let mut msg = msg_buf(&mut bytes);
+        // SAFETY: live domain, valid buffers.
+        let status = unsafe { load(ptr, 0, [1u64].as_ptr(), 1, out.as_mut_ptr(), 1, &mut msg) };
+        assert_eq!(status, abi::STATUS_ERROR);
+        // SAFETY: destroyed once.
+        unsafe { destroy_domain(ptr) };
+    }
+
+    #[test]
+    fn long_messages_are_truncated_at_char_boundaries() {
+        let mut bytes = [0u8; 5];
+        let mut msg = msg_buf(&mut bytes);
+        write_msg(&mut msg, "ééé");
+        assert_eq!(msg.len, 4);
+        assert_eq!(std::str::from_utf8(&bytes[..4]).ok(), Some("éé"));
+    }
+}
