@@ -285,8 +285,13 @@ impl WorkspaceConfig {
 }
 
 /// Names a loss coefficient may have.
-pub const LOSS_COEF_NAMES: [&str; 5] =
-    ["demi_cycles", "cycles", "translations", "contrastives", "fused"];
+pub const LOSS_COEF_NAMES: [&str; 5] = [
+    "demi_cycles",
+    "cycles",
+    "translations",
+    "contrastives",
+    "fused",
+];
 
 /// Loss coefficients (shimmer's `loss_coefs`), in the order given.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -488,6 +493,9 @@ optim:
             "{:#}",
             Experiment::from_yaml(&bad, Path::new("p1.yaml")).unwrap_err()
         );
-        assert!(err.contains("cycels") && err.contains("demi_cycles"), "{err}");
+        assert!(
+            err.contains("cycels") && err.contains("demi_cycles"),
+            "{err}"
+        );
     }
 }

@@ -49,6 +49,11 @@ mod tests {
         assert!(resolve("tpu").unwrap_err().to_string().contains("allowed"));
         assert!(resolve("cuda:x").is_err());
         #[cfg(not(feature = "cuda"))]
-        assert!(resolve("cuda:0").unwrap_err().to_string().contains("features cuda"));
+        assert!(
+            resolve("cuda:0")
+                .unwrap_err()
+                .to_string()
+                .contains("features cuda")
+        );
     }
 }

@@ -20,7 +20,9 @@ use std::thread::ThreadId;
 static IN_SHIM: Mutex<Option<HashMap<ThreadId, Option<String>>>> = Mutex::new(None);
 
 fn lock_in_shim() -> std::sync::MutexGuard<'static, Option<HashMap<ThreadId, Option<String>>>> {
-    IN_SHIM.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    IN_SHIM
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Installs (once) a panic hook in the plugin's own copy of std: panics
@@ -34,7 +36,9 @@ fn install_quiet_panic_hook() {
             let id = std::thread::current().id();
             let mut guard = lock_in_shim();
             if let Some(slot) = guard.as_mut().and_then(|m| m.get_mut(&id)) {
-                *slot = info.location().map(|l| format!("{}:{}", l.file(), l.line()));
+                *slot = info
+                    .location()
+                    .map(|l| format!("{}:{}", l.file(), l.line()));
             } else {
                 drop(guard);
                 previous(info);
@@ -75,9 +79,14 @@ fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
 /// Runs `f`, catching panics; errors and panics go into `msg`.
 fn guard(msg: *mut MsgBuf, f: impl FnOnce() -> Result<Status, PluginError>) -> Status {
     let id = std::thread::current().id();
-    lock_in_shim().get_or_insert_with(HashMap::new).insert(id, None);
+    lock_in_shim()
+        .get_or_insert_with(HashMap::new)
+        .insert(id, None);
     let result = catch_unwind(AssertUnwindSafe(f));
-    let location = lock_in_shim().as_mut().and_then(|m| m.remove(&id)).flatten();
+    let location = lock_in_shim()
+        .as_mut()
+        .and_then(|m| m.remove(&id))
+        .flatten();
     match result {
         Ok(Ok(status)) => status,
         Ok(Err(e)) => {
@@ -330,7 +339,10 @@ impl DescriptorCell {
     pub fn get<P: Plugin>(&'static self) -> *const PluginDescriptor {
         let built = self.0.get_or_init(|| {
             install_quiet_panic_hook();
-            let kinds: Vec<StrRef> = P::DOMAIN_KINDS.iter().map(|k| StrRef::from_str(k)).collect();
+            let kinds: Vec<StrRef> = P::DOMAIN_KINDS
+                .iter()
+                .map(|k| StrRef::from_str(k))
+                .collect();
             let descriptor = PluginDescriptor {
                 abi_version: abi::ABI_VERSION,
                 descriptor_size: std::mem::size_of::<PluginDescriptor>() as u32,

@@ -356,7 +356,10 @@ impl LossSpec {
             if s.len == 0 {
                 return Err(format!("loss segment {i} is empty"));
             }
-            if s.start.checked_add(s.len).is_none_or(|end| end > latent_dim) {
+            if s.start
+                .checked_add(s.len)
+                .is_none_or(|end| end > latent_dim)
+            {
                 return Err(format!(
                     "loss segment {i} covers columns {}..{} but the latent has {latent_dim}",
                     s.start,

@@ -1,0 +1,93 @@
+//! Shared harness of the end-to-end tests: builds the `shimmer` binary and
+//! the plugins once, and finds them in the target folder.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+/// Crates the end-to-end tests need built (binary and cdylib plugins).
+const PACKAGES: &[&str] = &["shimmer-host", "random-vectors"];
+
+/// The target folder of this profile (`target/debug`), where the test
+/// executable's parent `deps/` lives.
+pub fn target_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("test executable sits in target/<profile>/deps")
+        .to_path_buf()
+}
+
+/// Builds the binary and every plugin of the workspace (once per test
+/// process; a no-op when up to date) and returns the target folder.
+pub fn build_all() -> &'static Path {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
+        let mut cmd = Command::new(cargo);
+        cmd.arg("build").arg("--quiet");
+        for p in PACKAGES.iter().chain(
+            fixture_packages()
+                .iter()
+                .map(String::as_str)
+                .collect::<Vec<_>>()
+                .iter(),
+        ) {
+            cmd.arg("-p").arg(p);
+        }
+        if target_dir().file_name().is_some_and(|n| n == "release") {
+            cmd.arg("--release");
+        }
+        cmd.current_dir(env!("CARGO_MANIFEST_DIR"));
+        let status = cmd.status().expect("run cargo build");
+        assert!(
+            status.success(),
+            "cargo build of the binary and plugins failed"
+        );
+        target_dir()
+    })
+}
+
+/// Package names of the test fixture plugins under `tests/fixtures/`.
+fn fixture_packages() -> Vec<String> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut names: Vec<String> = entries
+        .filter_map(Result::ok)
+        .filter(|e| e.path().join("Cargo.toml").exists())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+/// A `Command` running the built `shimmer` binary.
+pub fn shimmer() -> Command {
+    let mut cmd =
+        Command::new(build_all().join(format!("shimmer{}", std::env::consts::EXE_SUFFIX)));
+    cmd.env_remove("SHIMMER_PLUGIN_PATH");
+    cmd
+}
+
+/// Path of a built plugin library by its crate's lib name (`random_vectors`).
+pub fn plugin_path(lib_name: &str) -> PathBuf {
+    build_all().join(format!(
+        "{}{lib_name}{}",
+        std::env::consts::DLL_PREFIX,
+        std::env::consts::DLL_SUFFIX
+    ))
+}
+
+/// The workspace root (for `experiments/` and `../shared/`).
+pub fn workspace_root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The golden parity data folder shipped beside the checkout.
+pub fn parity_dir() -> PathBuf {
+    workspace_root().join("../shared/parity")
+}
