@@ -7,11 +7,18 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
-/// Crates the end-to-end tests need built (binary and cdylib plugins).
-const PACKAGES: &[&str] = &["shimmer-host", "random-vectors"];
+/// Crates the end-to-end tests need built: the binary, the shipped plugins
+/// and the test fixture plugins.
+const PACKAGES: &[&str] = &[
+    "shimmer-host",
+    "random-vectors",
+    "abi-v2-plugin",
+    "faulty-plugin",
+    "not-a-plugin",
+];
 
-/// The target folder of this profile (`target/debug`), where the test
-/// executable's parent `deps/` lives.
+/// The target folder of this profile (`target/debug`), parent of the
+/// `deps/` folder the test executable runs from.
 pub fn target_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
     exe.parent()
@@ -20,27 +27,21 @@ pub fn target_dir() -> PathBuf {
         .to_path_buf()
 }
 
-/// Builds the binary and every plugin of the workspace (once per test
-/// process; a no-op when up to date) and returns the target folder.
+/// Builds the binary and the plugins (once per test process; a no-op when
+/// up to date) and returns the target folder.
 pub fn build_all() -> &'static Path {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
     BUILT.get_or_init(|| {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
         let mut cmd = Command::new(cargo);
         cmd.arg("build").arg("--quiet");
-        for p in PACKAGES.iter().chain(
-            fixture_packages()
-                .iter()
-                .map(String::as_str)
-                .collect::<Vec<_>>()
-                .iter(),
-        ) {
+        for p in PACKAGES {
             cmd.arg("-p").arg(p);
         }
         if target_dir().file_name().is_some_and(|n| n == "release") {
             cmd.arg("--release");
         }
-        cmd.current_dir(env!("CARGO_MANIFEST_DIR"));
+        cmd.current_dir(workspace_root());
         let status = cmd.status().expect("run cargo build");
         assert!(
             status.success(),
@@ -48,21 +49,6 @@ pub fn build_all() -> &'static Path {
         );
         target_dir()
     })
-}
-
-/// Package names of the test fixture plugins under `tests/fixtures/`.
-fn fixture_packages() -> Vec<String> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return Vec::new();
-    };
-    let mut names: Vec<String> = entries
-        .filter_map(Result::ok)
-        .filter(|e| e.path().join("Cargo.toml").exists())
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect();
-    names.sort();
-    names
 }
 
 /// A `Command` running the built `shimmer` binary.

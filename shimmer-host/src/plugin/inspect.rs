@@ -1,8 +1,143 @@
-//! `shimmer plugins inspect`.
+//! `shimmer plugins inspect`: what a plugin provides, for a given config.
 
-use anyhow::Result;
+use super::{DomainHandle, PluginLibrary};
+use anyhow::{Context, Result};
+use serde::Serialize;
+use shimmer_plugin_api::{DomainInfo, LossSpec, LossUse};
+use std::fmt::Write as _;
 
-/// Prints what a plugin provides.
-pub fn run(_plugin: &str, _config: &str, _kind: Option<&str>, _json: bool) -> Result<()> {
-    anyhow::bail!("not built yet")
+/// A plugin's identity and the domains it created from the config.
+#[derive(Debug, Serialize)]
+pub struct PluginReport {
+    /// Plugin name.
+    pub name: String,
+    /// Plugin version.
+    pub version: String,
+    /// ABI version.
+    pub abi_version: u32,
+    /// ABI minor version the plugin was built against.
+    pub abi_minor: u32,
+    /// The library file.
+    pub path: String,
+    /// One entry per domain kind inspected.
+    pub domains: Vec<DomainReport>,
+}
+
+/// One domain kind, as created from the config.
+#[derive(Debug, Serialize)]
+pub struct DomainReport {
+    /// Domain kind.
+    pub kind: String,
+    /// Dimensions and split sizes.
+    #[serde(flatten)]
+    pub info: DomainInfo,
+    /// Loss spec.
+    pub loss_spec: LossSpec,
+}
+
+impl DomainReport {
+    fn of(domain: &DomainHandle) -> Self {
+        Self {
+            kind: domain.kind().to_string(),
+            info: *domain.info(),
+            loss_spec: domain.loss_spec().clone(),
+        }
+    }
+}
+
+/// Loads `plugin` (a path or a name), creates each domain kind (or only
+/// `kind`) from `config_json`, and describes them.
+pub fn report(plugin: &str, config_json: &str, kind: Option<&str>) -> Result<PluginReport> {
+    serde_json::from_str::<serde_json::Value>(config_json)
+        .with_context(|| format!("--config is not valid JSON: {config_json}"))?;
+    let library = PluginLibrary::find(plugin, &[])?;
+    let kinds: Vec<String> = match kind {
+        Some(k) => vec![k.to_string()],
+        None => library.domain_kinds().to_vec(),
+    };
+    let domains = kinds
+        .iter()
+        .map(|k| {
+            library
+                .create_domain(k, config_json)
+                .map(|d| DomainReport::of(&d))
+                .map_err(anyhow::Error::from)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let (abi_version, abi_minor) = library.abi();
+    Ok(PluginReport {
+        name: library.name().to_string(),
+        version: library.version().to_string(),
+        abi_version,
+        abi_minor,
+        path: library.source().display().to_string(),
+        domains,
+    })
+}
+
+/// Human-readable form of a report.
+pub fn render(report: &PluginReport) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "plugin  {} {} (ABI v{}.{})\nfile    {}",
+        report.name, report.version, report.abi_version, report.abi_minor, report.path
+    );
+    for d in &report.domains {
+        let i = &d.info;
+        let _ = writeln!(s, "domain  {}", d.kind);
+        let _ = writeln!(s, "  latent dim    {}", i.latent_dim);
+        let _ = writeln!(s, "  item length   {} (f32)", i.item_len);
+        let _ = writeln!(
+            s,
+            "  splits        train {}, val {}, test {}",
+            i.split_sizes.train, i.split_sizes.val, i.split_sizes.test
+        );
+        let own = |yes: bool| if yes { "plugin" } else { "identity" };
+        let _ = writeln!(
+            s,
+            "  encode        {}\n  decode        {}",
+            own(i.has_encode),
+            own(i.has_decode)
+        );
+        let _ = writeln!(s, "  loss spec");
+        for seg in &d.loss_spec.segments {
+            let uses: Vec<String> = LossUse::ALL
+                .iter()
+                .map(|&u| match seg.weights.get(u) {
+                    Some(w) => format!("{} {w}", use_name(u)),
+                    None => format!("{} off", use_name(u)),
+                })
+                .collect();
+            let _ = writeln!(
+                s,
+                "    {:<13} columns {}..{}  ({})",
+                seg.kind.name(),
+                seg.start,
+                seg.start + seg.len,
+                uses.join(", ")
+            );
+        }
+    }
+    s
+}
+
+fn use_name(u: LossUse) -> &'static str {
+    match u {
+        LossUse::DemiCycle => "demi_cycle",
+        LossUse::Cycle => "cycle",
+        LossUse::Translation => "translation",
+        LossUse::Fused => "fused",
+    }
+}
+
+/// Prints what a plugin provides, as text or JSON.
+pub fn run(plugin: &str, config_json: &str, kind: Option<&str>, json: bool) -> Result<()> {
+    let report = report(plugin, config_json, kind)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", render(&report));
+    }
+    Ok(())
 }
