@@ -1,0 +1,300 @@
+//! The `data:` section of an experiment: which items form which group, and
+//! how batches are drawn from the groups.
+//!
+//! ```yaml
+//! data:
+//!   batch_size: 32
+//!   workers: 2
+//!   groups:
+//!     - { domains: [v, t], items: { count: 32 } }   # 32 paired items
+//!     - { domains: [v] }                             # every item, unpaired
+//!     - { domains: [t] }
+//! ```
+//!
+//! Every struct rejects unknown keys. Validation and test sets default to
+//! shimmer's: the whole `val` (`test`) split, all domains paired.
+
+use serde::{Deserialize, Serialize};
+use shimmer_plugin_api::Split;
+use std::path::PathBuf;
+
+/// How batches are drawn: group datasets, batch size, order, threads, cache.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataConfig {
+    /// Items per group in one batch.
+    #[serde(default = "default_batch_size")]
+    pub batch_size: usize,
+    /// Loader threads; `0` loads in the consumer's thread.
+    #[serde(default = "default_workers")]
+    pub workers: usize,
+    /// Batches prepared ahead of the consumer (the bound of the queue).
+    #[serde(default = "default_prefetch")]
+    pub prefetch: usize,
+    /// How training groups are combined into one batch (Lightning's
+    /// `CombinedLoader` mode).
+    #[serde(default)]
+    pub mode: CombineMode,
+    /// Drops each training group's last incomplete batch.
+    #[serde(default = "yes")]
+    pub drop_last: bool,
+    /// Reshuffles each training group every epoch.
+    #[serde(default = "yes")]
+    pub shuffle: bool,
+    /// Seed of the data order; defaults to the experiment's seed.
+    #[serde(default)]
+    pub seed: Option<u64>,
+    /// How training groups are stretched to a common length.
+    #[serde(default)]
+    pub repeat: RepeatMode,
+    /// Latent cache of the (frozen) plugin domains.
+    #[serde(default)]
+    pub cache: CacheConfig,
+    /// The training groups, in order.
+    #[serde(default)]
+    pub groups: Vec<GroupConfig>,
+    /// Validation sets, visited one after the other (`sequential`).
+    #[serde(default = "default_val")]
+    pub val: Vec<EvalSetConfig>,
+    /// Test sets, visited one after the other (`sequential`).
+    #[serde(default = "default_test")]
+    pub test: Vec<EvalSetConfig>,
+}
+
+fn default_batch_size() -> usize {
+    32
+}
+fn default_workers() -> usize {
+    2
+}
+fn default_prefetch() -> usize {
+    4
+}
+fn yes() -> bool {
+    true
+}
+fn default_val() -> Vec<EvalSetConfig> {
+    vec![EvalSetConfig::whole(Split::Val)]
+}
+fn default_test() -> Vec<EvalSetConfig> {
+    vec![EvalSetConfig::whole(Split::Test)]
+}
+
+impl Default for DataConfig {
+    fn default() -> Self {
+        Self {
+            batch_size: default_batch_size(),
+            workers: default_workers(),
+            prefetch: default_prefetch(),
+            mode: CombineMode::default(),
+            drop_last: true,
+            shuffle: true,
+            seed: None,
+            repeat: RepeatMode::default(),
+            cache: CacheConfig::default(),
+            groups: Vec::new(),
+            val: default_val(),
+            test: default_test(),
+        }
+    }
+}
+
+/// Lightning's `CombinedLoader` modes: how several group loaders make one
+/// stream of batches.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CombineMode {
+    /// Every batch holds every group; the epoch ends with the shortest group.
+    #[default]
+    MinSize,
+    /// Every batch holds every group; the epoch ends with the longest group,
+    /// shorter groups start over (reshuffled) when exhausted.
+    MaxSizeCycle,
+    /// The epoch ends with the longest group; exhausted groups are absent
+    /// from the remaining batches.
+    MaxSize,
+    /// Groups one after the other, one group per batch (validation).
+    Sequential,
+}
+
+/// How training groups are given a common length (shimmer's
+/// `RepeatedDataset` with `min_size` = the largest group).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RepeatMode {
+    /// Groups keep their own length.
+    None,
+    /// Repeat whole copies until at least the largest group's length
+    /// (`RepeatedDataset(drop_last=False)`, shimmer's tutorial).
+    #[default]
+    Largest,
+    /// Repeat to exactly the largest group's length
+    /// (`RepeatedDataset(drop_last=True)`).
+    LargestExact,
+}
+
+/// Latent cache settings.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheConfig {
+    /// Encodes every used split of every domain once, before the first
+    /// batch, and serves batches from memory.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Also keeps the encoded latents in files here, keyed by plugin name,
+    /// version, domain kind and config, reused by later runs.
+    #[serde(default)]
+    pub dir: Option<PathBuf>,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            dir: None,
+        }
+    }
+}
+
+/// Which items of a split a group uses. Items of a group are paired by
+/// index: item `i` of every domain of the group.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Items {
+    /// The whole split.
+    #[default]
+    All,
+    /// Items `start..end` (end excluded).
+    Range([u64; 2]),
+    /// This many items.
+    Count(u64),
+    /// This fraction of the split (rounded down).
+    Proportion(f64),
+    /// Indices listed in a text file (whitespace or comma separated, `#`
+    /// starts a comment); a relative path is taken from the experiment's folder.
+    File(PathBuf),
+}
+
+/// Which items `count` and `proportion` pick.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Select {
+    /// The first ones.
+    #[default]
+    First,
+    /// A random subset drawn from the data seed and the group's name, kept
+    /// in increasing order.
+    Random,
+}
+
+/// One training group: a set of domains whose items are paired.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupConfig {
+    /// Name of the group in batches; defaults to its domains joined by `,`.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// The group's domains (names from `domains:`), in order.
+    pub domains: Vec<String>,
+    /// Which split the items come from.
+    #[serde(default = "train_split")]
+    pub split: Split,
+    /// Which items.
+    #[serde(default, with = "serde_norway::with::singleton_map")]
+    pub items: Items,
+    /// Which items `count` / `proportion` pick.
+    #[serde(default)]
+    pub select: Select,
+}
+
+fn train_split() -> Split {
+    Split::Train
+}
+
+/// One validation or test set, built as shimmer does: a group of paired
+/// domains whose batches also carry each domain alone.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvalSetConfig {
+    /// Name of the paired group in batches; defaults to its domains joined by `,`.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// The paired domains; defaults to every domain of the experiment.
+    #[serde(default)]
+    pub domains: Option<Vec<String>>,
+    /// Which split; defaults to `val` for validation sets, `test` for test sets.
+    #[serde(default)]
+    pub split: Option<Split>,
+    /// Which items.
+    #[serde(default, with = "serde_norway::with::singleton_map")]
+    pub items: Items,
+    /// Which items `count` / `proportion` pick.
+    #[serde(default)]
+    pub select: Select,
+}
+
+impl EvalSetConfig {
+    /// Every item of `split`, every domain.
+    pub fn whole(split: Split) -> Self {
+        Self {
+            name: None,
+            domains: None,
+            split: Some(split),
+            items: Items::All,
+            select: Select::First,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(yaml: &str) -> Result<DataConfig, serde_norway::Error> {
+        serde_norway::from_str(yaml)
+    }
+
+    #[test]
+    fn parses_every_item_selection() {
+        let c = parse(
+            r#"
+batch_size: 8
+mode: max_size_cycle
+groups:
+  - { domains: [a, b], items: { count: 32 }, select: random }
+  - { domains: [a], items: all }
+  - { domains: [b], items: { range: [10, 20] }, split: val }
+  - { domains: [b], items: { proportion: 0.5 } }
+  - { domains: [a], items: { file: paired.txt } }
+"#,
+        )
+        .unwrap();
+        assert_eq!(c.batch_size, 8);
+        assert_eq!(c.mode, CombineMode::MaxSizeCycle);
+        let items: Vec<_> = c.groups.iter().map(|g| g.items.clone()).collect();
+        assert_eq!(
+            items,
+            [
+                Items::Count(32),
+                Items::All,
+                Items::Range([10, 20]),
+                Items::Proportion(0.5),
+                Items::File("paired.txt".into())
+            ]
+        );
+        assert_eq!(c.groups[0].select, Select::Random);
+        assert_eq!(c.groups[2].split, Split::Val);
+        assert_eq!(c.val, [EvalSetConfig::whole(Split::Val)]);
+        assert!(c.cache.enabled);
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected() {
+        let err = parse("groups: [{ domains: [a], itmes: all }]")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("itmes"), "{err}");
+        assert!(parse("batchsize: 3").is_err());
+        assert!(parse("mode: min").is_err());
+    }
+}
