@@ -1,0 +1,306 @@
+//! The Global Workspace model in candle, number-for-number faithful to
+//! shimmer: per-domain encoders/decoders ([`mlp`]), selection modules
+//! ([`selection`]), the GW module ([`module`]), and [`GlobalWorkspace`], which
+//! ties them to the losses of the configured flavour.
+//!
+//! ```
+//! use candle_core::{Device, Tensor};
+//! use shimmer_host::config::{LossConfig, WorkspaceConfig};
+//! use shimmer_host::gw::{Batch, DomainSpec, GlobalWorkspace, GroupKey};
+//!
+//! let ws: WorkspaceConfig = serde_norway::from_str("{flavour: two_domains, dim: 4}").unwrap();
+//! let domains = [DomainSpec::mse("v", 3), DomainSpec::mse("t", 2)];
+//! let gw = GlobalWorkspace::new(&ws, &LossConfig::default(), &domains, &Device::Cpu, 0).unwrap();
+//! let mut batch = Batch::new();
+//! let v = Tensor::randn(0f32, 1.0, (5, 3), &Device::Cpu).unwrap();
+//! let t = Tensor::randn(0f32, 1.0, (5, 2), &Device::Cpu).unwrap();
+//! batch.insert(GroupKey::new(["v"]), [("v".to_string(), v.clone())].into());
+//! batch.insert(GroupKey::new(["v", "t"]), [("v".to_string(), v), ("t".to_string(), t)].into());
+//! let out = gw.step_loss(&batch).unwrap();
+//! assert!(out.metrics.iter().any(|(n, _)| n == "contrastive_v_and_t"));
+//! let grads = out.loss.backward().unwrap();
+//! ```
+
+pub mod mlp;
+pub mod module;
+pub mod params;
+pub mod selection;
+
+use crate::config::{Flavour, LossConfig, WorkspaceConfig};
+use crate::losses::broadcast::broadcast_metrics;
+use crate::losses::combine::{broadcast_loss, combine_loss};
+use crate::losses::contrastive::{ContrastiveLoss, contrastive_metrics};
+use crate::losses::two_domains::two_domain_metrics;
+use crate::losses::{LossContext, Metrics};
+use anyhow::{Context, Result, bail};
+use candle_core::{DType, Device, Tensor};
+use indexmap::IndexMap;
+use module::GwModule;
+use params::ParamStore;
+use rand::SeedableRng;
+use selection::Selection;
+use shimmer_plugin_api::LossSpec;
+use std::fmt;
+
+/// Mixed into the seed of the selection RNG, so selection draws do not
+/// replay the weight-initialisation stream.
+const SELECTION_SEED_SALT: u64 = 0x5e1e_c710;
+
+/// Latents (or encodings) of the domains of one group: `domain -> [B, dim]`.
+pub type Latents = IndexMap<String, Tensor>;
+
+/// A batch: `group -> {domain -> latents}`, groups in iteration order.
+pub type Batch = IndexMap<GroupKey, Latents>;
+
+/// A group: the ordered set of domains whose items are paired.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct GroupKey(Vec<String>);
+
+impl GroupKey {
+    /// A group of these domains, in this order.
+    pub fn new<S: Into<String>>(domains: impl IntoIterator<Item = S>) -> Self {
+        Self(domains.into_iter().map(Into::into).collect())
+    }
+
+    /// Parses `a+b` (the parity files' notation).
+    pub fn parse(s: &str) -> Self {
+        Self::new(s.split('+'))
+    }
+
+    /// The domains, in order.
+    pub fn domains(&self) -> &[String] {
+        &self.0
+    }
+
+    /// Number of domains.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether the group has no domain.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Display for GroupKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0.join("+"))
+    }
+}
+
+/// A model domain: its name, latent size and loss spec.
+#[derive(Clone, Debug)]
+pub struct DomainSpec {
+    /// Domain name.
+    pub name: String,
+    /// Size of its latent vector.
+    pub latent_dim: usize,
+    /// How its reconstruction / translation losses are computed.
+    pub loss: LossSpec,
+}
+
+impl DomainSpec {
+    /// A domain with shimmer's default loss (MSE over the whole latent).
+    pub fn mse(name: &str, latent_dim: usize) -> Self {
+        Self {
+            name: name.to_string(),
+            latent_dim,
+            loss: LossSpec::mse(latent_dim),
+        }
+    }
+}
+
+/// The total loss (with its graph, for `backward`) and every metric's value
+/// under its shimmer name, in emission order.
+#[derive(Debug, Clone)]
+pub struct LossOutput {
+    /// The loss to minimise.
+    pub loss: Tensor,
+    /// Metric values, `loss` excluded.
+    pub metrics: Vec<(String, f32)>,
+}
+
+/// A Global Workspace with its selection module and losses.
+#[derive(Debug)]
+pub struct GlobalWorkspace {
+    store: ParamStore,
+    gw: GwModule,
+    selection: Selection,
+    contrastive: ContrastiveLoss,
+    specs: IndexMap<String, LossSpec>,
+    flavour: Flavour,
+    coefs: IndexMap<String, f64>,
+}
+
+impl GlobalWorkspace {
+    /// Builds a float32 workspace for `domains` (model order) on `device`,
+    /// weights drawn from an RNG seeded with `seed`.
+    pub fn new(
+        ws: &WorkspaceConfig,
+        loss: &LossConfig,
+        domains: &[DomainSpec],
+        device: &Device,
+        seed: u64,
+    ) -> Result<Self> {
+        Self::with_dtype(ws, loss, domains, device, DType::F32, seed)
+    }
+
+    /// [`GlobalWorkspace::new`] with another floating-point dtype.
+    pub fn with_dtype(
+        ws: &WorkspaceConfig,
+        loss: &LossConfig,
+        domains: &[DomainSpec],
+        device: &Device,
+        dtype: DType,
+        seed: u64,
+    ) -> Result<Self> {
+        if domains.is_empty() {
+            bail!("a workspace needs at least one domain");
+        }
+        let mut specs = IndexMap::new();
+        for d in domains {
+            d.loss
+                .validate(d.latent_dim)
+                .map_err(|e| anyhow::anyhow!("loss spec of domain `{}`: {e}", d.name))?;
+            if specs.insert(d.name.clone(), d.loss.clone()).is_some() {
+                bail!("domain `{}` is given twice", d.name);
+            }
+        }
+        let dims: Vec<(String, usize)> = domains
+            .iter()
+            .map(|d| (d.name.clone(), d.latent_dim))
+            .collect();
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        let mut store = ParamStore::new(device, dtype);
+        let gw = GwModule::new(
+            &dims,
+            ws.dim,
+            &ws.encoders,
+            &ws.decoders,
+            ws.activation,
+            &mut store,
+            &mut rng,
+        )?;
+        let selection = Selection::new(
+            &ws.selection(),
+            &dims,
+            ws.dim,
+            &mut store,
+            &mut rng,
+            seed ^ SELECTION_SEED_SALT,
+        )?;
+        let contrastive =
+            ContrastiveLoss::new(&mut store, ws.contrastive.logit_scale, ws.contrastive.learn)?;
+        Ok(Self {
+            store,
+            gw,
+            selection,
+            contrastive,
+            specs,
+            flavour: ws.flavour,
+            coefs: loss.coefs.clone(),
+        })
+    }
+
+    /// Parameters and buffers under shimmer's names.
+    pub fn params(&self) -> &ParamStore {
+        &self.store
+    }
+
+    /// The encoders, decoders and fusion.
+    pub fn module(&self) -> &GwModule {
+        &self.gw
+    }
+
+    /// The selection module.
+    pub fn selection(&self) -> &Selection {
+        &self.selection
+    }
+
+    /// Metrics (as tensors, emission order) and total loss of one batch;
+    /// the loss is `None` when no coefficient applies to the batch.
+    pub fn metrics(&self, batch: &Batch) -> Result<(Option<Tensor>, Metrics)> {
+        self.check_batch(batch)?;
+        let ctx = LossContext {
+            gw: &self.gw,
+            selection: &self.selection,
+            specs: &self.specs,
+        };
+        let mut metrics = match self.flavour {
+            Flavour::TwoDomains => two_domain_metrics(&ctx, batch, &self.contrastive)?,
+            Flavour::Fusion => {
+                let mut m = contrastive_metrics(&self.gw, batch, &self.contrastive)?;
+                m.extend(broadcast_metrics(&ctx, batch)?);
+                m
+            }
+        };
+        let loss = combine_loss(&metrics, &self.coefs)?;
+        if self.flavour == Flavour::Fusion
+            && let Some(b) = broadcast_loss(&metrics, &self.coefs)?
+        {
+            metrics.insert("broadcast_loss".to_string(), b);
+        }
+        Ok((loss, metrics))
+    }
+
+    /// The training loss of one batch and its metrics' values.
+    pub fn step_loss(&self, batch: &Batch) -> Result<LossOutput> {
+        let (loss, metrics) = self.metrics(batch)?;
+        let loss = loss.with_context(|| {
+            let groups: Vec<String> = batch.keys().map(ToString::to_string).collect();
+            format!(
+                "no loss term applies to this batch (groups: {}; coefficients > 0: {})",
+                groups.join(", "),
+                self.coefs
+                    .iter()
+                    .filter(|(_, c)| **c > 0.0)
+                    .map(|(n, _)| n.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        })?;
+        Ok(LossOutput {
+            loss,
+            metrics: metric_values(&metrics)?,
+        })
+    }
+
+    /// Checks that every group's domains exist with the right latent size
+    /// and one batch size per group.
+    fn check_batch(&self, batch: &Batch) -> Result<()> {
+        for (group, latents) in batch {
+            let mut b = None;
+            for (d, z) in latents {
+                let dim = self.gw.latent_dim(d).with_context(|| {
+                    format!("group `{group}`: the workspace has no domain `{d}`")
+                })?;
+                let (n, k) = z.dims2().with_context(|| {
+                    format!("group `{group}`, domain `{d}`: latents must be [batch, dim]")
+                })?;
+                if k != dim {
+                    bail!("group `{group}`, domain `{d}`: latent size {k}, expected {dim}");
+                }
+                if *b.get_or_insert(n) != n {
+                    bail!("group `{group}`: domains have different batch sizes");
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Copies scalar metrics to the host in one transfer.
+pub fn metric_values(metrics: &Metrics) -> Result<Vec<(String, f32)>> {
+    if metrics.is_empty() {
+        return Ok(Vec::new());
+    }
+    let flat = metrics
+        .values()
+        .map(|t| t.detach().reshape(()))
+        .collect::<candle_core::Result<Vec<_>>>()?;
+    let values = Tensor::stack(&flat, 0)?
+        .to_dtype(DType::F32)?
+        .to_vec1::<f32>()?;
+    Ok(metrics.keys().cloned().zip(values).collect())
+}

@@ -1,0 +1,61 @@
+//! The Global Workspace losses, with shimmer's metric names and reductions.
+//!
+//! * [`domain_loss`]: a domain's loss from its loss spec.
+//! * [`contrastive`]: the CLIP-style contrastive loss.
+//! * [`two_domains`]: `GWLosses2Domains` (demi-cycles, cycles, translations).
+//! * [`broadcast`]: `GWLosses`' broadcast loss (fusion flavour).
+//! * [`combine`]: the total loss (a mean of weighted terms).
+//!
+//! Metrics are kept in an ordered map in shimmer's emission order; a name
+//! inserted again keeps its position and takes the new value, as a Python
+//! dict does.
+
+pub mod broadcast;
+pub mod combine;
+pub mod contrastive;
+pub mod domain_loss;
+pub mod two_domains;
+
+use crate::gw::module::GwModule;
+use crate::gw::selection::Selection;
+use anyhow::{Context, Result};
+use candle_core::Tensor;
+use indexmap::IndexMap;
+use shimmer_plugin_api::{LossSpec, LossUse};
+
+/// Named scalar metrics, in emission order.
+pub type Metrics = IndexMap<String, Tensor>;
+
+/// What the loss functions need from the model.
+#[derive(Clone, Copy)]
+pub struct LossContext<'a> {
+    /// Encoders, decoders and fusion.
+    pub gw: &'a GwModule,
+    /// Scores for every fusion.
+    pub selection: &'a Selection,
+    /// Each model domain's loss spec.
+    pub specs: &'a IndexMap<String, LossSpec>,
+}
+
+impl LossContext<'_> {
+    /// `domain`'s loss for `use_`; `None` when disabled.
+    pub fn domain_loss(
+        &self,
+        domain: &str,
+        use_: LossUse,
+        pred: &Tensor,
+        target: &Tensor,
+    ) -> Result<Option<Tensor>> {
+        let spec = self
+            .specs
+            .get(domain)
+            .with_context(|| format!("no loss spec for domain `{domain}`"))?;
+        domain_loss::domain_loss(spec, use_, pred, target)
+            .with_context(|| format!("loss of domain `{domain}`"))
+    }
+}
+
+/// Mean of scalar tensors (`torch.stack(..).mean()`).
+pub fn mean(values: &[Tensor]) -> Result<Tensor> {
+    Ok(Tensor::stack(values, 0)?.mean_all()?)
+}
