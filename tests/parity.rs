@@ -87,6 +87,7 @@ struct Worst {
     rel: f64,
     abs: f64,
     at: String,
+    abs_at: String,
 }
 
 impl Worst {
@@ -101,7 +102,10 @@ impl Worst {
             self.rel = rel;
             self.at = what.to_string();
         }
-        self.abs = self.abs.max(abs);
+        if abs > self.abs {
+            self.abs = abs;
+            self.abs_at = what.to_string();
+        }
     }
 }
 
@@ -195,8 +199,9 @@ fn check_case(case: &str) {
         }
     }
     eprintln!(
-        "{case}: metrics max rel {:.3e} (at {}), max abs {:.3e}; final weights max abs {:.3e} (at {})",
-        metrics.rel, metrics.at, metrics.abs, weights.abs, weights.at
+        "{case}: metrics max rel {:.3e} (at {}), max abs {:.3e} (at {}); \
+         final weights max abs {:.3e} (at {})",
+        metrics.rel, metrics.at, metrics.abs, metrics.abs_at, weights.abs, weights.abs_at
     );
 }
 

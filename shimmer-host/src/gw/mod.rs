@@ -25,6 +25,8 @@ pub mod mlp;
 pub mod module;
 pub mod params;
 pub mod selection;
+#[cfg(test)]
+mod tests;
 
 use crate::config::{Flavour, LossConfig, WorkspaceConfig};
 use crate::losses::broadcast::broadcast_metrics;
