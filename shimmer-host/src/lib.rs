@@ -13,3 +13,4 @@ pub mod losses;
 pub mod optim;
 pub mod plugin;
 pub mod replay;
+pub mod tensorboard;

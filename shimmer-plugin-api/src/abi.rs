@@ -93,7 +93,7 @@ pub struct StrRef {
 
 impl StrRef {
     /// Borrows a Rust string for the duration of a call.
-    pub fn from_str(s: &str) -> Self {
+    pub fn new(s: &str) -> Self {
         Self {
             ptr: s.as_ptr(),
             len: s.len(),
@@ -268,7 +268,7 @@ mod tests {
     #[test]
     fn str_ref_round_trips() {
         let s = "vision";
-        let r = StrRef::from_str(s);
+        let r = StrRef::new(s);
         // SAFETY: `s` outlives the read.
         assert_eq!(unsafe { r.as_str() }.ok(), Some("vision"));
         let empty = StrRef {

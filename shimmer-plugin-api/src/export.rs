@@ -339,15 +339,12 @@ impl DescriptorCell {
     pub fn get<P: Plugin>(&'static self) -> *const PluginDescriptor {
         let built = self.0.get_or_init(|| {
             install_quiet_panic_hook();
-            let kinds: Vec<StrRef> = P::DOMAIN_KINDS
-                .iter()
-                .map(|k| StrRef::from_str(k))
-                .collect();
+            let kinds: Vec<StrRef> = P::DOMAIN_KINDS.iter().map(|k| StrRef::new(k)).collect();
             let descriptor = PluginDescriptor {
                 abi_version: abi::ABI_VERSION,
                 descriptor_size: std::mem::size_of::<PluginDescriptor>() as u32,
-                name: StrRef::from_str(P::NAME),
-                version: StrRef::from_str(P::VERSION),
+                name: StrRef::new(P::NAME),
+                version: StrRef::new(P::VERSION),
                 abi_minor: abi::ABI_MINOR,
                 flags: 0,
                 domain_kinds: kinds.as_ptr(),
@@ -448,12 +445,7 @@ mod tests {
         let mut ptr: DomainPtr = std::ptr::null_mut();
         // SAFETY: valid strings and out pointers for the call.
         let status = unsafe {
-            create_domain::<P>(
-                StrRef::from_str("ones"),
-                StrRef::from_str(config),
-                &mut ptr,
-                &mut msg,
-            )
+            create_domain::<P>(StrRef::new("ones"), StrRef::new(config), &mut ptr, &mut msg)
         };
         let text = String::from_utf8_lossy(&bytes[..msg.len]).into_owned();
         (status, ptr, text)

@@ -81,8 +81,11 @@
 //! # Rules for plugin authors
 //! * Domains are shared between loader threads: keep them `Send + Sync`
 //!   (immutable after creation, or guarded by locks).
-//! * Do not keep `thread_local!` state or spawn threads that outlive a call:
-//!   the host may unload the library when it hot-swaps it.
+//! * Spawn no threads that outlive a call. The host never unmaps a loaded
+//!   library (a Rust `cdylib` registers thread-exit destructors in it), so a
+//!   hot-swapped old copy stays in memory, inert, until the process exits:
+//!   keep large data in the domain (freed when the host drops it), not in
+//!   `static`s or `thread_local!`s, which live as long as the mapping.
 
 pub mod abi;
 #[doc(hidden)]

@@ -77,3 +77,61 @@ pub fn workspace_root() -> &'static Path {
 pub fn parity_dir() -> PathBuf {
     workspace_root().join("../shared/parity")
 }
+
+/// A Python interpreter that can `import tensorboard`: `$SHIMMER_TEST_PYTHON`,
+/// else `python3` if it has TensorBoard, else a virtualenv under the target
+/// folder into which TensorBoard is installed from PyPI (once).
+pub fn tensorboard_python() -> PathBuf {
+    static PYTHON: OnceLock<PathBuf> = OnceLock::new();
+    PYTHON
+        .get_or_init(|| {
+            let has_tb = |py: &Path| {
+                Command::new(py)
+                    .args(["-c", "import tensorboard"])
+                    .output()
+                    .is_ok_and(|o| o.status.success())
+            };
+            if let Some(py) = std::env::var_os("SHIMMER_TEST_PYTHON") {
+                return PathBuf::from(py);
+            }
+            let system = PathBuf::from("python3");
+            if has_tb(&system) {
+                return system;
+            }
+            let venv = target_dir().join("tensorboard-venv");
+            let py = venv.join("bin/python");
+            if !has_tb(&py) {
+                let ok = Command::new("python3")
+                    .args(["-m", "venv"])
+                    .arg(&venv)
+                    .status()
+                    .is_ok_and(|s| s.success())
+                    && Command::new(&py)
+                        .args(["-m", "pip", "install", "--quiet", "tensorboard"])
+                        .status()
+                        .is_ok_and(|s| s.success());
+                assert!(
+                    ok,
+                    "cannot install TensorBoard from PyPI into {}",
+                    venv.display()
+                );
+            }
+            py
+        })
+        .clone()
+}
+
+/// Reads a run folder with TensorBoard's own reader (`tests/tb_read.py`).
+pub fn read_tensorboard(run_dir: &Path) -> serde_json::Value {
+    let out = Command::new(tensorboard_python())
+        .arg(workspace_root().join("tests/tb_read.py"))
+        .arg(run_dir)
+        .output()
+        .expect("run the TensorBoard reader");
+    assert!(
+        out.status.success(),
+        "TensorBoard reader failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("reader prints JSON")
+}

@@ -91,14 +91,7 @@ impl DomainHandle {
         let mut ptr: DomainPtr = std::ptr::null_mut();
         call(&library, kind, "create", |msg| {
             // SAFETY: strings and out-pointer are valid for the call.
-            unsafe {
-                (f.create_domain)(
-                    StrRef::from_str(kind),
-                    StrRef::from_str(config_json),
-                    &mut ptr,
-                    msg,
-                )
-            }
+            unsafe { (f.create_domain)(StrRef::new(kind), StrRef::new(config_json), &mut ptr, msg) }
         })?;
         let invalid = |message: String| PluginError::Invalid {
             plugin: library.name().to_string(),
@@ -221,7 +214,15 @@ impl DomainHandle {
         self.call("encode", |msg| {
             // SAFETY: live domain; buffers valid and sized as checked above.
             unsafe {
-                (f.encode)(self.inner.ptr, raw.as_ptr(), raw.len(), n, out.as_mut_ptr(), out.len(), msg)
+                (f.encode)(
+                    self.inner.ptr,
+                    raw.as_ptr(),
+                    raw.len(),
+                    n,
+                    out.as_mut_ptr(),
+                    out.len(),
+                    msg,
+                )
             }
         })
     }
@@ -252,13 +253,19 @@ impl DomainHandle {
         if got == expected {
             Ok(())
         } else {
-            Err(self.invalid(format!("{what} buffer holds {got} values, expected {expected}")))
+            Err(self.invalid(format!(
+                "{what} buffer holds {got} values, expected {expected}"
+            )))
         }
     }
 }
 
 /// Reads the loss spec with the two-call protocol (size, then contents).
-fn read_loss_spec(library: &PluginLibrary, kind: &str, ptr: DomainPtr) -> Result<LossSpec, PluginError> {
+fn read_loss_spec(
+    library: &PluginLibrary,
+    kind: &str,
+    ptr: DomainPtr,
+) -> Result<LossSpec, PluginError> {
     let f = library.functions();
     let mut buf = vec![LossSegmentC::default(); 8];
     loop {

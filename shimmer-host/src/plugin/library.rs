@@ -3,6 +3,7 @@
 
 use super::{DomainHandle, PluginError, search};
 use shimmer_plugin_api::abi::{self, EntryFn, PluginDescriptor, StrRef};
+use std::mem::ManuallyDrop;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -14,9 +15,16 @@ pub struct PluginLibrary {
     inner: Arc<Loaded>,
 }
 
-/// Field order matters: the library is closed before its copy is deleted.
+/// A loaded library is never unmapped (see [`Loaded::_library`]); dropping
+/// the last handle deletes only the private copy of the file.
 struct Loaded {
-    _library: libloading::Library,
+    /// Kept mapped for the life of the process, on purpose: a Rust `cdylib`
+    /// carries its own std, which registers thread-exit destructors (pthread
+    /// keys, e.g. through `std::thread::current`) pointing into the library.
+    /// After `dlclose` those run unmapped code when the thread exits and the
+    /// process crashes. The cost is one mapping per load, bounded by the
+    /// library's size.
+    _library: ManuallyDrop<libloading::Library>,
     _copy_dir: tempfile::TempDir,
     descriptor: *const PluginDescriptor,
     source: PathBuf,
@@ -83,12 +91,11 @@ impl PluginLibrary {
 
         // SAFETY: loading runs the library's initialisers. A shimmer plugin
         // is trusted native code, like any shared library the user names.
-        let library = unsafe { libloading::Library::new(&copy) }.map_err(|e| {
-            PluginError::NotALibrary {
+        let library =
+            unsafe { libloading::Library::new(&copy) }.map_err(|e| PluginError::NotALibrary {
                 path: path.to_path_buf(),
                 reason: loader_reason(&e, &copy, path),
-            }
-        })?;
+            })?;
         // SAFETY: the symbol's type is fixed by the ABI contract.
         let entry: EntryFn = unsafe { library.get::<EntryFn>(abi::ENTRY_SYMBOL.as_bytes()) }
             .map(|s| *s)
@@ -107,7 +114,8 @@ impl PluginLibrary {
         // SAFETY: the header (first four fields) has the same layout in
         // every ABI version, so reading it is valid before the check.
         let header = unsafe { &*descriptor };
-        let (name, version) = unsafe { (descriptor_str(header.name), descriptor_str(header.version)) };
+        let (name, version) =
+            unsafe { (descriptor_str(header.name), descriptor_str(header.version)) };
         if header.abi_version != abi::ABI_VERSION {
             return Err(PluginError::AbiMismatch {
                 name,
@@ -135,7 +143,7 @@ impl PluginLibrary {
         Ok(Self {
             inner: Arc::new(Loaded {
                 abi_minor: header.abi_minor,
-                _library: library,
+                _library: ManuallyDrop::new(library),
                 _copy_dir: copy_dir,
                 descriptor,
                 source: path.to_path_buf(),
@@ -178,7 +186,11 @@ impl PluginLibrary {
     }
 
     /// Creates a domain of `kind` from its config (a JSON object as text).
-    pub fn create_domain(&self, kind: &str, config_json: &str) -> Result<DomainHandle, PluginError> {
+    pub fn create_domain(
+        &self,
+        kind: &str,
+        config_json: &str,
+    ) -> Result<DomainHandle, PluginError> {
         if !self.inner.kinds.iter().any(|k| k == kind) {
             return Err(PluginError::Invalid {
                 plugin: self.inner.name.clone(),
@@ -196,8 +208,5 @@ impl PluginLibrary {
 /// user's file.
 fn loader_reason(e: &libloading::Error, copy: &Path, original: &Path) -> String {
     let text = e.to_string();
-    text.replace(
-        &copy.display().to_string(),
-        &original.display().to_string(),
-    )
+    text.replace(&copy.display().to_string(), &original.display().to_string())
 }

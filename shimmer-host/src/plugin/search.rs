@@ -87,7 +87,10 @@ mod tests {
             resolve("./x/libfoo.so", &[]).unwrap(),
             PathBuf::from("./x/libfoo.so")
         );
-        assert_eq!(resolve("libfoo.so", &[]).unwrap(), PathBuf::from("libfoo.so"));
+        assert_eq!(
+            resolve("libfoo.so", &[]).unwrap(),
+            PathBuf::from("libfoo.so")
+        );
     }
 
     #[test]

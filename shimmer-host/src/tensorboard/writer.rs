@@ -1,0 +1,242 @@
+//! Appending events to one TensorBoard event file.
+
+use super::proto::{self, Event, Summary, SummaryMetadata, SummaryValue, event, summary_value};
+use super::record::write_record;
+use anyhow::{Context, Result};
+use prost::Message;
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// A hyperparameter value as the HParams tab shows it.
+#[derive(Clone, Debug, PartialEq)]
+pub enum HParam {
+    /// A number (learning rate, sizes, coefficients).
+    Number(f64),
+    /// A string (flavour, selection).
+    Text(String),
+    /// A boolean.
+    Bool(bool),
+}
+
+/// How a run ended, for the HParams tab.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SessionStatus {
+    /// Finished normally.
+    Success,
+    /// Stopped on an error.
+    Failure,
+}
+
+/// Writes one `events.out.tfevents.*` file in a run folder.
+pub struct EventWriter {
+    out: BufWriter<File>,
+    path: PathBuf,
+}
+
+fn now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+fn plugin_metadata(plugin: &str, content: Vec<u8>) -> Option<SummaryMetadata> {
+    Some(SummaryMetadata {
+        plugin_data: Some(proto::PluginData {
+            plugin_name: plugin.to_string(),
+            content,
+        }),
+        ..Default::default()
+    })
+}
+
+impl EventWriter {
+    /// Creates a new event file in `dir` (created if missing), named as
+    /// TensorBoard expects, and writes the file-version record.
+    pub fn create(dir: &Path) -> Result<Self> {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create TensorBoard folder {}", dir.display()))?;
+        let host = std::env::var("HOSTNAME")
+            .ok()
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "localhost".to_string());
+        let secs = now() as u64;
+        let mut n = 0;
+        let (file, path) = loop {
+            let path = dir.join(format!(
+                "events.out.tfevents.{secs}.{host}.{}.{n}",
+                std::process::id()
+            ));
+            match File::options().write(true).create_new(true).open(&path) {
+                Ok(f) => break (f, path),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => n += 1,
+                Err(e) => {
+                    return Err(e)
+                        .with_context(|| format!("cannot create event file {}", path.display()));
+                }
+            }
+        };
+        let mut writer = Self {
+            out: BufWriter::new(file),
+            path,
+        };
+        writer.write_event(Event {
+            wall_time: now(),
+            step: 0,
+            what: Some(event::What::FileVersion("brain.Event:2".to_string())),
+        })?;
+        writer.flush()?;
+        Ok(writer)
+    }
+
+    /// The event file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn write_event(&mut self, event: Event) -> Result<()> {
+        write_record(&mut self.out, &event.encode_to_vec())
+            .with_context(|| format!("cannot write to event file {}", self.path.display()))
+    }
+
+    fn write_summary(&mut self, step: i64, value: SummaryValue) -> Result<()> {
+        self.write_event(Event {
+            wall_time: now(),
+            step,
+            what: Some(event::What::Summary(Summary { value: vec![value] })),
+        })
+    }
+
+    /// Logs a scalar under `tag` at `step` (as a `simple_value`, the form
+    /// PyTorch's and Lightning's loggers write).
+    pub fn scalar(&mut self, tag: &str, step: i64, value: f32) -> Result<()> {
+        self.write_summary(
+            step,
+            SummaryValue {
+                tag: tag.to_string(),
+                metadata: None,
+                value: Some(summary_value::Value::SimpleValue(value)),
+            },
+        )
+    }
+
+    /// Logs markdown text under `tag` (TensorBoard's Text tab).
+    pub fn text(&mut self, tag: &str, step: i64, text: &str) -> Result<()> {
+        self.write_summary(
+            step,
+            SummaryValue {
+                tag: tag.to_string(),
+                metadata: plugin_metadata("text", Vec::new()),
+                value: Some(summary_value::Value::Tensor(proto::TensorProto {
+                    dtype: proto::DT_STRING,
+                    tensor_shape: Some(proto::TensorShapeProto {
+                        dim: vec![proto::TensorShapeDim { size: 1 }],
+                    }),
+                    string_val: vec![text.as_bytes().to_vec()],
+                    ..Default::default()
+                })),
+            },
+        )
+    }
+
+    fn hparams_record(&mut self, tag: &str, data: proto::hparams_plugin_data::Data) -> Result<()> {
+        let content = proto::HParamsPluginData {
+            version: 0,
+            data: Some(data),
+        }
+        .encode_to_vec();
+        self.write_summary(
+            0,
+            SummaryValue {
+                tag: tag.to_string(),
+                metadata: plugin_metadata("hparams", content),
+                value: Some(summary_value::Value::Tensor(proto::TensorProto {
+                    dtype: proto::DT_FLOAT,
+                    tensor_shape: Some(proto::TensorShapeProto::default()),
+                    float_val: vec![0.0],
+                    ..Default::default()
+                })),
+            },
+        )
+    }
+
+    /// Records the run's hyperparameters for TensorBoard's HParams tab, with
+    /// the scalar tags (`val/loss`, ...) to show beside them, so the trials
+    /// of a sweep compare side by side.
+    pub fn hparams(&mut self, hparams: &[(String, HParam)], metrics: &[String]) -> Result<()> {
+        use proto::hparams_plugin_data::Data;
+        use proto::proto_value::Kind;
+        let infos = hparams
+            .iter()
+            .map(|(name, v)| proto::HParamInfo {
+                name: name.clone(),
+                r#type: match v {
+                    HParam::Text(_) => 1,
+                    HParam::Bool(_) => 2,
+                    HParam::Number(_) => 3,
+                },
+            })
+            .collect();
+        let metric_infos = metrics
+            .iter()
+            .map(|tag| proto::MetricInfo {
+                name: Some(proto::MetricName {
+                    group: String::new(),
+                    tag: tag.clone(),
+                }),
+            })
+            .collect();
+        self.hparams_record(
+            "_hparams_/experiment",
+            Data::Experiment(proto::HParamsExperiment {
+                time_created_secs: now(),
+                hparam_infos: infos,
+                metric_infos,
+                ..Default::default()
+            }),
+        )?;
+        let values = hparams
+            .iter()
+            .map(|(name, v)| {
+                let kind = match v {
+                    HParam::Number(x) => Kind::NumberValue(*x),
+                    HParam::Text(s) => Kind::StringValue(s.clone()),
+                    HParam::Bool(b) => Kind::BoolValue(*b),
+                };
+                (name.clone(), proto::ProtoValue { kind: Some(kind) })
+            })
+            .collect();
+        self.hparams_record(
+            "_hparams_/session_start_info",
+            Data::SessionStartInfo(proto::SessionStartInfo {
+                hparams: values,
+                group_name: String::new(),
+                start_time_secs: now(),
+            }),
+        )
+    }
+
+    /// Marks the run's end in the HParams tab.
+    pub fn session_end(&mut self, status: SessionStatus) -> Result<()> {
+        self.hparams_record(
+            "_hparams_/session_end_info",
+            proto::hparams_plugin_data::Data::SessionEndInfo(proto::SessionEndInfo {
+                status: match status {
+                    SessionStatus::Success => 1,
+                    SessionStatus::Failure => 2,
+                },
+                end_time_secs: now(),
+            }),
+        )
+    }
+
+    /// Pushes buffered events to disk, so TensorBoard sees them now.
+    pub fn flush(&mut self) -> Result<()> {
+        self.out
+            .flush()
+            .and_then(|()| self.out.get_ref().sync_data())
+            .with_context(|| format!("cannot write to event file {}", self.path.display()))
+    }
+}
