@@ -14,3 +14,4 @@ pub mod optim;
 pub mod plugin;
 pub mod replay;
 pub mod tensorboard;
+pub mod yaml;

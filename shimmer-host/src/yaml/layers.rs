@@ -1,0 +1,164 @@
+//! Reading an experiment file with its `extends` bases and the `local.yaml`
+//! next to it, merged in order.
+
+use super::error::{ConfigError, ErrorKind};
+use super::merge::merge;
+use super::node::{Node, Value};
+use super::origin::Origin;
+use super::parse::{Source, parse};
+use std::path::{Component, Path, PathBuf};
+
+/// The key naming the files an experiment file builds on.
+pub(crate) const EXTENDS: &str = "extends";
+
+/// The git-ignored per-machine file merged after the experiment.
+pub(crate) const LOCAL: &str = "local.yaml";
+
+/// The merged layers of an experiment file and the files read, in merge
+/// order.
+pub(crate) struct Layers {
+    /// Bases, then the experiment, then `local.yaml`, merged.
+    pub(crate) root: Node,
+    /// Every file read, in the order it was merged.
+    pub(crate) files: Vec<PathBuf>,
+}
+
+/// Reads `path` with its bases (recursively) and the `local.yaml` next to
+/// it, if there is one.
+pub(crate) fn read_layers(path: &Path) -> Result<Layers, ConfigError> {
+    let mut files = Vec::new();
+    let mut root = read_file(path, &mut Vec::new(), None, &mut files)?;
+    let local = path.with_file_name(LOCAL);
+    if local.is_file() && !same_file(&local, path) {
+        let over = read_file(&local, &mut Vec::new(), None, &mut files)?;
+        merge(&mut root, over);
+    }
+    Ok(Layers { root, files })
+}
+
+fn same_file(a: &Path, b: &Path) -> bool {
+    match (a.canonicalize(), b.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    }
+}
+
+/// One file with its bases merged under it. `chain` holds the canonical
+/// and shown paths of the files that are extending this one (for cycle
+/// detection), `from` the `extends` entry that named it. Files are read at
+/// their path as joined; messages show it with `..` folded away.
+fn read_file(
+    real: &Path,
+    chain: &mut Vec<(PathBuf, PathBuf)>,
+    from: Option<&Origin>,
+    files: &mut Vec<PathBuf>,
+) -> Result<Node, ConfigError> {
+    let shown = normalize(real);
+    let path = shown.as_path();
+    let cannot_read = |e: std::io::Error| {
+        ConfigError::new(
+            ErrorKind::Read,
+            format!("cannot read `{}`: {e}", path.display()),
+        )
+        .at(from.cloned())
+    };
+    let canonical = real.canonicalize().map_err(cannot_read)?;
+    if let Some(start) = chain.iter().position(|(c, _)| *c == canonical) {
+        let names: Vec<String> = chain[start..]
+            .iter()
+            .map(|(_, shown)| shown.display().to_string())
+            .chain([path.display().to_string()])
+            .collect();
+        let message = format!("`extends` cycle: {}", names.join(" -> "));
+        return Err(ConfigError::new(ErrorKind::Extends, message).at(from.cloned()));
+    }
+    let text = std::fs::read_to_string(real).map_err(cannot_read)?;
+    let mut node = parse(&text, Source::File(path))?
+        .unwrap_or_else(|| Node::empty_map(Origin::file_start(path.to_path_buf())));
+    let Value::Map(map) = &mut node.value else {
+        let message = format!(
+            "the top level of a configuration file must be a mapping of keys, not {}",
+            node.describe()
+        );
+        return Err(ConfigError::new(ErrorKind::Syntax, message).at(Some(node.origin)));
+    };
+    let bases = map
+        .shift_remove(EXTENDS)
+        .map(|entry| base_paths(entry.node, real))
+        .transpose()?
+        .unwrap_or_default();
+    let mut merged = Node::empty_map(node.origin.clone());
+    chain.push((canonical, path.to_path_buf()));
+    for (base, origin) in bases {
+        let layer = read_file(&base, chain, Some(&origin), files)?;
+        merge(&mut merged, layer);
+    }
+    chain.pop();
+    files.push(path.to_path_buf());
+    merge(&mut merged, node);
+    Ok(merged)
+}
+
+/// The files an `extends` value names (one path or a list), resolved
+/// against the folder of the file that names them.
+fn base_paths(node: Node, including: &Path) -> Result<Vec<(PathBuf, Origin)>, ConfigError> {
+    let dir = including.parent().unwrap_or(Path::new(""));
+    let items = match node.value {
+        Value::Seq(items) => items,
+        Value::Scalar(_) if node.is_null() => Vec::new(),
+        Value::Scalar(_) => vec![node],
+        Value::Map(_) => vec![node],
+    };
+    items
+        .into_iter()
+        .map(|item| match item.value {
+            Value::Scalar(s) if !s.is_null() => Ok((dir.join(&s.text), item.origin)),
+            _ => Err(ConfigError::new(
+                ErrorKind::Extends,
+                format!(
+                    "`extends` takes a file path or a list of file paths, not {}",
+                    item.describe()
+                ),
+            )
+            .at(Some(item.origin))
+            .key(EXTENDS)),
+        })
+        .collect()
+}
+
+/// Folds `.` and `name/..` out of a path without touching the file system,
+/// so messages show `experiments/base.yaml` rather than
+/// `experiments/tutorial/../base.yaml`.
+pub(crate) fn normalize(path: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for component in path.components() {
+        match component {
+            Component::CurDir => {}
+            Component::ParentDir => match out.components().next_back() {
+                Some(Component::Normal(_)) => {
+                    out.pop();
+                }
+                Some(Component::RootDir | Component::Prefix(_)) => {}
+                _ => out.push(".."),
+            },
+            other => out.push(other),
+        }
+    }
+    if out.as_os_str().is_empty() {
+        out.push(".");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normalize_folds_dots() {
+        assert_eq!(normalize(Path::new("a/b/../c.yaml")), Path::new("a/c.yaml"));
+        assert_eq!(normalize(Path::new("./a/./c.yaml")), Path::new("a/c.yaml"));
+        assert_eq!(normalize(Path::new("../a.yaml")), Path::new("../a.yaml"));
+        assert_eq!(normalize(Path::new("/x/../a.yaml")), Path::new("/a.yaml"));
+    }
+}
