@@ -13,6 +13,7 @@
 //! assert_eq!(t["a"]["a"].dims(), [2, 2]);
 //! ```
 
+use crate::gw::{Batch as GwBatch, GroupKey};
 use candle_core::{Device, Tensor};
 use indexmap::IndexMap;
 use std::collections::HashMap;
@@ -143,6 +144,24 @@ impl HostBatch {
         Ok(out)
     }
 
+    /// The batch as the GW takes it: groups keyed by their domains
+    /// ([`GroupKey`], in the group's domain order), tensors on `device`.
+    /// Two groups of the same domains cannot share one batch there: that
+    /// is an error.
+    pub fn to_gw_batch(&self, device: &Device) -> anyhow::Result<GwBatch> {
+        let mut out = GwBatch::with_capacity(self.groups.len());
+        for (name, domains) in self.to_tensors(device)? {
+            let key = GroupKey::new(domains.keys().cloned());
+            if out.insert(key.clone(), domains).is_some() {
+                anyhow::bail!(
+                    "group `{name}` has the same domains ({key}) as another group of the batch; \
+                     the GW takes one group per set of domains"
+                );
+            }
+        }
+        Ok(out)
+    }
+
     /// A 64-bit FNV-1a digest of everything in the batch (indices, names,
     /// items, shapes and the bits of every value): equal batches, equal digests.
     pub fn digest(&self) -> u64 {
@@ -225,6 +244,9 @@ mod tests {
         let t = b.to_tensors(&Device::Cpu).unwrap();
         assert_eq!(t["a,b"]["b"].dims(), [1, 1]);
         assert_eq!(t["a"]["a"].id(), t["a,b"]["a"].id());
+        let gw = b.to_gw_batch(&Device::Cpu).unwrap();
+        let keys: Vec<String> = gw.keys().map(ToString::to_string).collect();
+        assert_eq!(keys, ["a+b", "a"]);
         let d = b.digest();
         let mut c = b.clone();
         assert_eq!(c.digest(), d);
