@@ -21,19 +21,61 @@ use crate::gw::params::ParamStore;
 use crate::optim::Optimizer;
 use anyhow::{Context, Result};
 use candle_core::Tensor;
+use indexmap::IndexMap;
 use std::collections::HashMap;
 use std::path::Path;
 
 /// Prefix of every optimiser entry in a full checkpoint.
 const OPTIMIZER_PREFIX: &str = "optimizer.";
 
+/// Prefix of the trainer's bookkeeping (step, epoch, best value, RNG
+/// positions) in a training checkpoint.
+pub const TRAINER_PREFIX: &str = "trainer.";
+
 /// Writes the weights (and the optimiser state when given) to `path`.
 pub fn save(path: &Path, params: &ParamStore, optimizer: Option<&Optimizer>) -> Result<()> {
+    save_training(path, params, optimizer, &IndexMap::new())
+}
+
+/// Writes weights, optimiser state and the trainer's own `trainer.*`
+/// entries, so a run resumes exactly where it stopped.
+pub fn save_training(
+    path: &Path,
+    params: &ParamStore,
+    optimizer: Option<&Optimizer>,
+    trainer: &IndexMap<String, Tensor>,
+) -> Result<()> {
     let mut tensors: HashMap<String, Tensor> = params.tensors().into_iter().collect();
     if let Some(opt) = optimizer {
         tensors.extend(opt.state_dict()?);
     }
+    for (name, t) in trainer {
+        debug_assert!(name.starts_with(TRAINER_PREFIX));
+        tensors.insert(name.clone(), t.clone());
+    }
     write_atomic(path, &tensors)
+}
+
+/// Reads a training checkpoint into `params` and `optimizer` and returns its
+/// `trainer.*` entries.
+pub fn load_training(
+    path: &Path,
+    params: &ParamStore,
+    optimizer: &mut Optimizer,
+) -> Result<HashMap<String, Tensor>> {
+    let tensors = read(path, params)?;
+    let origin = path.display().to_string();
+    params.load(&tensors, &origin, &[OPTIMIZER_PREFIX, TRAINER_PREFIX])?;
+    optimizer.load_state_dict(&tensors, &origin)?;
+    Ok(tensors
+        .into_iter()
+        .filter(|(k, _)| k.starts_with(TRAINER_PREFIX))
+        .collect())
+}
+
+fn read(path: &Path, params: &ParamStore) -> Result<HashMap<String, Tensor>> {
+    candle_core::safetensors::load(path, params.device())
+        .with_context(|| format!("cannot read checkpoint {}", path.display()))
 }
 
 /// Writes only the weights, under shimmer's names.
@@ -44,10 +86,9 @@ pub fn save_weights(path: &Path, params: &ParamStore) -> Result<()> {
 /// Reads weights into `params` (every parameter required, buffers
 /// optional) and, when `optimizer` is given, its state (required then).
 pub fn load(path: &Path, params: &ParamStore, optimizer: Option<&mut Optimizer>) -> Result<()> {
-    let tensors = candle_core::safetensors::load(path, params.device())
-        .with_context(|| format!("cannot read checkpoint {}", path.display()))?;
+    let tensors = read(path, params)?;
     let origin = path.display().to_string();
-    params.load(&tensors, &origin, &[OPTIMIZER_PREFIX])?;
+    params.load(&tensors, &origin, &[OPTIMIZER_PREFIX, TRAINER_PREFIX])?;
     if let Some(opt) = optimizer {
         opt.load_state_dict(&tensors, &origin)?;
     }

@@ -54,6 +54,9 @@ pub struct Experiment {
     /// Optimiser and learning-rate schedule.
     #[serde(default)]
     pub optim: OptimConfig,
+    /// Training length, logging, validation and checkpoints.
+    #[serde(default)]
+    pub training: crate::train::TrainingConfig,
     /// Groups, batches, loader threads and latent cache.
     #[serde(default)]
     pub data: crate::data::DataConfig,

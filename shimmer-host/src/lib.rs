@@ -14,4 +14,5 @@ pub mod optim;
 pub mod plugin;
 pub mod replay;
 pub mod tensorboard;
+pub mod train;
 pub mod yaml;

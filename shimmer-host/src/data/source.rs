@@ -43,6 +43,12 @@ pub trait ItemSource: Send + Sync {
     fn describe(&self) -> String {
         "in-memory data".to_string()
     }
+
+    /// How the GW scores predictions of these latents (a plugin's loss
+    /// spec); `None` leaves the choice to the experiment (default: MSE).
+    fn loss_spec(&self) -> Option<shimmer_plugin_api::LossSpec> {
+        None
+    }
 }
 
 /// Sources keyed by domain name, shared between loader threads.
@@ -110,6 +116,10 @@ impl ItemSource for PluginSource {
             self.config_json,
             self.latent_dim()
         ))
+    }
+
+    fn loss_spec(&self) -> Option<shimmer_plugin_api::LossSpec> {
+        Some(self.handle.loss_spec().clone())
     }
 
     fn describe(&self) -> String {

@@ -92,6 +92,25 @@ impl ParamStore {
         &self.buffers
     }
 
+    /// Adds every parameter and buffer of `other` under `prefix` + its name,
+    /// sharing storage (an update through either store is seen by both), so
+    /// several models train and checkpoint as one.
+    pub fn adopt(&mut self, prefix: &str, other: &ParamStore) -> Result<()> {
+        for (name, var) in &other.params {
+            let key = format!("{prefix}{name}");
+            if self.params.insert(key.clone(), var.clone()).is_some() {
+                bail!("parameter `{key}` is defined twice");
+            }
+        }
+        for (name, var) in &other.buffers {
+            let key = format!("{prefix}{name}");
+            if self.buffers.insert(key.clone(), var.clone()).is_some() {
+                bail!("buffer `{key}` is defined twice");
+            }
+        }
+        Ok(())
+    }
+
     /// Every parameter then every buffer as plain tensors, keyed by name: what
     /// a weights file holds.
     pub fn tensors(&self) -> IndexMap<String, Tensor> {

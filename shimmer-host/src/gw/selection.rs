@@ -149,6 +149,18 @@ impl Selection {
             .collect()
     }
 
+    /// Position of the random-score generator, saved in checkpoints so a
+    /// resumed run draws the same scores as an uninterrupted one.
+    pub fn rng_position(&self) -> Result<u128> {
+        Ok(self.lock_rng()?.get_word_pos())
+    }
+
+    /// Moves the random-score generator to a saved [`Selection::rng_position`].
+    pub fn set_rng_position(&self, position: u128) -> Result<()> {
+        self.lock_rng()?.set_word_pos(position);
+        Ok(())
+    }
+
     fn lock_rng(&self) -> Result<std::sync::MutexGuard<'_, ChaCha8Rng>> {
         self.rng
             .lock()

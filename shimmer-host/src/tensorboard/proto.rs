@@ -15,7 +15,7 @@ pub struct Event {
     #[prost(int64, tag = "2")]
     pub step: i64,
     /// Payload.
-    #[prost(oneof = "event::What", tags = "3, 5")]
+    #[prost(oneof = "event::What", tags = "3, 5, 7")]
     pub what: Option<event::What>,
 }
 
@@ -30,8 +30,29 @@ pub mod event {
         /// Scalars, text, hparams.
         #[prost(message, tag = "5")]
         Summary(super::Summary),
+        /// Session start/stop markers.
+        #[prost(message, tag = "7")]
+        SessionLog(super::SessionLog),
     }
 }
+
+/// `tensorflow.SessionLog`: a `START` at step `s` tells TensorBoard that
+/// events at steps `>= s` written before it are orphaned (a restart).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct SessionLog {
+    /// 1 = START, 2 = STOP, 3 = CHECKPOINT.
+    #[prost(int32, tag = "1")]
+    pub status: i32,
+    /// Checkpoint path.
+    #[prost(string, tag = "2")]
+    pub checkpoint_path: String,
+    /// Message.
+    #[prost(string, tag = "3")]
+    pub msg: String,
+}
+
+/// `SessionLog.status` of a (re)start.
+pub const SESSION_START: i32 = 1;
 
 /// `tensorflow.Summary`.
 #[derive(Clone, PartialEq, prost::Message)]

@@ -109,6 +109,21 @@ impl EventWriter {
         })
     }
 
+    /// Marks a restart at `step` (a resumed run): TensorBoard drops the
+    /// events at steps `>= step` logged before it, which the resumed run
+    /// logs again.
+    pub fn restart_at(&mut self, step: i64) -> Result<()> {
+        self.write_event(Event {
+            wall_time: now(),
+            step,
+            what: Some(event::What::SessionLog(proto::SessionLog {
+                status: proto::SESSION_START,
+                checkpoint_path: String::new(),
+                msg: "resumed".to_string(),
+            })),
+        })
+    }
+
     /// Logs a scalar under `tag` at `step` (as a `simple_value`, the form
     /// PyTorch's and Lightning's loggers write).
     pub fn scalar(&mut self, tag: &str, step: i64, value: f32) -> Result<()> {

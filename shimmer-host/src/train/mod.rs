@@ -1,0 +1,315 @@
+//! `shimmer run`: trains an experiment end to end — loads its plugins and
+//! data, builds the model, trains with validation and checkpoints, logs to
+//! TensorBoard, then validates and tests the best checkpoint.
+//!
+//! ```no_run
+//! use shimmer_host::train::{RunOptions, run};
+//! let summary = run(&RunOptions::new("experiments/tutorial/gw.yaml"))?;
+//! println!("best val/loss {:?}", summary.best_value);
+//! # Ok::<(), anyhow::Error>(())
+//! ```
+
+pub mod config;
+mod eval;
+mod gw_task;
+mod hparams;
+mod progress;
+pub mod run_dir;
+pub mod task;
+mod trainer;
+
+pub use config::{MonitorMode, TrainingConfig};
+pub use gw_task::GwTask;
+pub use run_dir::{RunDir, RunStatus, RunSummary};
+pub use trainer::{Position, Trainer, total_steps};
+
+use crate::config::Experiment;
+use crate::data::{DataPipeline, open_sources};
+use crate::gw::{DomainSpec, GlobalWorkspace};
+use crate::optim::Optimizer;
+use crate::tensorboard::{EventWriter, SessionStatus};
+use crate::{checkpoint, device, yaml};
+use anyhow::{Context, Result, bail};
+use shimmer_plugin_api::LossSpec;
+use std::path::{Path, PathBuf};
+use task::Task;
+use trainer::{Loaders, evaluate};
+
+/// What `shimmer run` was asked to do.
+#[derive(Clone, Debug, Default)]
+pub struct RunOptions {
+    /// Experiment file (ignored when resuming: the run's own config is used).
+    pub experiment: PathBuf,
+    /// `key.path=value` overrides, applied after the YAML layers.
+    pub overrides: Vec<String>,
+    /// Exact run folder instead of `runs/<name>/<run-id>/`.
+    pub run_dir: Option<PathBuf>,
+    /// Run folder to continue from its last checkpoint.
+    pub resume: Option<PathBuf>,
+    /// One training and one validation batch, end to end.
+    pub fast_dev_run: bool,
+}
+
+impl RunOptions {
+    /// Options to run `experiment` as is.
+    pub fn new(experiment: impl Into<PathBuf>) -> Self {
+        Self {
+            experiment: experiment.into(),
+            ..Self::default()
+        }
+    }
+}
+
+/// A loaded experiment and where its run goes.
+struct Prepared {
+    exp: Experiment,
+    resolved_yaml: String,
+    base_dir: PathBuf,
+    run_dir: RunDir,
+    resuming: bool,
+}
+
+fn prepare(opts: &RunOptions) -> Result<Prepared> {
+    if let Some(dir) = &opts.resume {
+        if !opts.overrides.is_empty() {
+            bail!("a resumed run keeps its own config: drop the overrides, or start a new run");
+        }
+        let run_dir = RunDir::open(dir)?;
+        let loaded = yaml::load::<Experiment>(&run_dir.config_file(), &[])?;
+        loaded.config.check()?;
+        let base_dir = run_dir
+            .read_summary()?
+            .and_then(|s| s.experiment_file)
+            .and_then(|f| PathBuf::from(f).parent().map(Path::to_path_buf))
+            .unwrap_or_else(|| PathBuf::from("."));
+        return Ok(Prepared {
+            exp: loaded.config,
+            resolved_yaml: loaded.resolved_yaml,
+            base_dir,
+            run_dir,
+            resuming: true,
+        });
+    }
+    let loaded = yaml::load::<Experiment>(&opts.experiment, &opts.overrides)?;
+    loaded
+        .config
+        .check()
+        .with_context(|| format!("invalid experiment {}", opts.experiment.display()))?;
+    let exp = loaded.config;
+    let run_dir = RunDir::create(opts.run_dir.as_deref(), &exp.training.runs_dir, &exp.name)?;
+    run_dir.write_config(&loaded.resolved_yaml)?;
+    Ok(Prepared {
+        base_dir: opts
+            .experiment
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default(),
+        exp,
+        resolved_yaml: loaded.resolved_yaml,
+        run_dir,
+        resuming: false,
+    })
+}
+
+/// Trains an experiment (or resumes a run) and returns its summary; the
+/// summary is also in the run folder, with status `failed` and the error
+/// when training stopped on one.
+pub fn run(opts: &RunOptions) -> Result<RunSummary> {
+    let p = prepare(opts)?;
+    let previous = if p.resuming {
+        p.run_dir.read_summary()?
+    } else {
+        None
+    };
+    let mut summary = RunSummary {
+        experiment: p.exp.name.clone(),
+        experiment_file: previous
+            .and_then(|s| s.experiment_file)
+            .or_else(|| Some(opts.experiment.display().to_string())),
+        run_dir: Some(p.run_dir.path().display().to_string()),
+        status: RunStatus::Running,
+        error: None,
+        monitor: p.exp.training.monitor.clone(),
+        mode: p.exp.training.mode.name().to_string(),
+        best_value: None,
+        best_step: None,
+        steps: 0,
+        epochs: 0,
+        wall_time_s: 0.0,
+        metrics: Default::default(),
+    };
+    p.run_dir.write_summary(&summary)?;
+    eprintln!("run folder {}", p.run_dir.path().display());
+    let result = train_gw(&p, opts.fast_dev_run, &mut summary);
+    match &result {
+        Ok(()) => summary.status = RunStatus::Finished,
+        Err(e) => {
+            summary.status = RunStatus::Failed;
+            summary.error = Some(format!("{e:#}"));
+        }
+    }
+    p.run_dir
+        .write_summary(&summary)
+        .context("cannot write the run summary")?;
+    result.map(|()| summary)
+}
+
+/// Builds the GW's domain list: latent sizes and loss specs from the
+/// plugins (or the YAML), in model order.
+fn domain_specs(exp: &Experiment, sources: &crate::data::Sources) -> Result<Vec<DomainSpec>> {
+    exp.domains
+        .iter()
+        .map(|(name, d)| {
+            let source = sources.get(name);
+            let latent_dim = match (source, d.latent_dim) {
+                (Some(s), _) => s.latent_dim(),
+                (None, Some(dim)) => dim,
+                (None, None) => bail!("domain `{name}` has no plugin and no `latent_dim`"),
+            };
+            let loss = match (&d.loss, source.and_then(|s| s.loss_spec())) {
+                (Some(segments), _) => LossSpec {
+                    segments: segments.clone(),
+                },
+                (None, Some(spec)) => spec,
+                (None, None) => LossSpec::mse(latent_dim),
+            };
+            Ok(DomainSpec {
+                name: name.clone(),
+                latent_dim,
+                loss,
+            })
+        })
+        .collect()
+}
+
+/// Opens the plugins, builds the loaders and the model of an experiment.
+fn build(exp: &Experiment, base_dir: &Path) -> Result<(DataPipeline, GwTask)> {
+    let device = device::resolve(&exp.device)?;
+    let sources = open_sources(exp)?;
+    let pipeline = DataPipeline::build(&exp.data, &sources, exp.seed, Some(base_dir))
+        .context("cannot build the data loaders")?;
+    let specs = domain_specs(exp, &sources)?;
+    let gw = GlobalWorkspace::new(&exp.workspace, &exp.loss, &specs, &device, exp.seed)?;
+    Ok((pipeline, GwTask::new(gw, device)))
+}
+
+/// `shimmer validate`: loads an experiment, its plugins, data and model as
+/// `shimmer run` would, without training; returns a short report.
+pub fn validate(experiment: &Path, overrides: &[String]) -> Result<String> {
+    let loaded = yaml::load::<Experiment>(experiment, overrides)?;
+    let exp = loaded.config;
+    exp.check()
+        .with_context(|| format!("invalid experiment {}", experiment.display()))?;
+    let base_dir = experiment.parent().unwrap_or(Path::new("."));
+    let (pipeline, task) = build(&exp, base_dir)?;
+    let steps = total_steps(&exp.training, pipeline.train.len())?;
+    let mut report = format!(
+        "{}: ok\n  domains      {}\n  model        {}\n  training     {} batches per epoch, {steps} steps\n",
+        experiment.display(),
+        exp.domains.keys().cloned().collect::<Vec<_>>().join(", "),
+        task.describe(),
+        pipeline.train.len(),
+    );
+    for (name, loader) in [("validation", &pipeline.val), ("test", &pipeline.test)] {
+        if let Some(l) = loader {
+            report.push_str(&format!("  {name:<12} {} batches\n", l.len()));
+        }
+    }
+    Ok(report)
+}
+
+fn train_gw(p: &Prepared, fast_dev_run: bool, summary: &mut RunSummary) -> Result<()> {
+    let exp = &p.exp;
+    let (pipeline, task) = build(exp, &p.base_dir)?;
+    let total = if fast_dev_run {
+        1
+    } else {
+        total_steps(&exp.training, pipeline.train.len())?
+    };
+    let optimizer = Optimizer::new(task.params().params(), &exp.optim, Some(total as usize))?;
+    let mut trainer = Trainer {
+        task,
+        optimizer,
+        cfg: &exp.training,
+        run_dir: &p.run_dir,
+        tb: EventWriter::create(p.run_dir.path())?,
+        position: Position::default(),
+        fast_dev_run,
+        last_val: Default::default(),
+    };
+    if p.resuming {
+        trainer.resume()?;
+        trainer.tb.restart_at(trainer.position.global_step as i64)?;
+        eprintln!(
+            "resuming at step {} (epoch {}, batch {})",
+            trainer.position.global_step, trainer.position.epoch, trainer.position.batch_in_epoch
+        );
+    } else {
+        trainer
+            .tb
+            .text("config", 0, &format!("```yaml\n{}\n```", p.resolved_yaml))?;
+        trainer
+            .tb
+            .hparams(&hparams::of(exp)?, &[exp.training.monitor.clone()])?;
+    }
+    trainer.tb.flush()?;
+
+    let loaders = Loaders {
+        train: &pipeline.train,
+        val: pipeline.val.as_ref(),
+    };
+    let fitted = trainer.fit(&loaders, total);
+    summary.steps = trainer.position.global_step;
+    summary.epochs = trainer.position.epoch;
+    summary.wall_time_s = trainer.position.wall_time_s;
+    summary.best_value = trainer.position.best_value;
+    summary.best_step = trainer.position.best_step;
+    summary.metrics = trainer.last_val.clone().into_iter().collect();
+    if let Err(e) = fitted {
+        let _ = trainer.tb.session_end(SessionStatus::Failure);
+        let _ = trainer.tb.flush();
+        return Err(e);
+    }
+
+    // Validate and test the best checkpoint, as shimmer's tutorial does.
+    let best = p.run_dir.best_checkpoint();
+    if best.exists() && !fast_dev_run {
+        checkpoint::load_weights(&best, trainer.task.params())?;
+        let step = trainer.position.global_step as i64;
+        let mut results = Vec::new();
+        if let Some(val) = &pipeline.val {
+            results.extend(evaluate(&mut trainer.task, val, "best/val", false)?);
+        }
+        if let Some(test) = &pipeline.test {
+            results.extend(evaluate(&mut trainer.task, test, "test", false)?);
+        }
+        for (name, v) in &results {
+            trainer.tb.scalar(name, step, *v as f32)?;
+            summary.metrics.insert(name.clone(), *v);
+        }
+        if !results.is_empty() {
+            eprintln!(
+                "best checkpoint (step {}):",
+                trainer.position.best_step.unwrap_or(0)
+            );
+            for (name, v) in &results {
+                eprintln!("  {name:<40} {v:.6}");
+            }
+        }
+    }
+    trainer.tb.session_end(SessionStatus::Success)?;
+    trainer.tb.flush()?;
+    eprintln!(
+        "finished: {} steps, {} epochs in {:.1} s; best {} {} at step {}",
+        summary.steps,
+        summary.epochs,
+        summary.wall_time_s,
+        exp.training.monitor,
+        summary
+            .best_value
+            .map(|v| format!("{v:.6}"))
+            .unwrap_or_else(|| "n/a".into()),
+        summary.best_step.unwrap_or(0)
+    );
+    Ok(())
+}

@@ -1,0 +1,231 @@
+//! The folder of one run: `runs/<experiment>/<run-id>/` with the resolved
+//! config, the TensorBoard event file, `checkpoints/` and `summary.json`.
+//! Nothing that exists is ever overwritten, except the run's own files.
+
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// File name of the resolved config inside a run folder.
+pub const CONFIG_FILE: &str = "config.yaml";
+/// File name of the run summary.
+pub const SUMMARY_FILE: &str = "summary.json";
+
+/// A run folder.
+#[derive(Clone, Debug)]
+pub struct RunDir {
+    path: PathBuf,
+}
+
+impl RunDir {
+    /// Creates a fresh run folder: `dir` itself when given (it must not
+    /// exist, or be empty), else `<runs_dir>/<experiment>/<date>_<time>`
+    /// with a `-N` suffix when taken.
+    pub fn create(dir: Option<&Path>, runs_dir: &Path, experiment: &str) -> Result<Self> {
+        let path = match dir {
+            Some(d) => {
+                if d.exists()
+                    && std::fs::read_dir(d)
+                        .with_context(|| format!("cannot read run folder {}", d.display()))?
+                        .next()
+                        .is_some()
+                {
+                    bail!(
+                        "run folder {} already exists and is not empty; \
+                         choose another one or resume it with `--resume`",
+                        d.display()
+                    );
+                }
+                d.to_path_buf()
+            }
+            None => {
+                let parent = runs_dir.join(experiment);
+                let stamp = timestamp();
+                let mut candidate = parent.join(&stamp);
+                let mut n = 1;
+                while candidate.exists() {
+                    candidate = parent.join(format!("{stamp}-{n}"));
+                    n += 1;
+                }
+                candidate
+            }
+        };
+        std::fs::create_dir_all(path.join("checkpoints"))
+            .with_context(|| format!("cannot create run folder {}", path.display()))?;
+        Ok(Self { path })
+    }
+
+    /// Opens an existing run folder to resume it.
+    pub fn open(path: &Path) -> Result<Self> {
+        if !path.join(CONFIG_FILE).is_file() {
+            bail!(
+                "{} is not a shimmer run folder (it has no {CONFIG_FILE})",
+                path.display()
+            );
+        }
+        Ok(Self {
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// The folder.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The resolved config file.
+    pub fn config_file(&self) -> PathBuf {
+        self.path.join(CONFIG_FILE)
+    }
+
+    /// `checkpoints/last.safetensors`.
+    pub fn last_checkpoint(&self) -> PathBuf {
+        self.path.join("checkpoints/last.safetensors")
+    }
+
+    /// `checkpoints/best.safetensors`.
+    pub fn best_checkpoint(&self) -> PathBuf {
+        self.path.join("checkpoints/best.safetensors")
+    }
+
+    /// Writes the resolved config (only once: a resumed run keeps its own).
+    pub fn write_config(&self, yaml: &str) -> Result<()> {
+        write_atomic(&self.config_file(), yaml.as_bytes())
+    }
+
+    /// Writes `summary.json`.
+    pub fn write_summary(&self, summary: &RunSummary) -> Result<()> {
+        let text = serde_json::to_string_pretty(summary)?;
+        write_atomic(&self.path.join(SUMMARY_FILE), text.as_bytes())
+    }
+
+    /// Reads `summary.json`, if the run wrote one.
+    pub fn read_summary(&self) -> Result<Option<RunSummary>> {
+        let file = self.path.join(SUMMARY_FILE);
+        if !file.exists() {
+            return Ok(None);
+        }
+        let text = std::fs::read_to_string(&file)
+            .with_context(|| format!("cannot read {}", file.display()))?;
+        serde_json::from_str(&text)
+            .map(Some)
+            .with_context(|| format!("{} is not a run summary", file.display()))
+    }
+}
+
+/// Where a run stands, as `summary.json` records it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunStatus {
+    /// Training (or killed while training).
+    Running,
+    /// Finished normally.
+    Finished,
+    /// Stopped on an error.
+    Failed,
+}
+
+/// `summary.json`: what a run reached, for people and for sweeps.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RunSummary {
+    /// Experiment name.
+    pub experiment: String,
+    /// The experiment file the run was started from.
+    #[serde(default)]
+    pub experiment_file: Option<String>,
+    /// The run folder.
+    #[serde(default)]
+    pub run_dir: Option<String>,
+    /// Where the run stands.
+    pub status: RunStatus,
+    /// The error that stopped it, if any.
+    pub error: Option<String>,
+    /// Monitored metric.
+    pub monitor: String,
+    /// `min` or `max`.
+    pub mode: String,
+    /// Best monitored value.
+    pub best_value: Option<f64>,
+    /// Step of the best value.
+    pub best_step: Option<u64>,
+    /// Optimiser steps done.
+    pub steps: u64,
+    /// Epochs completed.
+    pub epochs: u64,
+    /// Wall time of training, in seconds (summed over resumes).
+    pub wall_time_s: f64,
+    /// Last validation metrics, then `best/val/*` and `test/*` of the best
+    /// checkpoint when the run finished.
+    pub metrics: BTreeMap<String, f64>,
+}
+
+fn timestamp() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let (y, m, d) = civil_from_days(days as i64);
+    format!(
+        "{y:04}-{m:02}-{d:02}_{:02}-{:02}-{:02}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// Gregorian date of a day count since 1970-01-01 (H. Hinnant's algorithm).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+/// Writes through a temporary file and a rename, so readers never see a
+/// half-written file.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)
+        .with_context(|| format!("cannot write in {}", dir.display()))?;
+    std::io::Write::write_all(&mut tmp, bytes)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    tmp.persist(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates_convert() {
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(20_778), (2026, 11, 21));
+        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
+    }
+
+    #[test]
+    fn fresh_folders_never_overwrite() {
+        let root = tempfile::tempdir().unwrap();
+        let a = RunDir::create(None, root.path(), "exp").unwrap();
+        let b = RunDir::create(None, root.path(), "exp").unwrap();
+        assert_ne!(a.path(), b.path());
+        a.write_config("name: exp\n").unwrap();
+        let err = RunDir::create(Some(a.path()), root.path(), "exp").unwrap_err();
+        assert!(err.to_string().contains("already exists"), "{err}");
+        assert!(RunDir::open(a.path()).is_ok());
+        assert!(RunDir::open(root.path()).is_err());
+    }
+}

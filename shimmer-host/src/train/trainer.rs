@@ -1,0 +1,376 @@
+//! The training loop: steps, logging, validation, checkpoints, resume.
+
+use super::config::TrainingConfig;
+use super::eval::MetricMeans;
+use super::progress::Progress;
+use super::run_dir::RunDir;
+use super::task::Task;
+use crate::checkpoint;
+use crate::data::DataLoader;
+use crate::data::batch::HostBatch;
+use crate::optim::Optimizer;
+use crate::tensorboard::EventWriter;
+use anyhow::{Context, Result, bail};
+use candle_core::{DType, Tensor, backprop::GradStore};
+use indexmap::IndexMap;
+use std::collections::HashMap;
+use std::time::Instant;
+
+/// Where training stands; saved in every checkpoint as `trainer.*`.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Position {
+    /// Optimiser steps done.
+    pub global_step: u64,
+    /// Current epoch (completed epochs).
+    pub epoch: u64,
+    /// Training batches of the current epoch already used.
+    pub batch_in_epoch: u64,
+    /// Best monitored value so far.
+    pub best_value: Option<f64>,
+    /// Step at which it was reached.
+    pub best_step: Option<u64>,
+    /// Training wall time so far, over all resumes.
+    pub wall_time_s: f64,
+}
+
+impl Position {
+    fn to_tensors(&self) -> Result<IndexMap<String, Tensor>> {
+        let cpu = candle_core::Device::Cpu;
+        let u = |v: u64| Tensor::new(&[v as i64], &cpu);
+        let mut out = IndexMap::new();
+        out.insert("trainer.global_step".into(), u(self.global_step)?);
+        out.insert("trainer.epoch".into(), u(self.epoch)?);
+        out.insert("trainer.batch_in_epoch".into(), u(self.batch_in_epoch)?);
+        out.insert(
+            "trainer.wall_time_s".into(),
+            Tensor::new(&[self.wall_time_s], &cpu)?,
+        );
+        if let (Some(v), Some(s)) = (self.best_value, self.best_step) {
+            out.insert("trainer.best_value".into(), Tensor::new(&[v], &cpu)?);
+            out.insert("trainer.best_step".into(), u(s)?);
+        }
+        Ok(out)
+    }
+
+    fn from_tensors(t: &HashMap<String, Tensor>, origin: &str) -> Result<Self> {
+        let int = |name: &str| -> Result<u64> {
+            let v = t
+                .get(name)
+                .with_context(|| format!("{origin}: missing `{name}`: not a training checkpoint"))?
+                .to_vec1::<i64>()?;
+            Ok(v.first().copied().unwrap_or(0) as u64)
+        };
+        let float = |name: &str| -> Result<Option<f64>> {
+            t.get(name)
+                .map(|x| Ok(x.to_vec1::<f64>()?.first().copied().unwrap_or(0.0)))
+                .transpose()
+        };
+        Ok(Self {
+            global_step: int("trainer.global_step")?,
+            epoch: int("trainer.epoch")?,
+            batch_in_epoch: int("trainer.batch_in_epoch")?,
+            best_value: float("trainer.best_value")?,
+            best_step: t
+                .contains_key("trainer.best_step")
+                .then(|| int("trainer.best_step"))
+                .transpose()?,
+            wall_time_s: float("trainer.wall_time_s")?.unwrap_or(0.0),
+        })
+    }
+}
+
+/// The loaders a loop reads.
+pub struct Loaders<'a> {
+    /// Training batches.
+    pub train: &'a DataLoader,
+    /// Validation batches.
+    pub val: Option<&'a DataLoader>,
+}
+
+/// Runs training of a [`Task`] to the end, logging and checkpointing.
+pub struct Trainer<'a, T: Task> {
+    /// The model and its losses.
+    pub task: T,
+    /// Optimiser over the task's parameters.
+    pub optimizer: Optimizer,
+    /// Training settings.
+    pub cfg: &'a TrainingConfig,
+    /// Where checkpoints go.
+    pub run_dir: &'a RunDir,
+    /// TensorBoard output.
+    pub tb: EventWriter,
+    /// Where training stands.
+    pub position: Position,
+    /// One training batch, one validation batch, then stop.
+    pub fast_dev_run: bool,
+    /// Last validation metrics.
+    pub last_val: IndexMap<String, f64>,
+}
+
+/// Number of optimiser steps of a run.
+pub fn total_steps(cfg: &TrainingConfig, steps_per_epoch: usize) -> Result<u64> {
+    let per_epoch = steps_per_epoch as u64;
+    let from_epochs = cfg.max_epochs.map(|e| e as u64 * per_epoch);
+    let total = match (cfg.max_steps.map(|s| s as u64), from_epochs) {
+        (Some(s), Some(e)) => s.min(e),
+        (Some(s), None) => s,
+        (None, Some(e)) => e,
+        (None, None) => {
+            bail!("`training` sets neither `max_steps` nor `max_epochs`: say how long to train")
+        }
+    };
+    if total == 0 {
+        bail!("the run has no training step (an epoch has {per_epoch} batches)");
+    }
+    Ok(total)
+}
+
+impl<'a, T: Task> Trainer<'a, T> {
+    /// Restores weights, optimiser and loop position from the run's last
+    /// checkpoint.
+    pub fn resume(&mut self) -> Result<()> {
+        let path = self.run_dir.last_checkpoint();
+        if !path.exists() {
+            bail!(
+                "{} has no checkpoint to resume from ({} is missing)",
+                self.run_dir.path().display(),
+                path.display()
+            );
+        }
+        let state = checkpoint::load_training(&path, self.task.params(), &mut self.optimizer)?;
+        self.position = Position::from_tensors(&state, &path.display().to_string())?;
+        self.task.load_state(&state)?;
+        Ok(())
+    }
+
+    fn save(&self, path: &std::path::Path) -> Result<()> {
+        let mut extra = self.position.to_tensors()?;
+        extra.extend(self.task.state()?);
+        checkpoint::save_training(path, self.task.params(), Some(&self.optimizer), &extra)
+    }
+
+    /// Trains until `total` steps are done.
+    pub fn fit(&mut self, loaders: &Loaders<'_>, total: u64) -> Result<()> {
+        let started = Instant::now();
+        let wall_before = self.position.wall_time_s;
+        let mut progress = Progress::new(total, self.position.global_step);
+        let mut validated_at = None;
+        'epochs: while self.position.global_step < total {
+            let epoch = self.position.epoch;
+            let skip = self.position.batch_in_epoch as usize;
+            let batches = loaders.train.epoch(epoch)?;
+            let n_batches = batches.len();
+            for (k, batch) in batches.enumerate().skip(skip) {
+                let batch = batch.with_context(|| format!("training epoch {epoch}, batch {k}"))?;
+                self.train_step(&batch, &mut progress, k)?;
+                self.position.batch_in_epoch = k as u64 + 1;
+                self.position.wall_time_s = wall_before + started.elapsed().as_secs_f64();
+                let step = self.position.global_step;
+                let done = step >= total || self.fast_dev_run;
+                if self
+                    .cfg
+                    .val_every_n_steps
+                    .is_some_and(|n| n > 0 && step % n as u64 == 0)
+                    && !done
+                {
+                    self.validate(loaders, &progress)?;
+                    validated_at = Some(step);
+                } else if self
+                    .cfg
+                    .checkpoint_every_n_steps
+                    .is_some_and(|n| n > 0 && step % n as u64 == 0)
+                {
+                    self.save(&self.run_dir.last_checkpoint())?;
+                }
+                if done {
+                    if self.position.batch_in_epoch as usize == n_batches {
+                        self.position.epoch += 1;
+                        self.position.batch_in_epoch = 0;
+                    }
+                    break 'epochs;
+                }
+            }
+            self.position.epoch += 1;
+            self.position.batch_in_epoch = 0;
+            let every = self.cfg.val_every_n_epochs as u64;
+            if every > 0 && self.position.epoch % every == 0 && self.position.global_step < total {
+                self.validate(loaders, &progress)?;
+                validated_at = Some(self.position.global_step);
+            }
+        }
+        self.position.wall_time_s = wall_before + started.elapsed().as_secs_f64();
+        if validated_at != Some(self.position.global_step) {
+            self.validate(loaders, &progress)?;
+        }
+        progress.finish();
+        Ok(())
+    }
+
+    fn train_step(&mut self, batch: &HostBatch, progress: &mut Progress, k: usize) -> Result<()> {
+        let step = self.position.global_step;
+        let out = self.task.train_step(batch)?;
+        let loss = out.loss.to_dtype(DType::F32)?.to_scalar::<f32>()?;
+        if !loss.is_finite() {
+            let last = self.run_dir.last_checkpoint();
+            bail!(
+                "the training loss became {loss} at step {step} (epoch {}, batch {k}); \
+                 training stopped. {} Metrics of that step: {}",
+                self.position.epoch,
+                if last.exists() {
+                    format!("The last good checkpoint is kept at {}.", last.display())
+                } else {
+                    "No checkpoint was written before it.".to_string()
+                },
+                out.metrics
+                    .iter()
+                    .map(|(n, v)| format!("{n}={v}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+        let (lr, _beta1) = self.optimizer.current()?;
+        let mut grads = out.loss.backward()?;
+        if let Some(max_norm) = self.cfg.gradient_clip {
+            clip_grad_norm(&mut grads, self.task.params(), max_norm)?;
+        }
+        self.optimizer.step(&grads)?;
+        self.position.global_step += 1;
+        let every = self.cfg.log_every_n_steps.max(1) as u64;
+        if (step + 1) % every == 0 || self.fast_dev_run {
+            let s = step as i64;
+            self.tb.scalar("train/loss", s, loss)?;
+            for (name, v) in &out.metrics {
+                self.tb.scalar(&format!("train/{name}"), s, *v)?;
+            }
+            self.tb.scalar("lr-AdamW", s, lr as f32)?;
+        }
+        let rows = batch.groups.values().map(|g| g.rows()).sum();
+        progress.step(self.position.global_step, loss, rows);
+        Ok(())
+    }
+
+    /// Runs the validation set, logs `val/*`, and writes `last` (and `best`
+    /// when the monitored metric improved).
+    pub fn validate(&mut self, loaders: &Loaders<'_>, progress: &Progress) -> Result<()> {
+        let Some(val) = loaders.val else {
+            self.save(&self.run_dir.last_checkpoint())?;
+            return Ok(());
+        };
+        let means = evaluate(&mut self.task, val, "val", self.fast_dev_run)?;
+        let step = self.position.global_step as i64;
+        for (name, v) in &means {
+            self.tb.scalar(name, step, *v as f32)?;
+        }
+        self.tb.flush()?;
+        let monitor = &self.cfg.monitor;
+        let value = *means.get(monitor).with_context(|| {
+            format!(
+                "the monitored metric `{monitor}` (training.monitor) is not among the validation \
+                 metrics: {}",
+                means
+                    .keys()
+                    .map(String::as_str)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        })?;
+        if self.cfg.mode.improves(value, self.position.best_value) {
+            self.position.best_value = Some(value);
+            self.position.best_step = Some(self.position.global_step);
+            self.save(&self.run_dir.best_checkpoint())?;
+        }
+        progress.println(&format!(
+            "step {}  {monitor} {value:.5}  (best {:.5} at step {})",
+            self.position.global_step,
+            self.position.best_value.unwrap_or(f64::NAN),
+            self.position.best_step.unwrap_or(0)
+        ));
+        self.last_val = means;
+        self.save(&self.run_dir.last_checkpoint())
+    }
+}
+
+/// Means of `loss` and every metric over one pass of `loader`, weighted by
+/// batch size, named `{prefix}/{name}`.
+pub fn evaluate<T: Task>(
+    task: &mut T,
+    loader: &DataLoader,
+    prefix: &str,
+    one_batch: bool,
+) -> Result<IndexMap<String, f64>> {
+    let mut means = MetricMeans::default();
+    for (k, batch) in loader.epoch(0)?.enumerate() {
+        let batch = batch.with_context(|| format!("{prefix} batch {k}"))?;
+        let out = task.eval_step(&batch)?;
+        let loss = out.loss.to_dtype(DType::F32)?.to_scalar::<f32>()?;
+        let rows = batch.groups.values().map(|g| g.rows()).max().unwrap_or(0);
+        means.add(
+            std::iter::once(("loss", loss))
+                .chain(out.metrics.iter().map(|(n, v)| (n.as_str(), *v))),
+            rows,
+        );
+        if one_batch {
+            break;
+        }
+    }
+    Ok(means.means(prefix))
+}
+
+/// Scales gradients so their global L2 norm is at most `max_norm`, as
+/// PyTorch's `clip_grad_norm_` (with its `1e-6` guard).
+fn clip_grad_norm(
+    grads: &mut GradStore,
+    params: &crate::gw::params::ParamStore,
+    max_norm: f64,
+) -> Result<()> {
+    let mut total = 0f64;
+    for var in params.params().values() {
+        if let Some(g) = grads.get(var.as_tensor()) {
+            total += g
+                .to_dtype(DType::F64)?
+                .sqr()?
+                .sum_all()?
+                .to_scalar::<f64>()?;
+        }
+    }
+    let coef = max_norm / (total.sqrt() + 1e-6);
+    if coef < 1.0 {
+        for var in params.params().values() {
+            if let Some(g) = grads.remove(var.as_tensor()) {
+                grads.insert(var.as_tensor(), (g * coef)?);
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn total_steps_takes_the_shorter_limit() {
+        let mut cfg = TrainingConfig::default();
+        assert!(total_steps(&cfg, 10).is_err());
+        cfg.max_epochs = Some(3);
+        assert_eq!(total_steps(&cfg, 10).unwrap(), 30);
+        cfg.max_steps = Some(25);
+        assert_eq!(total_steps(&cfg, 10).unwrap(), 25);
+        cfg.max_steps = Some(100);
+        assert_eq!(total_steps(&cfg, 10).unwrap(), 30);
+    }
+
+    #[test]
+    fn positions_round_trip() {
+        let p = Position {
+            global_step: 17,
+            epoch: 2,
+            batch_in_epoch: 3,
+            best_value: Some(0.25),
+            best_step: Some(16),
+            wall_time_s: 1.5,
+        };
+        let t: HashMap<_, _> = p.to_tensors().unwrap().into_iter().collect();
+        assert_eq!(Position::from_tensors(&t, "x").unwrap(), p);
+    }
+}
