@@ -8,6 +8,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod data;
 pub mod device;
+pub mod domain_model;
 pub mod gw;
 pub mod losses;
 pub mod optim;
