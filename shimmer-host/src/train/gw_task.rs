@@ -4,8 +4,8 @@
 
 use super::task::{StepOutput, Task, tensor_u128, u128_tensor};
 use crate::data::batch::HostBatch;
+use crate::gw::GlobalWorkspace;
 use crate::gw::params::ParamStore;
-use crate::gw::{Batch, GlobalWorkspace, GroupKey};
 use anyhow::{Context, Result};
 use candle_core::{Device, Tensor};
 use indexmap::IndexMap;
@@ -31,23 +31,11 @@ impl GwTask {
         &self.gw
     }
 
-    /// Device tensors of a host batch, keyed by each group's domains.
-    fn to_batch(&self, batch: &HostBatch) -> Result<Batch> {
-        let tensors = batch
-            .to_tensors(&self.device)
-            .context("cannot move a batch to the training device")?;
-        let mut out = Batch::new();
-        for (group, domains) in tensors {
-            let key = GroupKey::new(domains.keys().cloned());
-            if out.insert(key, domains).is_some() {
-                anyhow::bail!("two groups of the batch have the same domains (`{group}`)");
-            }
-        }
-        Ok(out)
-    }
-
     fn step(&mut self, batch: &HostBatch) -> Result<StepOutput> {
-        let out = self.gw.step_loss(&self.to_batch(batch)?)?;
+        let tensors = batch
+            .to_gw_batch(&self.device)
+            .context("cannot move a batch to the training device")?;
+        let out = self.gw.step_loss(&tensors)?;
         Ok(StepOutput {
             loss: out.loss,
             metrics: out.metrics,

@@ -13,6 +13,7 @@ pub mod config;
 mod eval;
 mod gw_task;
 mod hparams;
+pub mod logger;
 mod progress;
 pub mod run_dir;
 pub mod task;
@@ -27,9 +28,10 @@ use crate::config::Experiment;
 use crate::data::{DataPipeline, open_sources};
 use crate::gw::{DomainSpec, GlobalWorkspace};
 use crate::optim::Optimizer;
-use crate::tensorboard::{EventWriter, SessionStatus};
+use crate::tensorboard::SessionStatus;
 use crate::{checkpoint, device, yaml};
 use anyhow::{Context, Result, bail};
+use logger::RunLogger;
 use shimmer_plugin_api::LossSpec;
 use std::path::{Path, PathBuf};
 use task::Task;
@@ -60,13 +62,12 @@ impl RunOptions {
     }
 }
 
-/// A loaded experiment and where its run goes.
+/// A loaded experiment, and the run folder when resuming one.
 struct Prepared {
     exp: Experiment,
     resolved_yaml: String,
     base_dir: PathBuf,
-    run_dir: RunDir,
-    resuming: bool,
+    run_dir: Option<RunDir>,
 }
 
 fn prepare(opts: &RunOptions) -> Result<Prepared> {
@@ -86,8 +87,7 @@ fn prepare(opts: &RunOptions) -> Result<Prepared> {
             exp: loaded.config,
             resolved_yaml: loaded.resolved_yaml,
             base_dir,
-            run_dir,
-            resuming: true,
+            run_dir: Some(run_dir),
         });
     }
     let loaded = yaml::load::<Experiment>(&opts.experiment, &opts.overrides)?;
@@ -95,19 +95,15 @@ fn prepare(opts: &RunOptions) -> Result<Prepared> {
         .config
         .check()
         .with_context(|| format!("invalid experiment {}", opts.experiment.display()))?;
-    let exp = loaded.config;
-    let run_dir = RunDir::create(opts.run_dir.as_deref(), &exp.training.runs_dir, &exp.name)?;
-    run_dir.write_config(&loaded.resolved_yaml)?;
     Ok(Prepared {
         base_dir: opts
             .experiment
             .parent()
             .map(Path::to_path_buf)
             .unwrap_or_default(),
-        exp,
+        exp: loaded.config,
         resolved_yaml: loaded.resolved_yaml,
-        run_dir,
-        resuming: false,
+        run_dir: None,
     })
 }
 
@@ -116,8 +112,19 @@ fn prepare(opts: &RunOptions) -> Result<Prepared> {
 /// when training stopped on one.
 pub fn run(opts: &RunOptions) -> Result<RunSummary> {
     let p = prepare(opts)?;
-    let previous = if p.resuming {
-        p.run_dir.read_summary()?
+    // Plugins, data and model first: bad input leaves no run folder behind.
+    let (pipeline, task) = build(&p.exp, &p.base_dir)?;
+    let (run_dir, resuming) = match &p.run_dir {
+        Some(dir) => (dir.clone(), true),
+        None => {
+            let training = &p.exp.training;
+            let dir = RunDir::create(opts.run_dir.as_deref(), &training.runs_dir, &p.exp.name)?;
+            dir.write_config(&p.resolved_yaml)?;
+            (dir, false)
+        }
+    };
+    let previous = if resuming {
+        run_dir.read_summary()?
     } else {
         None
     };
@@ -126,7 +133,7 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary> {
         experiment_file: previous
             .and_then(|s| s.experiment_file)
             .or_else(|| Some(opts.experiment.display().to_string())),
-        run_dir: Some(p.run_dir.path().display().to_string()),
+        run_dir: Some(run_dir.path().display().to_string()),
         status: RunStatus::Running,
         error: None,
         monitor: p.exp.training.monitor.clone(),
@@ -138,9 +145,16 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary> {
         wall_time_s: 0.0,
         metrics: Default::default(),
     };
-    p.run_dir.write_summary(&summary)?;
-    eprintln!("run folder {}", p.run_dir.path().display());
-    let result = train_gw(&p, opts.fast_dev_run, &mut summary);
+    run_dir.write_summary(&summary)?;
+    eprintln!("run folder {}", run_dir.path().display());
+    let run = Run {
+        exp: &p.exp,
+        resolved_yaml: &p.resolved_yaml,
+        run_dir: &run_dir,
+        resuming,
+        fast_dev_run: opts.fast_dev_run,
+    };
+    let result = run.train(&pipeline, task, &mut summary);
     match &result {
         Ok(()) => summary.status = RunStatus::Finished,
         Err(e) => {
@@ -148,7 +162,7 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary> {
             summary.error = Some(format!("{e:#}"));
         }
     }
-    p.run_dir
+    run_dir
         .write_summary(&summary)
         .context("cannot write the run summary")?;
     result.map(|()| summary)
@@ -218,98 +232,113 @@ pub fn validate(experiment: &Path, overrides: &[String]) -> Result<String> {
     Ok(report)
 }
 
-fn train_gw(p: &Prepared, fast_dev_run: bool, summary: &mut RunSummary) -> Result<()> {
-    let exp = &p.exp;
-    let (pipeline, task) = build(exp, &p.base_dir)?;
-    let total = if fast_dev_run {
-        1
-    } else {
-        total_steps(&exp.training, pipeline.train.len())?
-    };
-    let optimizer = Optimizer::new(task.params().params(), &exp.optim, Some(total as usize))?;
-    let mut trainer = Trainer {
-        task,
-        optimizer,
-        cfg: &exp.training,
-        run_dir: &p.run_dir,
-        tb: EventWriter::create(p.run_dir.path())?,
-        position: Position::default(),
-        fast_dev_run,
-        last_val: Default::default(),
-    };
-    if p.resuming {
-        trainer.resume()?;
-        trainer.tb.restart_at(trainer.position.global_step as i64)?;
-        eprintln!(
-            "resuming at step {} (epoch {}, batch {})",
-            trainer.position.global_step, trainer.position.epoch, trainer.position.batch_in_epoch
-        );
-    } else {
-        trainer
-            .tb
-            .text("config", 0, &format!("```yaml\n{}\n```", p.resolved_yaml))?;
-        trainer
-            .tb
-            .hparams(&hparams::of(exp)?, &[exp.training.monitor.clone()])?;
-    }
-    trainer.tb.flush()?;
+/// One run being trained.
+struct Run<'a> {
+    exp: &'a Experiment,
+    resolved_yaml: &'a str,
+    run_dir: &'a RunDir,
+    resuming: bool,
+    fast_dev_run: bool,
+}
 
-    let loaders = Loaders {
-        train: &pipeline.train,
-        val: pipeline.val.as_ref(),
-    };
-    let fitted = trainer.fit(&loaders, total);
-    summary.steps = trainer.position.global_step;
-    summary.epochs = trainer.position.epoch;
-    summary.wall_time_s = trainer.position.wall_time_s;
-    summary.best_value = trainer.position.best_value;
-    summary.best_step = trainer.position.best_step;
-    summary.metrics = trainer.last_val.clone().into_iter().collect();
-    if let Err(e) = fitted {
-        let _ = trainer.tb.session_end(SessionStatus::Failure);
-        let _ = trainer.tb.flush();
-        return Err(e);
-    }
-
-    // Validate and test the best checkpoint, as shimmer's tutorial does.
-    let best = p.run_dir.best_checkpoint();
-    if best.exists() && !fast_dev_run {
-        checkpoint::load_weights(&best, trainer.task.params())?;
-        let step = trainer.position.global_step as i64;
-        let mut results = Vec::new();
-        if let Some(val) = &pipeline.val {
-            results.extend(evaluate(&mut trainer.task, val, "best/val", false)?);
-        }
-        if let Some(test) = &pipeline.test {
-            results.extend(evaluate(&mut trainer.task, test, "test", false)?);
-        }
-        for (name, v) in &results {
-            trainer.tb.scalar(name, step, *v as f32)?;
-            summary.metrics.insert(name.clone(), *v);
-        }
-        if !results.is_empty() {
+impl Run<'_> {
+    fn train(&self, pipeline: &DataPipeline, task: GwTask, summary: &mut RunSummary) -> Result<()> {
+        let (exp, fast_dev_run) = (self.exp, self.fast_dev_run);
+        let total = if fast_dev_run {
+            1
+        } else {
+            total_steps(&exp.training, pipeline.train.len())?
+        };
+        let optimizer = Optimizer::new(task.params().params(), &exp.optim, Some(total as usize))?;
+        let mut trainer = Trainer {
+            task,
+            optimizer,
+            cfg: &exp.training,
+            run_dir: self.run_dir,
+            tb: RunLogger::create(self.run_dir.path())?,
+            position: Position::default(),
+            fast_dev_run,
+            last_val: Default::default(),
+        };
+        if self.resuming {
+            trainer.resume()?;
+            trainer.tb.restart_at(trainer.position.global_step as i64)?;
             eprintln!(
-                "best checkpoint (step {}):",
-                trainer.position.best_step.unwrap_or(0)
+                "resuming at step {} (epoch {}, batch {})",
+                trainer.position.global_step,
+                trainer.position.epoch,
+                trainer.position.batch_in_epoch
             );
+        } else {
+            trainer.tb.text(
+                "config",
+                0,
+                &format!("```yaml\n{}\n```", self.resolved_yaml),
+            )?;
+            trainer.tb.hparams(
+                &hparams::of(exp)?,
+                std::slice::from_ref(&exp.training.monitor),
+            )?;
+        }
+        trainer.tb.flush()?;
+
+        let loaders = Loaders {
+            train: &pipeline.train,
+            val: pipeline.val.as_ref(),
+        };
+        let fitted = trainer.fit(&loaders, total);
+        summary.steps = trainer.position.global_step;
+        summary.epochs = trainer.position.epoch;
+        summary.wall_time_s = trainer.position.wall_time_s;
+        summary.best_value = trainer.position.best_value;
+        summary.best_step = trainer.position.best_step;
+        summary.metrics = trainer.last_val.clone().into_iter().collect();
+        if let Err(e) = fitted {
+            let _ = trainer.tb.session_end(SessionStatus::Failure);
+            let _ = trainer.tb.flush();
+            return Err(e);
+        }
+
+        // Validate and test the best checkpoint, as shimmer's tutorial does.
+        let best = self.run_dir.best_checkpoint();
+        if best.exists() && !fast_dev_run {
+            checkpoint::load_weights(&best, trainer.task.params())?;
+            let step = trainer.position.global_step as i64;
+            let mut results = Vec::new();
+            if let Some(val) = &pipeline.val {
+                results.extend(evaluate(&mut trainer.task, val, "best/val", false)?);
+            }
+            if let Some(test) = &pipeline.test {
+                results.extend(evaluate(&mut trainer.task, test, "test", false)?);
+            }
             for (name, v) in &results {
-                eprintln!("  {name:<40} {v:.6}");
+                trainer.tb.scalar(name, step, *v as f32)?;
+                summary.metrics.insert(name.clone(), *v);
+            }
+            if !results.is_empty() {
+                eprintln!(
+                    "best checkpoint (step {}):",
+                    trainer.position.best_step.unwrap_or(0)
+                );
+                for (name, v) in &results {
+                    eprintln!("  {name:<40} {v:.6}");
+                }
             }
         }
+        trainer.tb.session_end(SessionStatus::Success)?;
+        trainer.tb.flush()?;
+        eprintln!(
+            "finished: {} steps, {} epochs in {:.1} s; best {} {} at step {}",
+            summary.steps,
+            summary.epochs,
+            summary.wall_time_s,
+            exp.training.monitor,
+            summary
+                .best_value
+                .map(|v| format!("{v:.6}"))
+                .unwrap_or_else(|| "n/a".into()),
+            summary.best_step.unwrap_or(0)
+        );
+        Ok(())
     }
-    trainer.tb.session_end(SessionStatus::Success)?;
-    trainer.tb.flush()?;
-    eprintln!(
-        "finished: {} steps, {} epochs in {:.1} s; best {} {} at step {}",
-        summary.steps,
-        summary.epochs,
-        summary.wall_time_s,
-        exp.training.monitor,
-        summary
-            .best_value
-            .map(|v| format!("{v:.6}"))
-            .unwrap_or_else(|| "n/a".into()),
-        summary.best_step.unwrap_or(0)
-    );
-    Ok(())
 }

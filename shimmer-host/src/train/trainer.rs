@@ -2,6 +2,7 @@
 
 use super::config::TrainingConfig;
 use super::eval::MetricMeans;
+use super::logger::RunLogger;
 use super::progress::Progress;
 use super::run_dir::RunDir;
 use super::task::Task;
@@ -9,7 +10,6 @@ use crate::checkpoint;
 use crate::data::DataLoader;
 use crate::data::batch::HostBatch;
 use crate::optim::Optimizer;
-use crate::tensorboard::EventWriter;
 use anyhow::{Context, Result, bail};
 use candle_core::{DType, Tensor, backprop::GradStore};
 use indexmap::IndexMap;
@@ -97,8 +97,8 @@ pub struct Trainer<'a, T: Task> {
     pub cfg: &'a TrainingConfig,
     /// Where checkpoints go.
     pub run_dir: &'a RunDir,
-    /// TensorBoard output.
-    pub tb: EventWriter,
+    /// TensorBoard and `scalars.jsonl` output.
+    pub tb: RunLogger,
     /// Where training stands.
     pub position: Position,
     /// One training batch, one validation batch, then stop.

@@ -1,0 +1,357 @@
+//! End-to-end: `shimmer run` on the shipped tutorial through the real
+//! plugin and binary; TensorBoard reads back what it logged; a killed run
+//! resumes to the same weights; bad input gives one clear error.
+
+mod common;
+
+use safetensors::SafeTensors;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn tutorial() -> PathBuf {
+    common::workspace_root().join("experiments/tutorial/gw.yaml")
+}
+
+fn run(args: &[&str]) -> Output {
+    common::shimmer()
+        .arg("run")
+        .args(args)
+        .current_dir(common::workspace_root())
+        .output()
+        .expect("run shimmer")
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn summary(dir: &Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(dir.join("summary.json")).expect("summary.json");
+    serde_json::from_str(&text).expect("summary is JSON")
+}
+
+/// `(step, tag, value)` of every scalar in `scalars.jsonl`.
+fn logged_scalars(dir: &Path) -> Vec<(i64, String, f32)> {
+    std::fs::read_to_string(dir.join("scalars.jsonl"))
+        .expect("scalars.jsonl")
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("JSON line"))
+        .filter(|v| v.get("tag").is_some())
+        .map(|v| {
+            (
+                v["step"].as_i64().unwrap(),
+                v["tag"].as_str().unwrap().to_string(),
+                v["value"].as_f64().unwrap() as f32,
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn tutorial_trains_and_tensorboard_reads_every_scalar() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("run");
+    let out = run(&[
+        tutorial().to_str().unwrap(),
+        "--run-dir",
+        dir.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    let s = summary(&dir);
+    assert_eq!(s["status"], "finished");
+    assert_eq!(s["steps"], 32);
+    assert_eq!(s["epochs"], 4);
+    for f in [
+        "config.yaml",
+        "checkpoints/best.safetensors",
+        "checkpoints/last.safetensors",
+    ] {
+        assert!(dir.join(f).is_file(), "{f} missing");
+    }
+    assert!(s["metrics"]["test/loss"].as_f64().is_some(), "{s}");
+
+    let logged = logged_scalars(&dir);
+    let train_loss: Vec<f32> = logged
+        .iter()
+        .filter(|(_, t, _)| t == "train/loss")
+        .map(|(_, _, v)| *v)
+        .collect();
+    assert_eq!(train_loss.len(), 32, "log_every_n_steps is 1");
+    let first: f32 = train_loss[..8].iter().sum::<f32>() / 8.0;
+    let last: f32 = train_loss[24..].iter().sum::<f32>() / 8.0;
+    assert!(
+        last < first,
+        "train/loss did not decrease: first epoch {first}, last {last}"
+    );
+
+    // TensorBoard's own reader sees every scalar, at its step, bit for bit.
+    let read = common::read_tensorboard(&dir);
+    let scalars = read["scalars"].as_object().expect("scalars");
+    let mut expected_tags: Vec<&str> = logged.iter().map(|(_, t, _)| t.as_str()).collect();
+    expected_tags.sort();
+    expected_tags.dedup();
+    let mut read_tags: Vec<&str> = scalars.keys().map(String::as_str).collect();
+    read_tags.sort();
+    assert_eq!(read_tags, expected_tags);
+    for tag in &expected_tags {
+        let want: Vec<(i64, f32)> = logged
+            .iter()
+            .filter(|(_, t, _)| t == tag)
+            .map(|(s, _, v)| (*s, *v))
+            .collect();
+        let got: Vec<(i64, f32)> = scalars[*tag]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| (p[0].as_i64().unwrap(), p[1].as_f64().unwrap() as f32))
+            .collect();
+        assert_eq!(got, want, "tag {tag}");
+    }
+    for tag in [
+        "train/loss",
+        "train/demi_cycles",
+        "train/translation_domain1_to_domain2",
+        "val/loss",
+        "val/contrastive_domain1_and_domain2",
+        "lr-AdamW",
+    ] {
+        assert!(scalars.contains_key(tag), "{tag} not logged");
+    }
+    assert!(
+        read["text"]["config"][0][1][0]
+            .as_str()
+            .unwrap()
+            .contains("name: tutorial")
+    );
+    let hp = &read["hparams"]["_hparams_/session_start_info"]["session_start_info"]["hparams"];
+    assert_eq!(hp["optim.lr"].as_f64(), Some(1e-3));
+    assert_eq!(hp["workspace.flavour"].as_str(), Some("two_domains"));
+}
+
+fn weights(path: &Path) -> Vec<(String, Vec<u8>)> {
+    let bytes = std::fs::read(path).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let mut out: Vec<(String, Vec<u8>)> = st
+        .tensors()
+        .into_iter()
+        .filter(|(n, _)| !n.starts_with("trainer.wall_time"))
+        .map(|(n, t)| (n, t.data().to_vec()))
+        .collect();
+    out.sort();
+    out
+}
+
+#[test]
+fn killed_run_resumes_to_the_same_weights() {
+    let tmp = tempfile::tempdir().unwrap();
+    let long = [
+        "training.max_epochs=150",
+        "training.checkpoint_every_n_steps=7",
+        "training.val_every_n_epochs=10",
+        "training.log_every_n_steps=25",
+    ];
+    let exp = tutorial();
+    let exp = exp.to_str().unwrap();
+
+    let straight = tmp.path().join("straight");
+    let mut args = vec![exp, "--run-dir", straight.to_str().unwrap()];
+    args.extend(long);
+    let out = run(&args);
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    let killed = tmp.path().join("killed");
+    let mut child = common::shimmer()
+        .arg("run")
+        .arg(exp)
+        .args(["--run-dir", killed.to_str().unwrap()])
+        .args(long)
+        .current_dir(common::workspace_root())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let last = killed.join("checkpoints/last.safetensors");
+    let started = Instant::now();
+    while !last.exists() {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "no checkpoint appeared"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let at_kill = summary(&killed);
+    assert_eq!(
+        at_kill["status"], "running",
+        "the run ended before it was killed"
+    );
+
+    let out = run(&["--resume", killed.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("resuming at step"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(summary(&killed)["steps"], summary(&straight)["steps"]);
+
+    let a = weights(&straight.join("checkpoints/last.safetensors"));
+    let b = weights(&killed.join("checkpoints/last.safetensors"));
+    assert_eq!(a.len(), b.len());
+    for ((na, da), (nb, db)) in a.iter().zip(&b) {
+        assert_eq!(na, nb);
+        assert!(da == db, "tensor {na} differs after kill and resume");
+    }
+}
+
+fn assert_clear_failure(out: &Output, needles: &[&str]) {
+    let err = stderr(out);
+    assert!(!out.status.success(), "should fail: {err}");
+    assert_ne!(out.status.code(), None, "killed by a signal: {err}");
+    let last = err.trim_end().lines().last().unwrap_or("");
+    assert!(
+        last.starts_with("error: "),
+        "last line is not the error: {err}"
+    );
+    for n in needles {
+        assert!(last.contains(n), "`{n}` missing from: {last}");
+    }
+    for noise in ["panicked", "RUST_BACKTRACE", "stack backtrace"] {
+        assert!(!err.contains(noise), "{err}");
+    }
+}
+
+fn bad_run(extra: &[&str]) -> (tempfile::TempDir, Output) {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("run");
+    let exp = tutorial();
+    let mut args = vec![exp.to_str().unwrap(), "--run-dir", dir.to_str().unwrap()];
+    args.extend(extra);
+    let out = run(&args);
+    (tmp, out)
+}
+
+#[test]
+fn unknown_key_names_file_line_and_key() {
+    let tmp = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(tutorial())
+        .unwrap()
+        .replace("  dim: 16\n", "  dims: 16\n");
+    let file = tmp.path().join("typo.yaml");
+    std::fs::write(&file, text).unwrap();
+    let out = run(&[
+        file.to_str().unwrap(),
+        "--run-dir",
+        tmp.path().join("r").to_str().unwrap(),
+    ]);
+    assert_clear_failure(
+        &out,
+        &[
+            "typo.yaml:",
+            "workspace.dims",
+            "unknown field `dims`",
+            "expected one of",
+        ],
+    );
+    assert!(
+        !tmp.path().join("r").exists(),
+        "no run folder for a bad config"
+    );
+}
+
+#[test]
+fn wrong_type_names_the_override() {
+    let (_t, out) = bad_run(&["optim.lr=fast"]);
+    assert_clear_failure(&out, &["optim.lr=fast", "invalid type"]);
+}
+
+#[test]
+fn missing_plugin_is_named() {
+    let (_t, out) = bad_run(&["domains.domain1.plugin=no-such-plugin"]);
+    assert_clear_failure(
+        &out,
+        &["domain `domain1`", "plugin `no-such-plugin` not found"],
+    );
+}
+
+#[test]
+fn domain_kind_not_in_plugin_is_named() {
+    let (_t, out) = bad_run(&["domains.domain2.kind=images"]);
+    assert_clear_failure(
+        &out,
+        &["domain `domain2`", "no domain kind `images`", "vectors"],
+    );
+}
+
+#[test]
+fn dims_that_do_not_match_are_named() {
+    let (_t, out) = bad_run(&["domains.domain1.latent_dim=9"]);
+    assert_clear_failure(&out, &["domain `domain1`", "latent_dim: 9", "8"]);
+}
+
+#[test]
+fn unwritable_run_folder_is_an_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("a-file");
+    std::fs::write(&file, "").unwrap();
+    let runs = format!("training.runs_dir={}", file.display());
+    let out = run(&[tutorial().to_str().unwrap(), &runs]);
+    assert_clear_failure(&out, &["cannot create run folder"]);
+}
+
+#[test]
+fn nan_loss_stops_and_keeps_the_last_good_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let exp = tmp.path().join("nan.yaml");
+    std::fs::write(
+        &exp,
+        "name: nan\n\
+         domains:\n  \
+           a: { plugin: faulty-plugin, config: { dim: 4, items: 64, nan_on: 40 } }\n  \
+           b: { plugin: random-vectors, config: { dim: 3, train: 64, val: 16, test: 16 } }\n\
+         workspace: { flavour: two_domains, dim: 4 }\n\
+         data:\n  batch_size: 8\n  shuffle: false\n  workers: 1\n  \
+           groups: [ { domains: [a, b] }, { domains: [a] }, { domains: [b] } ]\n\
+         training: { max_epochs: 2, checkpoint_every_n_steps: 1 }\n",
+    )
+    .unwrap();
+    let dir = tmp.path().join("run");
+    let out = run(&[exp.to_str().unwrap(), "--run-dir", dir.to_str().unwrap()]);
+    assert_clear_failure(
+        &out,
+        &["loss became NaN at step 5", "last good checkpoint is kept"],
+    );
+    let s = summary(&dir);
+    assert_eq!(s["status"], "failed");
+    assert!(s["error"].as_str().unwrap().contains("NaN"));
+    // The kept checkpoint is the one after step 5 and holds finite weights.
+    let bytes = std::fs::read(dir.join("checkpoints/last.safetensors")).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let step = st.tensor("trainer.global_step").unwrap();
+    assert_eq!(i64::from_le_bytes(step.data().try_into().unwrap()), 5);
+    for (name, t) in st.tensors() {
+        if name.starts_with("gw_mod.") {
+            let finite = t
+                .data()
+                .chunks_exact(4)
+                .all(|b| f32::from_le_bytes(b.try_into().unwrap()).is_finite());
+            assert!(finite, "{name} is not finite");
+        }
+    }
+}
+
+#[test]
+fn fast_dev_run_and_validate_work_on_the_tutorial() {
+    let (_t, out) = bad_run(&["--fast-dev-run"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = Command::new(common::build_all().join("shimmer"))
+        .args(["validate", tutorial().to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("8 batches per epoch, 32 steps"), "{text}");
+}
