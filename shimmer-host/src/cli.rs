@@ -24,6 +24,9 @@ enum Command {
     Validate(ValidateArgs),
     /// Replay training steps on given batches from given weights (parity checks).
     Replay(ReplayArgs),
+    /// Run an experiment's `sweep:` trials locally or as a Slurm job array;
+    /// inspect, summarize or resume a sweep folder.
+    Sweep(SweepArgs),
 }
 
 #[derive(Debug, Args)]
@@ -50,6 +53,108 @@ struct ValidateArgs {
     experiment: PathBuf,
     /// Settings that override the file, as `key.path=value`.
     overrides: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("sweep_action")
+    .args(["experiment", "resume", "summary", "status", "run_trial"])
+    .required(true)))]
+struct SweepArgs {
+    /// Experiment YAML file with a `sweep:` section.
+    experiment: Option<PathBuf>,
+    /// Settings that override the file before the sweep is expanded, as
+    /// `key.path=value` (also `sweep.samples=8`); every trial gets them.
+    #[arg(requires = "experiment")]
+    overrides: Vec<String>,
+    /// Run the trials that did not finish in this sweep folder.
+    #[arg(long, value_name = "SWEEP_DIR")]
+    resume: Option<PathBuf>,
+    /// Print the trials ranked by the monitored metric, and write summary.csv.
+    #[arg(long, value_name = "SWEEP_DIR")]
+    summary: Option<PathBuf>,
+    /// Print each trial's state (from the run folders, squeue and sacct).
+    #[arg(long, value_name = "SWEEP_DIR")]
+    status: Option<PathBuf>,
+    /// Run one trial of a sweep folder (what each Slurm array task does).
+    #[arg(long, num_args = 2, value_names = ["SWEEP_DIR", "INDEX"], hide = true)]
+    run_trial: Option<Vec<String>>,
+    /// Exact sweep folder (default: `runs/<experiment>/sweep-<date>_<time>/`).
+    #[arg(long, requires = "experiment")]
+    sweep_dir: Option<PathBuf>,
+    /// Where trials run (default: `sweep.launcher.kind`, else local).
+    #[arg(long, value_enum)]
+    launcher: Option<shimmer_host::sweep::LauncherKind>,
+    /// Local launcher: trials at once (default: `sweep.launcher.jobs`, else 1).
+    #[arg(long, short = 'j', value_name = "N")]
+    jobs: Option<usize>,
+    /// Print the trials, or the Slurm script, and run nothing.
+    #[arg(long, requires = "experiment")]
+    dry_run: bool,
+    /// Slurm: `--partition` of each task.
+    #[arg(long, help_heading = "Slurm")]
+    partition: Option<String>,
+    /// Slurm: `--time` limit of each task (`02:00:00`).
+    #[arg(long, help_heading = "Slurm")]
+    time: Option<String>,
+    /// Slurm: `--cpus-per-task`.
+    #[arg(long, help_heading = "Slurm")]
+    cpus: Option<u32>,
+    /// Slurm: `--gpus` per task.
+    #[arg(long, help_heading = "Slurm")]
+    gpus: Option<u32>,
+    /// Slurm: `--mem` per task (`16G`).
+    #[arg(long, help_heading = "Slurm")]
+    mem: Option<String>,
+    /// Slurm: at most N tasks at once (`--array=...%N`).
+    #[arg(long, value_name = "N", help_heading = "Slurm")]
+    max_parallel: Option<u32>,
+    /// Slurm: another `#SBATCH` option, e.g. `--sbatch=--account=lab` (repeatable).
+    #[arg(long = "sbatch", value_name = "OPTION", help_heading = "Slurm")]
+    sbatch: Vec<String>,
+}
+
+impl SweepArgs {
+    fn slurm(&self) -> shimmer_host::sweep::SlurmConfig {
+        shimmer_host::sweep::SlurmConfig {
+            partition: self.partition.clone(),
+            time: self.time.clone(),
+            cpus: self.cpus,
+            gpus: self.gpus,
+            mem: self.mem.clone(),
+            max_parallel: self.max_parallel,
+            extra: self.sbatch.clone(),
+            ..Default::default()
+        }
+    }
+}
+
+fn sweep(a: SweepArgs) -> Result<()> {
+    use shimmer_host::sweep;
+    if let Some(dir) = &a.summary {
+        return sweep::summary(dir);
+    }
+    if let Some(dir) = &a.status {
+        return sweep::status(dir);
+    }
+    if let Some(dir) = &a.resume {
+        return sweep::resume(dir, a.launcher, a.jobs, &a.slurm());
+    }
+    if let Some([dir, index]) = a.run_trial.as_deref() {
+        let index = index
+            .parse()
+            .map_err(|_| anyhow::anyhow!("trial index must be a number, got `{index}`"))?;
+        return sweep::run_trial(std::path::Path::new(dir), index);
+    }
+    let opts = sweep::SweepOptions {
+        experiment: a.experiment.clone().unwrap_or_default(),
+        overrides: a.overrides.clone(),
+        sweep_dir: a.sweep_dir.clone(),
+        launcher: a.launcher,
+        jobs: a.jobs,
+        slurm: a.slurm(),
+        dry_run: a.dry_run,
+    };
+    sweep::start(&opts)
 }
 
 #[derive(Debug, Subcommand)]
@@ -120,6 +225,7 @@ pub fn run(cli: Cli) -> Result<()> {
             out: a.out,
             final_weights: a.final_weights,
         }),
+        Command::Sweep(a) => sweep(a),
     }
 }
 

@@ -60,6 +60,9 @@ pub struct Experiment {
     /// Groups, batches, loader threads and latent cache.
     #[serde(default)]
     pub data: crate::data::DataConfig,
+    /// Keys to vary across the trials of `shimmer sweep`; ignored by `shimmer run`.
+    #[serde(default)]
+    pub sweep: Option<crate::sweep::SweepConfig>,
 }
 
 fn default_device() -> String {

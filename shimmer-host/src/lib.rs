@@ -14,6 +14,7 @@ pub mod losses;
 pub mod optim;
 pub mod plugin;
 pub mod replay;
+pub mod sweep;
 pub mod tensorboard;
 pub mod train;
 pub mod yaml;

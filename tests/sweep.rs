@@ -1,0 +1,427 @@
+//! `shimmer sweep` end to end with the local launcher: the tutorial swept
+//! for real, a failing trial among good ones, Ctrl-C and `--resume`, and
+//! bad sweep sections.
+//!
+//! The interruption test uses a stand-in for `shimmer run` (a shell script
+//! named by `SHIMMER_SWEEP_RUNNER`, the launcher's testing hook) so that a
+//! trial is reliably mid-run when the sweep is interrupted.
+
+mod common;
+
+use serde_json::Value;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn tutorial() -> PathBuf {
+    common::workspace_root().join("experiments/tutorial/gw.yaml")
+}
+
+fn sweep(cwd: &Path) -> Command {
+    let mut cmd = common::shimmer();
+    cmd.current_dir(cwd).arg("sweep");
+    cmd
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "status {:?}\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn json(path: &Path) -> Value {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_slice(&bytes).unwrap()
+}
+
+fn state(dir: &Path, trial: &str) -> String {
+    let path = dir.join("state").join(format!("{trial}.json"));
+    if !path.exists() {
+        return "pending".to_string();
+    }
+    json(&path)["state"].as_str().unwrap().to_string()
+}
+
+/// A finished run folder: resolved config, event file, both checkpoints.
+fn assert_finished_run(run: &Path) {
+    assert!(run.join("config.yaml").is_file(), "{}", run.display());
+    assert!(run.join("checkpoints/best.safetensors").is_file());
+    assert!(run.join("checkpoints/last.safetensors").is_file());
+    let events = std::fs::read_dir(run)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("events.out.tfevents.")
+        })
+        .count();
+    assert_eq!(events, 1, "one event file in {}", run.display());
+    assert_eq!(json(&run.join("summary.json"))["status"], "finished");
+}
+
+#[test]
+fn tutorial_sweep_runs_every_trial_and_ranks_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("sw");
+    let out = sweep(tmp.path())
+        .arg(tutorial())
+        .args([
+            "training.max_epochs=1",
+            "sweep.grid.optim.scheduler.max_lr=[1.0e-3, 1.0e-2]",
+            "sweep.random.workspace.encoders.hidden={int: [16, 64]}",
+            "sweep.samples=2",
+            "sweep.seed=3",
+            "--jobs",
+            "2",
+            "--sweep-dir",
+        ])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+
+    let manifest = json(&dir.join("sweep.json"));
+    let trials = manifest["trials"].as_array().unwrap();
+    assert_eq!(trials.len(), 4, "2 grid points x 2 samples");
+    assert_eq!(trials[0]["overrides"][0], "optim.scheduler.max_lr=0.001");
+    assert_eq!(trials[3]["overrides"][0], "optim.scheduler.max_lr=0.01");
+    for (i, t) in trials.iter().enumerate() {
+        let run = dir.join(format!("trials/{i:03}"));
+        assert_finished_run(&run);
+        // Command-line overrides reach every trial, then its own values.
+        let summary = json(&run.join("summary.json"));
+        assert_eq!(summary["steps"], 8, "one epoch of 8 batches");
+        let config = std::fs::read_to_string(run.join("config.yaml")).unwrap();
+        let hidden = t["values"]["workspace.encoders.hidden"].as_str().unwrap();
+        assert!(config.contains(&format!("hidden: {hidden}")), "{config}");
+        let h: u32 = hidden.parse().unwrap();
+        assert!((16..=64).contains(&h));
+        assert_eq!(state(&dir, &format!("{i:03}")), "finished");
+    }
+
+    // The table (printed at the end, and by --summary) and its CSV rank
+    // the trials by val/loss, lowest first.
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("ranked by val/loss (min)"), "{stdout}");
+    let csv = std::fs::read_to_string(dir.join("summary.csv")).unwrap();
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(lines.len(), 5, "{csv}");
+    assert!(
+        lines[0].starts_with("rank,trial,state,val/loss (min)"),
+        "{csv}"
+    );
+    assert!(lines[0].ends_with("optim.scheduler.max_lr,workspace.encoders.hidden,error"));
+    let values: Vec<f64> = lines[1..]
+        .iter()
+        .map(|l| l.split(',').nth(3).unwrap().parse().unwrap())
+        .collect();
+    assert!(values.windows(2).all(|w| w[0] <= w[1]), "{csv}");
+    let ranks: Vec<&str> = lines[1..].iter().map(|l| &l[..1]).collect();
+    assert_eq!(ranks, ["1", "2", "3", "4"]);
+
+    let again = sweep(tmp.path())
+        .arg("--summary")
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(again.status.success(), "{}", text(&again));
+    assert!(String::from_utf8_lossy(&again.stdout).contains("4 finished"));
+    let status = sweep(tmp.path())
+        .arg("--status")
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(status.status.success(), "{}", text(&status));
+    assert!(String::from_utf8_lossy(&status.stdout).contains("4 trials: 4 finished"));
+
+    // Nothing left to resume.
+    let resumed = sweep(tmp.path())
+        .arg("--resume")
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(resumed.status.success(), "{}", text(&resumed));
+    assert!(String::from_utf8_lossy(&resumed.stdout).contains("nothing to resume"));
+}
+
+#[test]
+fn a_failing_trial_is_recorded_and_the_others_finish() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("sw");
+    let out = sweep(tmp.path())
+        .arg(tutorial())
+        .args([
+            "training.max_epochs=1",
+            "sweep.grid.domains.domain2.plugin=[no-such-plugin, random-vectors]",
+            "sweep.grid.seed=[0, 1]",
+            "--jobs=2",
+            "--sweep-dir",
+        ])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("2 of 4 trial(s) failed"), "{}", text(&out));
+    for trial in ["000", "001"] {
+        let record = json(&dir.join(format!("state/{trial}.json")));
+        assert_eq!(record["state"], "failed");
+        let error = record["error"].as_str().unwrap();
+        assert!(error.contains("no-such-plugin"), "{error}");
+    }
+    for trial in ["002", "003"] {
+        assert_eq!(state(&dir, trial), "finished");
+        assert_finished_run(&dir.join("trials").join(trial));
+    }
+    // Failed trials are listed last, with their error.
+    let csv = std::fs::read_to_string(dir.join("summary.csv")).unwrap();
+    let lines: Vec<&str> = csv.lines().collect();
+    assert!(lines[1].contains(",finished,") && lines[2].contains(",finished,"));
+    assert!(lines[3].starts_with("-,000,failed,") || lines[3].starts_with("-,001,failed,"));
+    assert!(lines[4].contains("no-such-plugin"), "{csv}");
+}
+
+/// A stand-in for `shimmer run`: logs its arguments, writes a run folder
+/// with `val/loss = seed / 10`, fails for `seed=$FAKE_FAIL_SEED`, and on a
+/// first attempt with `seed=$FAKE_SLOW_SEED` hangs until killed.
+const FAKE_RUNNER: &str = r#"#!/bin/bash
+set -eu
+echo "$*" >> "$FAKE_LOG"
+dir= seed=0 resume=no
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --run-dir) dir=$2; shift ;;
+    --resume) dir=$2; resume=yes; shift ;;
+    seed=*) seed=${1#seed=} ;;
+  esac
+  shift
+done
+mkdir -p "$dir/checkpoints"
+if [ $resume = no ]; then echo "seed: $seed" > "$dir/config.yaml"; fi
+seed=$(sed -n 's/^seed: //p' "$dir/config.yaml")
+touch "$dir/events.out.tfevents.fake" "$dir/checkpoints/last.safetensors"
+if [ "$seed" = "${FAKE_FAIL_SEED:-}" ]; then echo "error: seed $seed is cursed" >&2; exit 2; fi
+if [ "$seed" = "${FAKE_SLOW_SEED:-}" ] && [ $resume = no ]; then
+  sleep 60 & echo $! > "$dir/sleep.pid"; wait
+fi
+touch "$dir/checkpoints/best.safetensors"
+cat > "$dir/summary.json" <<JSON
+{"status": "finished", "error": null, "monitor": "val/loss", "mode": "min",
+ "best_value": 0.$seed, "best_step": 4, "steps": 4, "wall_time_s": 0.1,
+ "metrics": {"val/loss": 0.$seed}}
+JSON
+"#;
+
+fn fake_runner(dir: &Path) -> PathBuf {
+    let path = dir.join("fake-run");
+    std::fs::write(&path, FAKE_RUNNER).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path
+}
+
+fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn interrupted_sweep_resumes_only_unfinished_trials() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("sw");
+    let log = tmp.path().join("calls.log");
+    let runner = fake_runner(tmp.path());
+    let child = sweep(tmp.path())
+        .arg(tutorial())
+        .args(["sweep.grid.seed=[1, 2, 3, 4, 5]", "--jobs=2", "--sweep-dir"])
+        .arg(&dir)
+        .env("SHIMMER_SWEEP_RUNNER", &runner)
+        .env("FAKE_LOG", &log)
+        .env("FAKE_SLOW_SEED", "3")
+        .env("FAKE_FAIL_SEED", "4")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Trials 0, 1 finish, 3 fails, 2 hangs: then only 2 and 4 are open.
+    wait_for("trials 0, 1, 3 to end", Duration::from_secs(60), || {
+        ["000", "001", "003"]
+            .iter()
+            .all(|t| matches!(state(&dir, t).as_str(), "finished" | "failed"))
+            && state(&dir, "002") == "running"
+    });
+    // Ctrl-C.
+    let pid = child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-INT", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let start = Instant::now();
+    let out = child.wait_with_output().unwrap();
+    assert!(start.elapsed() < Duration::from_secs(10), "stops promptly");
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--resume"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(state(&dir, "000"), "finished");
+    assert_eq!(state(&dir, "001"), "finished");
+    assert_eq!(state(&dir, "002"), "interrupted");
+    assert_eq!(state(&dir, "003"), "failed");
+    let trial4 = state(&dir, "004");
+    assert!(
+        trial4 == "pending" || trial4 == "interrupted",
+        "trial 4 never started or was stopped: {trial4}"
+    );
+    // The hanging trial was stopped with everything it started.
+    let sleeper = std::fs::read_to_string(dir.join("trials/002/sleep.pid")).unwrap();
+    let alive = Command::new("kill")
+        .args(["-0", sleeper.trim()])
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(
+        !alive.success(),
+        "the trial's own child {sleeper} is still running"
+    );
+
+    // Resume: only the unfinished trials run again, the interrupted one
+    // from its run folder; the failed one is retried with its earlier
+    // attempt kept aside.
+    std::fs::write(&log, "").unwrap();
+    let out = sweep(tmp.path())
+        .arg("--resume")
+        .arg(&dir)
+        .env("SHIMMER_SWEEP_RUNNER", &runner)
+        .env("FAKE_LOG", &log)
+        .env("FAKE_SLOW_SEED", "3")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let calls = std::fs::read_to_string(&log).unwrap();
+    let calls: Vec<&str> = calls.lines().collect();
+    assert_eq!(calls.len(), 3, "{calls:?}");
+    assert!(
+        calls
+            .iter()
+            .any(|c| c.starts_with("run --resume") && c.ends_with("trials/002"))
+    );
+    assert!(
+        calls
+            .iter()
+            .any(|c| c.contains("seed=4") && c.ends_with("trials/003"))
+    );
+    assert!(
+        calls
+            .iter()
+            .any(|c| c.contains("seed=5") && c.ends_with("trials/004"))
+    );
+    assert!(dir.join("retired/003.1/config.yaml").is_file());
+    for t in ["000", "001", "002", "003", "004"] {
+        assert_eq!(state(&dir, t), "finished", "trial {t}");
+    }
+    let attempts = json(&dir.join("state/002.json"))["attempts"].clone();
+    assert_eq!(attempts, 2);
+    // Ranked by the fake val/loss = seed / 10.
+    let csv = std::fs::read_to_string(dir.join("summary.csv")).unwrap();
+    let order: Vec<&str> = csv.lines().skip(1).map(|l| &l[2..5]).collect();
+    assert_eq!(order, ["000", "001", "002", "003", "004"], "{csv}");
+}
+
+#[test]
+fn bad_sweeps_fail_before_anything_runs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cases: [(&[&str], &str); 5] = [
+        (&[], "has no `sweep:` section"),
+        (&["sweep.gird.seed=[1]"], "gird"),
+        (&["sweep.grid.seed=3"], "sweep.grid.seed"),
+        (&["sweep.random.optim.lr={loguniform: [0.0, 1.0]}"], "> 0"),
+        (
+            &["sweep.grid.workspace.dim=[16, sixteen]"],
+            "trial 1 of the sweep (workspace.dim=sixteen) is not a valid experiment",
+        ),
+    ];
+    for (overrides, needle) in cases {
+        let out = sweep(tmp.path())
+            .arg(tutorial())
+            .args(overrides)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{overrides:?}: {}", text(&out));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.starts_with("error: "), "{stderr}");
+        assert!(stderr.contains(needle), "{overrides:?}: {stderr}");
+        assert_eq!(
+            stderr.trim_end().lines().count(),
+            1,
+            "one paragraph: {stderr}"
+        );
+    }
+    assert!(!tmp.path().join("runs").exists(), "nothing created");
+
+    // An explicit sweep folder is never reused.
+    let dir = tmp.path().join("taken");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::write(dir.join("x"), "").unwrap();
+    let out = sweep(tmp.path())
+        .arg(tutorial())
+        .args(["sweep.grid.seed=[1]", "--sweep-dir"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not empty"));
+}
+
+#[test]
+fn dry_runs_print_trials_or_the_slurm_script_and_create_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = sweep(tmp.path())
+        .arg(tutorial())
+        .args(["sweep.grid.seed=[1, 2, 3]", "--dry-run"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("3 trials in"), "{stdout}");
+    assert!(stdout.contains("\n002  seed=3\n"), "{stdout}");
+
+    let out = sweep(tmp.path())
+        .arg(tutorial())
+        .args([
+            "sweep.grid.seed=[1, 2, 3, 4]",
+            "sweep.launcher.slurm.partition=gpu",
+            "--launcher=slurm",
+            "--max-parallel=2",
+            "--gpus=1",
+            "--sbatch=--qos=short",
+            "--dry-run",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let script = String::from_utf8_lossy(&out.stdout);
+    for line in [
+        "#!/bin/bash",
+        "#SBATCH --array=0-3%2",
+        "#SBATCH --partition=gpu",
+        "#SBATCH --gpus=1",
+        "#SBATCH --qos=short",
+    ] {
+        assert!(script.lines().any(|l| l == line), "{line} in\n{script}");
+    }
+    assert!(script.contains("sweep --run-trial '"), "{script}");
+    assert!(script.contains("\"$SLURM_ARRAY_TASK_ID\""), "{script}");
+    assert!(!tmp.path().join("runs").exists(), "nothing created");
+}
