@@ -7,10 +7,55 @@ mod common;
 use safetensors::SafeTensors;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 fn tutorial() -> PathBuf {
     common::workspace_root().join("experiments/tutorial/gw.yaml")
+}
+
+/// Pretrains the tutorial's two domain autoencoders (once per test process,
+/// into the target folder) and returns the overrides that point the GW
+/// experiment at them.
+fn pretrained() -> &'static [String] {
+    static OVERRIDES: OnceLock<Vec<String>> = OnceLock::new();
+    OVERRIDES.get_or_init(|| {
+        let dir = common::target_dir().join(format!("e2e-pretrained-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        (1..=2)
+            .map(|d| {
+                let weights = dir.join(format!("domain{d}.safetensors"));
+                let exp = common::workspace_root()
+                    .join(format!("experiments/tutorial/pretrain_domain{d}.yaml"));
+                let out = run(&[
+                    exp.to_str().unwrap(),
+                    "--run-dir",
+                    dir.join(format!("run{d}")).to_str().unwrap(),
+                    &format!("pretrain.save_to={}", weights.display()),
+                ]);
+                assert!(out.status.success(), "{}", stderr(&out));
+                assert!(weights.is_file());
+                format!("domains.domain{d}.model.checkpoint={}", weights.display())
+            })
+            .collect()
+    })
+}
+
+/// Arguments of a tutorial GW run in `dir`, on the pretrained domains.
+fn tutorial_args<'a>(dir: &'a Path, extra: &[&'a str]) -> Vec<String> {
+    let mut args = vec![
+        tutorial().display().to_string(),
+        "--run-dir".to_string(),
+        dir.display().to_string(),
+    ];
+    args.extend(pretrained().iter().cloned());
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
+}
+
+fn run_args(args: &[String]) -> Output {
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    run(&args)
 }
 
 fn run(args: &[&str]) -> Output {
@@ -152,21 +197,14 @@ fn killed_run_resumes_to_the_same_weights() {
         "training.val_every_n_epochs=10",
         "training.log_every_n_steps=25",
     ];
-    let exp = tutorial();
-    let exp = exp.to_str().unwrap();
-
     let straight = tmp.path().join("straight");
-    let mut args = vec![exp, "--run-dir", straight.to_str().unwrap()];
-    args.extend(long);
-    let out = run(&args);
+    let out = run_args(&tutorial_args(&straight, &long));
     assert!(out.status.success(), "{}", stderr(&out));
 
     let killed = tmp.path().join("killed");
     let mut child = common::shimmer()
         .arg("run")
-        .arg(exp)
-        .args(["--run-dir", killed.to_str().unwrap()])
-        .args(long)
+        .args(tutorial_args(&killed, &long))
         .current_dir(common::workspace_root())
         .stderr(Stdio::null())
         .spawn()
@@ -226,11 +264,7 @@ fn assert_clear_failure(out: &Output, needles: &[&str]) {
 
 fn bad_run(extra: &[&str]) -> (tempfile::TempDir, Output) {
     let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("run");
-    let exp = tutorial();
-    let mut args = vec![exp.to_str().unwrap(), "--run-dir", dir.to_str().unwrap()];
-    args.extend(extra);
-    let out = run(&args);
+    let out = run_args(&tutorial_args(&tmp.path().join("run"), extra));
     (tmp, out)
 }
 
@@ -242,6 +276,8 @@ fn unknown_key_names_file_line_and_key() {
         .replace("  dim: 16\n", "  dims: 16\n");
     let file = tmp.path().join("typo.yaml");
     std::fs::write(&file, text).unwrap();
+    let base = common::workspace_root().join("experiments/tutorial/domains.yaml");
+    std::fs::copy(base, tmp.path().join("domains.yaml")).unwrap();
     let out = run(&[
         file.to_str().unwrap(),
         "--run-dir",
@@ -293,12 +329,50 @@ fn dims_that_do_not_match_are_named() {
 }
 
 #[test]
+fn checkpoint_with_other_dims_is_named() {
+    // domain2 (16-d) pointed at domain1's (8-d) pretrained autoencoder.
+    let d1 = pretrained()[0].split_once('=').unwrap().1.to_string();
+    let wrong = format!("domains.domain2.model.checkpoint={d1}");
+    let (_t, out) = bad_run(&[&wrong]);
+    assert_clear_failure(&out, &["domain `domain2`", "input_dim 8", "input_dim 16"]);
+}
+
+#[test]
+fn pretraining_exports_the_best_domain_model() {
+    pretrained();
+    let dir = common::target_dir().join(format!("e2e-pretrained-{}", std::process::id()));
+    let s = summary(&dir.join("run1"));
+    assert_eq!(s["status"], "finished");
+    let recon = s["metrics"]["test/reconstruction_loss"].as_f64().unwrap();
+    assert!(
+        recon < 0.05,
+        "the 8-d autoencoder should reconstruct well: {recon}"
+    );
+    let bytes = std::fs::read(dir.join("domain1.safetensors")).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let mut names: Vec<String> = st.names().into_iter().map(|n| n.to_string()).collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "decoder.bias",
+            "decoder.weight",
+            "encoder.bias",
+            "encoder.weight"
+        ]
+    );
+    assert_eq!(st.tensor("encoder.weight").unwrap().shape(), [32, 8]);
+}
+
+#[test]
 fn unwritable_run_folder_is_an_error() {
     let tmp = tempfile::tempdir().unwrap();
     let file = tmp.path().join("a-file");
     std::fs::write(&file, "").unwrap();
     let runs = format!("training.runs_dir={}", file.display());
-    let out = run(&[tutorial().to_str().unwrap(), &runs]);
+    let mut args = tutorial_args(tmp.path(), &[&runs]);
+    args.drain(1..3); // no --run-dir: the run folder goes under runs_dir
+    let out = run_args(&args);
     assert_clear_failure(&out, &["cannot create run folder"]);
 }
 
@@ -349,6 +423,7 @@ fn fast_dev_run_and_validate_work_on_the_tutorial() {
     assert!(out.status.success(), "{}", stderr(&out));
     let out = Command::new(common::build_all().join("shimmer"))
         .args(["validate", tutorial().to_str().unwrap()])
+        .args(pretrained())
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));

@@ -46,8 +46,12 @@ pub struct Experiment {
     pub plugins: PluginsConfig,
     /// The domains, in model order (the order shimmer's `domain_mods` has).
     pub domains: IndexMap<String, DomainConfig>,
-    /// The Global Workspace itself.
-    pub workspace: WorkspaceConfig,
+    /// The Global Workspace itself (not needed by a `pretrain` experiment).
+    #[serde(default)]
+    pub workspace: Option<WorkspaceConfig>,
+    /// Makes the experiment pretrain one domain's model instead of a GW.
+    #[serde(default)]
+    pub pretrain: Option<PretrainConfig>,
     /// Loss coefficients.
     #[serde(default)]
     pub loss: LossConfig,
@@ -105,8 +109,50 @@ impl Experiment {
             }
         }
         self.loss.check()?;
+        match &self.pretrain {
+            None => {
+                self.workspace()?;
+            }
+            Some(p) => {
+                let Some(d) = self.domains.get(&p.domain) else {
+                    anyhow::bail!(
+                        "`pretrain.domain` is `{}`, which is not among the domains ({})",
+                        p.domain,
+                        self.domains.keys().cloned().collect::<Vec<_>>().join(", ")
+                    );
+                };
+                if d.model.arch == crate::domain_model::DomainModelConfig::Identity {
+                    anyhow::bail!(
+                        "domain `{}` has no model to pretrain: set `domains.{}.model` \
+                         (e.g. `{{ type: linear, latent_dim: 32 }}`)",
+                        p.domain,
+                        p.domain
+                    );
+                }
+            }
+        }
         Ok(())
     }
+
+    /// The workspace section, required unless the experiment pretrains a domain.
+    pub fn workspace(&self) -> Result<&WorkspaceConfig> {
+        self.workspace.as_ref().context(
+            "the experiment has no `workspace` section (only a `pretrain` experiment may omit it)",
+        )
+    }
+}
+
+/// A domain-pretraining experiment: trains `domains.<domain>.model` on its
+/// plugin's data, as shimmer's tutorial does before building the GW, and
+/// saves the best weights where GW experiments load them from.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PretrainConfig {
+    /// The domain whose model is trained.
+    pub domain: String,
+    /// Where the best weights are written (relative to the working folder),
+    /// for `domains.<domain>.model.checkpoint` of GW experiments.
+    pub save_to: PathBuf,
 }
 
 /// Where plugin libraries are searched for, before `SHIMMER_PLUGIN_PATH` and
@@ -139,6 +185,10 @@ pub struct DomainConfig {
     /// Replaces the plugin's loss spec for this domain.
     #[serde(default)]
     pub loss: Option<Vec<LossSegment>>,
+    /// The domain model between the plugin's latents and the GW (default:
+    /// identity).
+    #[serde(default)]
+    pub model: crate::domain_model::DomainModelSpec,
 }
 
 fn empty_object() -> serde_json::Value {
@@ -474,7 +524,7 @@ optim:
         let exp = Experiment::from_yaml(P1, Path::new("p1.yaml")).unwrap();
         assert_eq!(exp.domains.keys().collect::<Vec<_>>(), ["a", "b"]);
         assert_eq!(exp.loss.coefs["demi_cycles"], 1.0);
-        assert_eq!(exp.workspace.selection(), SelectionConfig::SingleDomain);
+        assert_eq!(exp.workspace().unwrap().selection(), SelectionConfig::SingleDomain);
         assert!(matches!(
             exp.optim.scheduler,
             SchedulerConfig::OneCycle {

@@ -94,11 +94,18 @@ impl ParamStore {
 
     /// Adds every parameter and buffer of `other` under `prefix` + its name,
     /// sharing storage (an update through either store is seen by both), so
-    /// several models train and checkpoint as one.
-    pub fn adopt(&mut self, prefix: &str, other: &ParamStore) -> Result<()> {
+    /// several models train and checkpoint as one. With `trainable` false,
+    /// `other`'s parameters become buffers here: saved and loaded, never
+    /// trained (a frozen domain model).
+    pub fn adopt(&mut self, prefix: &str, other: &ParamStore, trainable: bool) -> Result<()> {
         for (name, var) in &other.params {
             let key = format!("{prefix}{name}");
-            if self.params.insert(key.clone(), var.clone()).is_some() {
+            let into = if trainable {
+                &mut self.params
+            } else {
+                &mut self.buffers
+            };
+            if into.insert(key.clone(), var.clone()).is_some() {
                 bail!("parameter `{key}` is defined twice");
             }
         }

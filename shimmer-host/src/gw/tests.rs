@@ -170,7 +170,8 @@ fn step0_gradients_and_update_match_parity_data() {
     for case in ["p1", "p3"] {
         let exp = Experiment::load(&root.join(format!("experiments/parity/{case}.yaml"))).unwrap();
         let doms = crate::replay::domain_specs(&exp).unwrap();
-        let gw = GlobalWorkspace::new(&exp.workspace, &exp.loss, &doms, &Device::Cpu, 0).unwrap();
+        let gw = GlobalWorkspace::new(exp.workspace().unwrap(), &exp.loss, &doms, &Device::Cpu, 0)
+            .unwrap();
         // The default logit scale is the buffer shimmer stores.
         let scale = gw.params().buffers()[crate::losses::contrastive::LOGIT_SCALE]
             .to_vec1::<f32>()

@@ -1,11 +1,12 @@
 //! Training a Global Workspace: host batches of plugin latents become
-//! device tensors, go through the (frozen or trained) domain models, and
-//! into the GW's losses.
+//! device tensors, go through the domain models (frozen: no gradient;
+//! otherwise trained with the GW), and into the GW's losses.
 
 use super::task::{StepOutput, Task, tensor_u128, u128_tensor};
 use crate::data::batch::HostBatch;
-use crate::gw::GlobalWorkspace;
+use crate::domain_model::DomainModel;
 use crate::gw::params::ParamStore;
+use crate::gw::{Batch, GlobalWorkspace};
 use anyhow::{Context, Result};
 use candle_core::{Device, Tensor};
 use indexmap::IndexMap;
@@ -14,16 +15,42 @@ use std::collections::HashMap;
 /// Checkpoint name of the selection module's RNG position.
 const SELECTION_RNG: &str = "trainer.selection_rng";
 
-/// A GW and the device its batches go to.
+/// A domain model between a plugin and the GW.
+pub struct AttachedModel {
+    /// The model.
+    pub model: DomainModel,
+    /// Whether its weights stay fixed.
+    pub frozen: bool,
+}
+
+/// A GW, its domain models and the device its batches go to.
 pub struct GwTask {
     gw: GlobalWorkspace,
+    models: IndexMap<String, AttachedModel>,
+    /// The GW's tensors plus the domain models' under `domain_mods.<d>.`
+    /// (shimmer's names): trained ones as parameters, frozen ones as buffers.
+    store: ParamStore,
     device: Device,
 }
 
 impl GwTask {
-    /// Wraps a built workspace.
-    pub fn new(gw: GlobalWorkspace, device: Device) -> Self {
-        Self { gw, device }
+    /// Wraps a built workspace and the domain models of its non-identity domains.
+    pub fn new(
+        gw: GlobalWorkspace,
+        models: IndexMap<String, AttachedModel>,
+        device: Device,
+    ) -> Result<Self> {
+        let mut store = ParamStore::new(gw.params().device(), gw.params().dtype());
+        store.adopt("", gw.params(), true)?;
+        for (name, m) in &models {
+            store.adopt(&format!("domain_mods.{name}."), m.model.params(), !m.frozen)?;
+        }
+        Ok(Self {
+            gw,
+            models,
+            store,
+            device,
+        })
     }
 
     /// The workspace.
@@ -31,11 +58,27 @@ impl GwTask {
         &self.gw
     }
 
-    fn step(&mut self, batch: &HostBatch) -> Result<StepOutput> {
-        let tensors = batch
+    /// The GW's input: plugin latents through each domain's model.
+    fn gw_batch(&self, batch: &HostBatch) -> Result<Batch> {
+        let mut tensors = batch
             .to_gw_batch(&self.device)
             .context("cannot move a batch to the training device")?;
-        let out = self.gw.step_loss(&tensors)?;
+        for latents in tensors.values_mut() {
+            for (domain, z) in latents.iter_mut() {
+                if let Some(m) = self.models.get(domain) {
+                    let encoded = m
+                        .model
+                        .encode(z)
+                        .with_context(|| format!("domain model of `{domain}`"))?;
+                    *z = if m.frozen { encoded.detach() } else { encoded };
+                }
+            }
+        }
+        Ok(tensors)
+    }
+
+    fn step(&mut self, batch: &HostBatch) -> Result<StepOutput> {
+        let out = self.gw.step_loss(&self.gw_batch(batch)?)?;
         Ok(StepOutput {
             loss: out.loss,
             metrics: out.metrics,
@@ -45,7 +88,7 @@ impl GwTask {
 
 impl Task for GwTask {
     fn params(&self) -> &ParamStore {
-        self.gw.params()
+        &self.store
     }
 
     fn train_step(&mut self, batch: &HostBatch) -> Result<StepOutput> {
@@ -69,13 +112,25 @@ impl Task for GwTask {
     }
 
     fn describe(&self) -> String {
-        let n: usize = self
-            .gw
-            .params()
-            .params()
-            .values()
-            .map(|v| v.elem_count())
-            .sum();
-        format!("Global Workspace with {n} trainable parameters")
+        let n: usize = self.store.params().values().map(|v| v.elem_count()).sum();
+        let models: Vec<String> = self
+            .models
+            .iter()
+            .map(|(d, m)| {
+                format!(
+                    "{d}: {} ({})",
+                    m.model.config(),
+                    if m.frozen { "frozen" } else { "trained" }
+                )
+            })
+            .collect();
+        if models.is_empty() {
+            format!("Global Workspace, {n} trainable parameters")
+        } else {
+            format!(
+                "Global Workspace, {n} trainable parameters; domain models {}",
+                models.join(", ")
+            )
+        }
     }
 }

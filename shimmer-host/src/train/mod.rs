@@ -14,23 +14,27 @@ mod eval;
 mod gw_task;
 mod hparams;
 pub mod logger;
+mod pretrain_task;
 mod progress;
 pub mod run_dir;
 pub mod task;
 mod trainer;
 
 pub use config::{MonitorMode, TrainingConfig};
-pub use gw_task::GwTask;
+pub use gw_task::{AttachedModel, GwTask};
+pub use pretrain_task::PretrainTask;
 pub use run_dir::{RunDir, RunStatus, RunSummary};
 pub use trainer::{Position, Trainer, total_steps};
 
 use crate::config::Experiment;
 use crate::data::{DataPipeline, open_sources};
+use crate::domain_model::{DomainModel, DomainModelConfig};
 use crate::gw::{DomainSpec, GlobalWorkspace};
 use crate::optim::Optimizer;
 use crate::tensorboard::SessionStatus;
 use crate::{checkpoint, device, yaml};
 use anyhow::{Context, Result, bail};
+use indexmap::IndexMap;
 use logger::RunLogger;
 use shimmer_plugin_api::LossSpec;
 use std::path::{Path, PathBuf};
@@ -168,19 +172,30 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary> {
     result.map(|()| summary)
 }
 
-/// Builds the GW's domain list: latent sizes and loss specs from the
-/// plugins (or the YAML), in model order.
-fn domain_specs(exp: &Experiment, sources: &crate::data::Sources) -> Result<Vec<DomainSpec>> {
+/// Builds the GW's domain list: latent sizes (the domain model's, else the
+/// plugin's) and loss specs (the YAML's, else the plugin's for a domain
+/// without model, else MSE), in model order.
+fn domain_specs(
+    exp: &Experiment,
+    sources: &crate::data::Sources,
+    models: &IndexMap<String, AttachedModel>,
+) -> Result<Vec<DomainSpec>> {
     exp.domains
         .iter()
         .map(|(name, d)| {
             let source = sources.get(name);
-            let latent_dim = match (source, d.latent_dim) {
-                (Some(s), _) => s.latent_dim(),
-                (None, Some(dim)) => dim,
-                (None, None) => bail!("domain `{name}` has no plugin and no `latent_dim`"),
+            let latent_dim = match (models.get(name), source, d.latent_dim) {
+                (Some(m), _, _) => m.model.latent_dim(),
+                (None, Some(s), _) => s.latent_dim(),
+                (None, None, Some(dim)) => dim,
+                (None, None, None) => bail!("domain `{name}` has no plugin and no `latent_dim`"),
             };
-            let loss = match (&d.loss, source.and_then(|s| s.loss_spec())) {
+            let plugin_spec = if models.contains_key(name) {
+                None
+            } else {
+                source.and_then(|s| s.loss_spec())
+            };
+            let loss = match (&d.loss, plugin_spec) {
                 (Some(segments), _) => LossSpec {
                     segments: segments.clone(),
                 },
@@ -196,15 +211,55 @@ fn domain_specs(exp: &Experiment, sources: &crate::data::Sources) -> Result<Vec<
         .collect()
 }
 
-/// Opens the plugins, builds the loaders and the model of an experiment.
-fn build(exp: &Experiment, base_dir: &Path) -> Result<(DataPipeline, GwTask)> {
+/// Opens the plugins, builds the loaders and what the experiment trains: a
+/// GW with its domain models, or one domain model to pretrain.
+fn build(exp: &Experiment, base_dir: &Path) -> Result<(DataPipeline, Box<dyn Task>)> {
     let device = device::resolve(&exp.device)?;
     let sources = open_sources(exp)?;
     let pipeline = DataPipeline::build(&exp.data, &sources, exp.seed, Some(base_dir))
         .context("cannot build the data loaders")?;
-    let specs = domain_specs(exp, &sources)?;
-    let gw = GlobalWorkspace::new(&exp.workspace, &exp.loss, &specs, &device, exp.seed)?;
-    Ok((pipeline, GwTask::new(gw, device)))
+    let input_dim = |name: &str| -> Result<usize> {
+        match (
+            sources.get(name),
+            exp.domains.get(name).and_then(|d| d.latent_dim),
+        ) {
+            (Some(s), _) => Ok(s.latent_dim()),
+            (None, Some(dim)) => Ok(dim),
+            (None, None) => bail!("domain `{name}` has no plugin and no `latent_dim`"),
+        }
+    };
+    if let Some(p) = &exp.pretrain {
+        let d = &exp.domains[&p.domain];
+        let model = DomainModel::new(&d.model.arch, input_dim(&p.domain)?, &device, exp.seed)
+            .with_context(|| format!("domain `{}`", p.domain))?;
+        let task = PretrainTask::new(&p.domain, model, device, exp.seed, p.save_to.clone());
+        return Ok((pipeline, Box::new(task)));
+    }
+    let mut models = IndexMap::new();
+    for (i, (name, d)) in exp.domains.iter().enumerate() {
+        if d.model.arch == DomainModelConfig::Identity {
+            continue;
+        }
+        let seed = exp.seed.wrapping_add(i as u64 + 1);
+        let model = DomainModel::from_spec(&d.model, input_dim(name)?, &device, seed)
+            .with_context(|| format!("domain `{name}`"))?;
+        if d.model.frozen && d.model.checkpoint.is_none() {
+            eprintln!(
+                "warning: domain `{name}`'s model is frozen and has no `checkpoint`: \
+                 it stays a random projection"
+            );
+        }
+        models.insert(
+            name.clone(),
+            AttachedModel {
+                model,
+                frozen: d.model.frozen,
+            },
+        );
+    }
+    let specs = domain_specs(exp, &sources, &models)?;
+    let gw = GlobalWorkspace::new(exp.workspace()?, &exp.loss, &specs, &device, exp.seed)?;
+    Ok((pipeline, Box::new(GwTask::new(gw, models, device)?)))
 }
 
 /// `shimmer validate`: loads an experiment, its plugins, data and model as
@@ -242,7 +297,12 @@ struct Run<'a> {
 }
 
 impl Run<'_> {
-    fn train(&self, pipeline: &DataPipeline, task: GwTask, summary: &mut RunSummary) -> Result<()> {
+    fn train(
+        &self,
+        pipeline: &DataPipeline,
+        task: Box<dyn Task>,
+        summary: &mut RunSummary,
+    ) -> Result<()> {
         let (exp, fast_dev_run) = (self.exp, self.fast_dev_run);
         let total = if fast_dev_run {
             1
@@ -314,6 +374,9 @@ impl Run<'_> {
             for (name, v) in &results {
                 trainer.tb.scalar(name, step, *v as f32)?;
                 summary.metrics.insert(name.clone(), *v);
+            }
+            if let Some(what) = trainer.task.export()? {
+                eprintln!("{what}");
             }
             if !results.is_empty() {
                 eprintln!(

@@ -35,8 +35,38 @@ pub trait Task {
     /// Restores [`Task::state`] from a checkpoint's `trainer.*` tensors.
     fn load_state(&mut self, state: &HashMap<String, Tensor>) -> Result<()>;
 
-    /// Hyperparameters worth comparing across runs, besides the config's.
+    /// One line saying what is trained.
     fn describe(&self) -> String;
+
+    /// Writes what the run produces besides checkpoints (a pretrained domain
+    /// model's weights), once the best weights are loaded; says what it wrote.
+    fn export(&self) -> Result<Option<String>> {
+        Ok(None)
+    }
+}
+
+impl<T: Task + ?Sized> Task for Box<T> {
+    fn params(&self) -> &ParamStore {
+        (**self).params()
+    }
+    fn train_step(&mut self, batch: &HostBatch) -> Result<StepOutput> {
+        (**self).train_step(batch)
+    }
+    fn eval_step(&mut self, batch: &HostBatch) -> Result<StepOutput> {
+        (**self).eval_step(batch)
+    }
+    fn state(&self) -> Result<IndexMap<String, Tensor>> {
+        (**self).state()
+    }
+    fn load_state(&mut self, state: &HashMap<String, Tensor>) -> Result<()> {
+        (**self).load_state(state)
+    }
+    fn describe(&self) -> String {
+        (**self).describe()
+    }
+    fn export(&self) -> Result<Option<String>> {
+        (**self).export()
+    }
 }
 
 /// Packs a `u128` (an RNG position) into a 2-element `u32`-safe tensor.

@@ -370,7 +370,7 @@ fn loads_a_real_experiment_with_overrides() {
     let exp = loaded.config;
     exp.check().unwrap();
     assert_eq!(exp.optim.lr, 3e-4);
-    assert_eq!(exp.workspace.dim, 32);
+    assert_eq!(exp.workspace().unwrap().dim, 32);
     assert_eq!(exp.seed, 32);
     assert_eq!(exp.domains.keys().collect::<Vec<_>>(), ["a", "b"]);
     // The resolved YAML reads back as the same experiment.
