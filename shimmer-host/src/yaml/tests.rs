@@ -375,7 +375,7 @@ fn loads_a_real_experiment_with_overrides() {
     assert_eq!(exp.domains.keys().collect::<Vec<_>>(), ["a", "b"]);
     // The resolved YAML reads back as the same experiment.
     let again: Experiment = serde_norway::from_str(&loaded.resolved_yaml).unwrap();
-    assert_eq!(again.workspace.dim, 32);
+    assert_eq!(again.workspace().unwrap().dim, 32);
 }
 
 #[test]
