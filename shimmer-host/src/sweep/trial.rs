@@ -24,7 +24,8 @@ pub fn runner() -> Result<PathBuf> {
 }
 
 /// The arguments of `shimmer run` for trial `index`: the experiment, the
-/// sweep's and the trial's overrides and `--run-dir`, or, to continue an
+/// sweep's overrides (but those of the `sweep` section itself, which only
+/// shape the sweep), the trial's and `--run-dir`; or, to continue an
 /// interrupted attempt, only `--resume` (a run keeps its own config).
 pub fn run_args(manifest: &Manifest, dir: &SweepDir, index: usize, resume: bool) -> Vec<String> {
     let run_dir = dir.run_dir(index).display().to_string();
@@ -32,7 +33,17 @@ pub fn run_args(manifest: &Manifest, dir: &SweepDir, index: usize, resume: bool)
         return vec!["run".to_string(), "--resume".to_string(), run_dir];
     }
     let mut args = vec!["run".to_string(), manifest.experiment.display().to_string()];
-    args.extend(manifest.overrides.iter().cloned());
+    let shapes_sweep = |o: &&String| {
+        let key = o.split('=').next().unwrap_or("").trim();
+        key == "sweep" || key.starts_with("sweep.")
+    };
+    args.extend(
+        manifest
+            .overrides
+            .iter()
+            .filter(|o| !shapes_sweep(o))
+            .cloned(),
+    );
     if let Some(trial) = manifest.trials.get(index) {
         args.extend(trial.overrides.iter().cloned());
     }
