@@ -183,14 +183,7 @@ mod tests {
         train(&gw2, &mut opt2, 3..6);
         for (name, t) in gw.params().tensors() {
             let u = &gw2.params().tensors()[&name];
-            let d = (t - u)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
+            let d = crate::test_util::max_abs_diff(&t, u);
             assert_eq!(d, 0.0, "{name}");
         }
     }

@@ -524,7 +524,10 @@ optim:
         let exp = Experiment::from_yaml(P1, Path::new("p1.yaml")).unwrap();
         assert_eq!(exp.domains.keys().collect::<Vec<_>>(), ["a", "b"]);
         assert_eq!(exp.loss.coefs["demi_cycles"], 1.0);
-        assert_eq!(exp.workspace().unwrap().selection(), SelectionConfig::SingleDomain);
+        assert_eq!(
+            exp.workspace().unwrap().selection(),
+            SelectionConfig::SingleDomain
+        );
         assert!(matches!(
             exp.optim.scheduler,
             SchedulerConfig::OneCycle {

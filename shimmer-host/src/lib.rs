@@ -18,3 +18,6 @@ pub mod sweep;
 pub mod tensorboard;
 pub mod train;
 pub mod yaml;
+
+#[cfg(test)]
+mod test_util;

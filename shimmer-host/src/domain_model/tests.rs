@@ -32,7 +32,7 @@ fn scalar(t: &Tensor) -> f64 {
 }
 
 fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
-    scalar(&(a - b).unwrap().abs().unwrap().max_all().unwrap())
+    f64::from(crate::test_util::max_abs_diff(a, b))
 }
 
 fn names(m: &DomainModel) -> Vec<String> {

@@ -228,14 +228,7 @@ mod tests {
             .unwrap()
             .tanh()
             .unwrap();
-        let diff = (fused - want)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let diff = crate::test_util::max_abs_diff(&fused, &want);
         assert!(diff < 1e-7);
     }
 

@@ -147,17 +147,6 @@ fn read(path: &std::path::Path) -> std::collections::HashMap<String, Tensor> {
     candle_core::safetensors::load(path, &Device::Cpu).unwrap()
 }
 
-fn max_abs(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
-}
-
 /// Step-0 gradients and first update against the Python library's.
 #[test]
 fn step0_gradients_and_update_match_parity_data() {
@@ -192,14 +181,8 @@ fn step0_gradients_and_update_match_parity_data() {
         for (name, want) in &golden {
             let var = &gw.params().params()[name];
             let got = grads.get(var.as_tensor()).unwrap();
-            let scale = want
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
-            let err = max_abs(got, want);
+            let scale = crate::test_util::max_abs(want);
+            let err = crate::test_util::max_abs_diff(got, want);
             assert!(
                 err <= 1e-7 + 1e-5 * scale,
                 "{case} grad {name}: max abs error {err}"
@@ -212,7 +195,7 @@ fn step0_gradients_and_update_match_parity_data() {
         let after = read(&dir.join(format!("{case}_after_step0.safetensors")));
         let mut worst_p = 0f32;
         for (name, want) in &after {
-            let err = max_abs(gw.params().params()[name].as_tensor(), want);
+            let err = crate::test_util::max_abs_diff(gw.params().params()[name].as_tensor(), want);
             assert!(
                 err <= 1e-7,
                 "{case} after step 0 {name}: max abs error {err}"
