@@ -10,6 +10,7 @@
 
 mod common;
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -213,4 +214,94 @@ fn tutorial_sweep_runs_as_a_slurm_job_array() {
         .unwrap();
     assert!(summary.status.success());
     assert!(String::from_utf8_lossy(&summary.stdout).contains("4 finished"));
+}
+
+/// A stand-in for `shimmer run` (see `SHIMMER_SWEEP_RUNNER`): a finished
+/// run folder with `val/loss = seed / 10`, or an error for
+/// `seed=$FAKE_FAIL_SEED`.
+const FAKE_RUNNER: &str = r#"#!/bin/bash
+set -eu
+dir= seed=0
+while [ $# -gt 0 ]; do
+  case "$1" in --run-dir) dir=$2; shift ;; seed=*) seed=${1#seed=} ;; esac
+  shift
+done
+mkdir -p "$dir/checkpoints"
+echo "seed: $seed" > "$dir/config.yaml"
+if [ "$seed" = "${FAKE_FAIL_SEED:-}" ]; then echo "error: seed $seed is cursed" >&2; exit 2; fi
+touch "$dir/events.out.tfevents.fake" "$dir/checkpoints/best.safetensors" "$dir/checkpoints/last.safetensors"
+echo '{"status": "finished", "monitor": "val/loss", "mode": "min", "best_value": 0.'$seed', "steps": 1}' > "$dir/summary.json"
+"#;
+
+fn wait_for(dir: &Path, what: &str, done: impl Fn(&str) -> bool) -> String {
+    let start = Instant::now();
+    loop {
+        let last = status(dir);
+        if done(&last) {
+            return last;
+        }
+        if last.contains("lost") || start.elapsed() > TIMEOUT {
+            let manifest: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(dir.join("sweep.json")).unwrap()).unwrap();
+            for job in manifest["slurm_jobs"].as_array().into_iter().flatten() {
+                let _ = Command::new("scancel")
+                    .arg(job["job_id"].as_str().unwrap_or_default())
+                    .status();
+            }
+            panic!("timed out waiting for {what}:\n{last}\n{}", logs(dir));
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+#[test]
+fn resume_resubmits_only_the_failed_trial() {
+    common::build_all();
+    if let Some(reason) = slurm_unavailable() {
+        eprintln!("skipping the Slurm resume test: {reason}");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("sweep");
+    let runner = tmp.path().join("fake-run");
+    std::fs::write(&runner, FAKE_RUNNER).unwrap();
+    std::fs::set_permissions(&runner, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let sweep = |args: &[&str], fail: Option<&str>| {
+        let mut cmd = common::shimmer();
+        cmd.current_dir(tmp.path())
+            .arg("sweep")
+            .args(args)
+            .env("SHIMMER_SWEEP_RUNNER", &runner);
+        if let Some(seed) = fail {
+            cmd.env("FAKE_FAIL_SEED", seed);
+        }
+        let out = cmd.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let tutorial = common::workspace_root().join("experiments/tutorial/gw.yaml");
+    sweep(
+        &[
+            tutorial.to_str().unwrap(),
+            "sweep.grid.seed=[1, 2, 3]",
+            "--launcher=slurm",
+            "--sweep-dir",
+            dir.to_str().unwrap(),
+        ],
+        Some("2"),
+    );
+    let first = wait_for(&dir, "2 finished, 1 failed", |s| {
+        s.contains("3 trials: 1 failed, 2 finished")
+    });
+    assert!(first.contains("001    failed"), "{first}");
+    assert!(first.contains("seed 2 is cursed"), "{first}");
+
+    sweep(&["--resume", dir.to_str().unwrap()], None);
+    let second = std::fs::read_to_string(dir.join("sweep.2.sbatch")).unwrap();
+    assert!(second.contains("#SBATCH --array=1\n"), "{second}");
+    wait_for(&dir, "3 finished", |s| s.contains("3 trials: 3 finished"));
+    assert!(dir.join("retired/001.1/config.yaml").is_file());
 }

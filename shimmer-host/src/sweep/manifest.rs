@@ -10,7 +10,7 @@
 //!   logs/<NNN>.log      the trial's output; Slurm's own logs beside it
 //!   retired/<NNN>.<k>/  run folders of earlier failed attempts, kept
 //!   summary.csv         the ranked table of `shimmer sweep --summary`
-//!   sweep.sbatch        the Slurm job-array script, if submitted
+//!   sweep.sbatch        the Slurm job-array script (sweep.2.sbatch, ... on resume)
 //! ```
 
 use super::config::LauncherConfig;
@@ -204,9 +204,14 @@ impl SweepDir {
         self.root.join("summary.csv")
     }
 
-    /// The Slurm job-array script.
-    pub fn sbatch_script(&self) -> PathBuf {
-        self.root.join("sweep.sbatch")
+    /// The job-array script of the sweep's `k`-th submission (from 1):
+    /// `sweep.sbatch`, then `sweep.2.sbatch`, ... for resumed ones.
+    pub fn sbatch_script(&self, k: usize) -> PathBuf {
+        if k <= 1 {
+            self.root.join("sweep.sbatch")
+        } else {
+            self.root.join(format!("sweep.{k}.sbatch"))
+        }
     }
 
     /// Reads a trial's state; a missing file means pending.

@@ -240,7 +240,7 @@ fn launch(manifest: &mut Manifest, dir: &SweepDir, indices: &[usize]) -> Result<
             let exe = std::env::current_exe()
                 .context("cannot find the path of this shimmer executable")?;
             let text = slurm::script(manifest, dir, &exe, indices);
-            let path = dir.sbatch_script();
+            let path = dir.sbatch_script(manifest.slurm_jobs.len() + 1);
             std::fs::create_dir_all(dir.root().join("logs"))
                 .with_context(|| format!("cannot create {}/logs", dir.root().display()))?;
             std::fs::write(&path, text)
@@ -252,9 +252,10 @@ fn launch(manifest: &mut Manifest, dir: &SweepDir, indices: &[usize]) -> Result<
             });
             manifest.save(dir)?;
             println!(
-                "submitted Slurm job array {job_id} ({} tasks); follow it with \
+                "submitted Slurm job array {job_id} ({} task{}); follow it with \
                  `shimmer sweep --status {}`",
                 indices.len(),
+                if indices.len() == 1 { "" } else { "s" },
                 dir.root().display()
             );
             Ok(())
