@@ -5,6 +5,17 @@ use shimmer_plugin_api::abi::{self, DomainInfoC, DomainPtr, LossSegmentC, MsgBuf
 use shimmer_plugin_api::{DomainInfo, LossSegment, LossSpec, Split};
 use std::sync::Arc;
 
+/// Type of the plugin's `encode` and `decode` functions.
+type TranscodeFn = unsafe extern "C" fn(
+    DomainPtr,
+    *const f32,
+    usize,
+    usize,
+    *mut f32,
+    usize,
+    *mut MsgBuf,
+) -> Status;
+
 /// Room for a plugin's error message.
 const MSG_CAPACITY: usize = 4096;
 
@@ -207,39 +218,54 @@ impl DomainHandle {
 
     /// Encodes `n` raw items into `n` latent vectors.
     pub fn encode(&self, raw: &[f32], n: usize, out: &mut [f32]) -> Result<(), PluginError> {
-        let info = &self.inner.info;
-        self.check_len("encode input", raw.len(), n * info.item_len)?;
-        self.check_len("encode output", out.len(), n * info.latent_dim)?;
-        let f = self.inner.library.functions();
-        self.call("encode", |msg| {
-            // SAFETY: live domain; buffers valid and sized as checked above.
-            unsafe {
-                (f.encode)(
-                    self.inner.ptr,
-                    raw.as_ptr(),
-                    raw.len(),
-                    n,
-                    out.as_mut_ptr(),
-                    out.len(),
-                    msg,
-                )
-            }
-        })
+        let (item, latent) = (self.inner.info.item_len, self.inner.info.latent_dim);
+        self.transcode(
+            "encode",
+            raw,
+            n,
+            item,
+            out,
+            latent,
+            self.inner.library.functions().encode,
+        )
     }
 
     /// Decodes `n` latent vectors into `n` raw items.
     pub fn decode(&self, latents: &[f32], n: usize, out: &mut [f32]) -> Result<(), PluginError> {
-        let info = &self.inner.info;
-        self.check_len("decode input", latents.len(), n * info.latent_dim)?;
-        self.check_len("decode output", out.len(), n * info.item_len)?;
-        let f = self.inner.library.functions();
-        self.call("decode", |msg| {
+        let (item, latent) = (self.inner.info.item_len, self.inner.info.latent_dim);
+        self.transcode(
+            "decode",
+            latents,
+            n,
+            latent,
+            out,
+            item,
+            self.inner.library.functions().decode,
+        )
+    }
+
+    /// Calls `encode` or `decode` (same signature) after checking that
+    /// `input` holds `n` rows of `in_dim` and `out` room for `n` rows of `out_dim`.
+    #[allow(clippy::too_many_arguments)]
+    fn transcode(
+        &self,
+        op: &str,
+        input: &[f32],
+        n: usize,
+        in_dim: usize,
+        out: &mut [f32],
+        out_dim: usize,
+        f: TranscodeFn,
+    ) -> Result<(), PluginError> {
+        self.check_len(&format!("{op} input"), input.len(), n * in_dim)?;
+        self.check_len(&format!("{op} output"), out.len(), n * out_dim)?;
+        self.call(op, |msg| {
             // SAFETY: live domain; buffers valid and sized as checked above.
             unsafe {
-                (f.decode)(
+                f(
                     self.inner.ptr,
-                    latents.as_ptr(),
-                    latents.len(),
+                    input.as_ptr(),
+                    input.len(),
                     n,
                     out.as_mut_ptr(),
                     out.len(),

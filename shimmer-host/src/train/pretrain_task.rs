@@ -38,7 +38,7 @@ impl PretrainTask {
         Self {
             domain: domain.to_string(),
             model,
-            rng: ChaCha8Rng::seed_from_u64(seed ^ 0x5eed_d0_a1),
+            rng: ChaCha8Rng::seed_from_u64(seed ^ 0x5eed_d0a1),
             device,
             save_to,
         }
