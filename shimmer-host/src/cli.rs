@@ -22,6 +22,10 @@ enum Command {
     Run(RunArgs),
     /// Check an experiment (config, plugins, data, model) without training.
     Validate(ValidateArgs),
+    /// Evaluate a run's checkpoint on its validation or test set.
+    Test(EvalArgs),
+    /// Write a run's predictions (workspace states, translations, ...) on a set.
+    Predict(PredictArgs),
     /// Replay training steps on given batches from given weights (parity checks).
     Replay(ReplayArgs),
     /// Run an experiment's `sweep:` trials locally or as a Slurm job array;
@@ -45,6 +49,45 @@ struct RunArgs {
     /// Run one training and one validation batch end to end.
     #[arg(long)]
     fast_dev_run: bool,
+}
+
+#[derive(Debug, Args)]
+struct EvalArgs {
+    /// The run folder.
+    run_dir: PathBuf,
+    /// Weights to use (default: the run's best checkpoint, else its last).
+    #[arg(long)]
+    checkpoint: Option<PathBuf>,
+    /// Which set: `val` or `test`.
+    #[arg(long, default_value = "test", value_parser = parse_split)]
+    split: shimmer_plugin_api::Split,
+}
+
+#[derive(Debug, Args)]
+struct PredictArgs {
+    #[command(flatten)]
+    eval: EvalArgs,
+    /// Output safetensors file.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+fn parse_split(s: &str) -> Result<shimmer_plugin_api::Split, String> {
+    match s {
+        "val" => Ok(shimmer_plugin_api::Split::Val),
+        "test" => Ok(shimmer_plugin_api::Split::Test),
+        other => Err(format!("`{other}` is not a set to evaluate: use `val` or `test`")),
+    }
+}
+
+impl EvalArgs {
+    fn options(self) -> shimmer_host::train::EvalOptions {
+        shimmer_host::train::EvalOptions {
+            run_dir: self.run_dir,
+            checkpoint: self.checkpoint,
+            split: self.split,
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -216,6 +259,18 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Validate(a) => {
             let report = shimmer_host::train::validate(&a.experiment, &a.overrides)?;
             print!("{report}");
+            Ok(())
+        }
+        Command::Test(a) => {
+            for (name, value) in shimmer_host::train::test(&a.options())? {
+                println!("{name:<48} {value:.6}");
+            }
+            Ok(())
+        }
+        Command::Predict(a) => {
+            let out = a.out.clone();
+            let rows = shimmer_host::train::predict(&a.eval.options(), &out)?;
+            println!("{rows} rows written to {}", out.display());
             Ok(())
         }
         Command::Replay(a) => shimmer_host::replay::run(&shimmer_host::replay::ReplayOptions {

@@ -111,6 +111,42 @@ impl Task for GwTask {
         Ok(())
     }
 
+    /// For the fullest group: each domain's latent (`latent/<d>`), the
+    /// workspace state from each domain alone (`gw/<d>`) and from all of
+    /// them (`gw/all`), and every state decoded to every domain
+    /// (`pred/<from>_to_<to>`: demi-cycles, translations, fused).
+    fn predict(&mut self, batch: &HostBatch) -> Result<IndexMap<String, Tensor>> {
+        let Some((_, group)) = super::task::fullest_group(batch) else {
+            anyhow::bail!("an empty batch");
+        };
+        let key = crate::gw::GroupKey::new(group.domains.keys().cloned());
+        let mut tensors = self.gw_batch(batch)?;
+        let latents = tensors
+            .swap_remove(&key)
+            .context("the fullest group vanished from the batch")?;
+        let (module, selection) = (self.gw.module(), self.gw.selection());
+        let mut out = IndexMap::new();
+        let mut states = Vec::new();
+        for (d, z) in &latents {
+            out.insert(format!("latent/{d}"), z.clone());
+            let single: crate::gw::Latents = [(d.clone(), z.clone())].into();
+            states.push((d.clone(), module.encode_and_fuse(&single, selection)?));
+        }
+        if latents.len() > 1 {
+            states.push((
+                "all".to_string(),
+                module.encode_and_fuse(&latents, selection)?,
+            ));
+        }
+        for (from, state) in states {
+            for (to, pred) in module.decode(&state, None)? {
+                out.insert(format!("pred/{from}_to_{to}"), pred);
+            }
+            out.insert(format!("gw/{from}"), state);
+        }
+        Ok(out)
+    }
+
     fn describe(&self) -> String {
         let n: usize = self.store.params().values().map(|v| v.elem_count()).sum();
         let models: Vec<String> = self

@@ -14,6 +14,7 @@ mod eval;
 mod gw_task;
 mod hparams;
 pub mod logger;
+mod predict;
 mod pretrain_task;
 mod progress;
 pub mod run_dir;
@@ -22,6 +23,7 @@ mod trainer;
 
 pub use config::{MonitorMode, TrainingConfig};
 pub use gw_task::{AttachedModel, GwTask};
+pub use predict::{EvalOptions, predict, test};
 pub use pretrain_task::PretrainTask;
 pub use run_dir::{RunDir, RunStatus, RunSummary};
 pub use trainer::{Position, Trainer, total_steps};

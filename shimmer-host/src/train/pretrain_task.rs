@@ -108,6 +108,20 @@ impl Task for PretrainTask {
         )
     }
 
+    /// The inputs (`input/<d>`), their latents (`latent/<d>`, the mean for
+    /// a VAE) and reconstructions (`reconstruction/<d>`).
+    fn predict(&mut self, batch: &HostBatch) -> Result<IndexMap<String, Tensor>> {
+        let x = self.inputs(batch)?;
+        let z = self.model.encode(&x)?;
+        let d = &self.domain;
+        Ok([
+            (format!("reconstruction/{d}"), self.model.decode(&z)?),
+            (format!("latent/{d}"), z),
+            (format!("input/{d}"), x),
+        ]
+        .into())
+    }
+
     fn export(&self) -> Result<Option<String>> {
         if let Some(dir) = self.save_to.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)

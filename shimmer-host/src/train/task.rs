@@ -38,6 +38,10 @@ pub trait Task {
     /// One line saying what is trained.
     fn describe(&self) -> String;
 
+    /// Named outputs for one evaluation batch (`shimmer predict`), one row
+    /// per item of the batch's fullest group.
+    fn predict(&mut self, batch: &HostBatch) -> Result<IndexMap<String, Tensor>>;
+
     /// Writes what the run produces besides checkpoints (a pretrained domain
     /// model's weights), once the best weights are loaded; says what it wrote.
     fn export(&self) -> Result<Option<String>> {
@@ -67,6 +71,19 @@ impl<T: Task + ?Sized> Task for Box<T> {
     fn export(&self) -> Result<Option<String>> {
         (**self).export()
     }
+    fn predict(&mut self, batch: &HostBatch) -> Result<IndexMap<String, Tensor>> {
+        (**self).predict(batch)
+    }
+}
+
+/// The batch's group with the most domains (the fully paired one of an
+/// evaluation batch); the first of those on a tie.
+pub fn fullest_group(batch: &HostBatch) -> Option<(&String, &crate::data::batch::GroupBatch)> {
+    batch
+        .groups
+        .iter()
+        .rev()
+        .max_by_key(|(_, g)| g.domains.len())
 }
 
 /// Packs a `u128` (an RNG position) into a 2-element `u32`-safe tensor.
