@@ -34,7 +34,7 @@ const MAGIC: &[u8; 8] = b"SHMRLAT1";
 /// go to the wrapped source.
 pub struct CachedSource {
     inner: Arc<dyn ItemSource>,
-    tables: [Option<Arc<[f32]>>; 3],
+    tables: [Option<Arc<Vec<f32>>>; 3],
 }
 
 impl std::fmt::Debug for CachedSource {
@@ -61,7 +61,8 @@ impl CachedSource {
         dir: Option<&Path>,
         threads: usize,
     ) -> Result<Self> {
-        let mut tables: [Option<Arc<[f32]>>; 3] = Default::default();
+        // `Arc<Vec>` rather than `Arc<[f32]>`: converting would copy the table.
+        let mut tables: [Option<Arc<Vec<f32>>>; 3] = Default::default();
         for &split in splits {
             let slot = &mut tables[split.code() as usize];
             if slot.is_some() {
@@ -77,7 +78,7 @@ impl CachedSource {
             if let Some((path, key)) = &file
                 && let Some(table) = read_cache_file(path, key, inner.latent_dim(), expected)?
             {
-                *slot = Some(table.into());
+                *slot = Some(Arc::new(table));
                 continue;
             }
             let table = encode_split(domain, inner.as_ref(), split, threads)?;
@@ -89,7 +90,7 @@ impl CachedSource {
                     )
                 })?;
             }
-            *slot = Some(table.into());
+            *slot = Some(Arc::new(table));
         }
         Ok(Self { inner, tables })
     }
@@ -122,6 +123,10 @@ impl ItemSource for CachedSource {
 
     fn describe(&self) -> String {
         format!("{}, cached", self.inner.describe())
+    }
+
+    fn loss_spec(&self) -> Option<shimmer_plugin_api::LossSpec> {
+        self.inner.loss_spec()
     }
 }
 
