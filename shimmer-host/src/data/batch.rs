@@ -255,6 +255,23 @@ mod tests {
     }
 
     #[test]
+    fn two_groups_of_the_same_domains_cannot_become_one_gw_batch() {
+        let mut b = HostBatch::new(0, 0, 0);
+        for name in ["a-paired", "a-all"] {
+            let a = DomainBatch::new(vec![1.0], 1, 1);
+            b.groups.insert(
+                name.into(),
+                GroupBatch::new(vec![0].into(), [("a".to_string(), a)].into()),
+            );
+        }
+        let err = b.to_gw_batch(&Device::Cpu).unwrap_err().to_string();
+        assert!(
+            err.contains("a-all") && err.contains("same domains"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn fnv1a_matches_the_reference_values() {
         assert_eq!(fnv1a(b""), 0xcbf2_9ce4_8422_2325);
         assert_eq!(fnv1a(b"a"), 0xaf63_dc4c_8601_ec8c);

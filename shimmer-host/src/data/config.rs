@@ -289,6 +289,19 @@ groups:
     }
 
     #[test]
+    fn round_trips_through_yaml_and_json() {
+        let c = parse(
+            "groups: [{ domains: [a, b], items: { count: 3 } }, { domains: [a], items: all }]",
+        )
+        .unwrap();
+        let yaml = serde_norway::to_string(&c).unwrap();
+        assert_eq!(parse(&yaml).unwrap(), c, "{yaml}");
+        let json = serde_json::to_string(&c).unwrap();
+        assert!(json.contains(r#""items":{"count":3}"#), "{json}");
+        assert_eq!(serde_json::from_str::<DataConfig>(&json).unwrap(), c);
+    }
+
+    #[test]
     fn unknown_keys_are_rejected() {
         let err = parse("groups: [{ domains: [a], itmes: all }]")
             .unwrap_err()
