@@ -238,8 +238,11 @@ impl SweepDir {
 }
 
 impl Manifest {
-    /// Reads `sweep.json` from a sweep folder.
+    /// Reads `sweep.json` from a sweep folder; the returned paths are
+    /// absolute, as trials run in the sweep's own working folder.
     pub fn load(dir: &Path) -> Result<(Self, SweepDir)> {
+        let dir = &std::path::absolute(dir)
+            .with_context(|| format!("cannot resolve {}", dir.display()))?;
         let path = dir.join("sweep.json");
         let bytes = std::fs::read(&path).with_context(|| {
             format!(
