@@ -100,8 +100,7 @@ struct ValidateArgs {
 
 #[derive(Debug, Args)]
 #[command(group(clap::ArgGroup::new("sweep_action")
-    .args(["experiment", "resume", "summary", "status", "run_trial"])
-    .required(true)))]
+    .args(["experiment", "resume", "summary", "status", "run_trial"])))]
 struct SweepArgs {
     /// Experiment YAML file with a `sweep:` section.
     experiment: Option<PathBuf>,
@@ -188,8 +187,14 @@ fn sweep(a: SweepArgs) -> Result<()> {
             .map_err(|_| anyhow::anyhow!("trial index must be a number, got `{index}`"))?;
         return sweep::run_trial(std::path::Path::new(dir), index);
     }
+    let Some(experiment) = a.experiment.clone() else {
+        anyhow::bail!(
+            "give an experiment file with a `sweep:` section, or a sweep folder \
+             with --resume, --status or --summary (see `shimmer sweep --help`)"
+        );
+    };
     let opts = sweep::SweepOptions {
-        experiment: a.experiment.clone().unwrap_or_default(),
+        experiment,
         overrides: a.overrides.clone(),
         sweep_dir: a.sweep_dir.clone(),
         launcher: a.launcher,

@@ -37,6 +37,7 @@ pub mod combined;
 pub mod config;
 pub mod group;
 pub mod loader;
+pub mod model_source;
 pub mod pipeline;
 pub mod repeated;
 pub mod sampler;
@@ -50,6 +51,7 @@ pub use config::{
 };
 pub use group::GroupDataset;
 pub use loader::{DataLoader, Epoch};
+pub use model_source::ModelSource;
 pub use pipeline::{DataPipeline, open_sources};
 pub use repeated::RepeatedDataset;
 pub use sampler::GroupSampler;

@@ -29,7 +29,7 @@ pub use run_dir::{RunDir, RunStatus, RunSummary};
 pub use trainer::{Position, Trainer, total_steps};
 
 use crate::config::Experiment;
-use crate::data::{DataPipeline, open_sources};
+use crate::data::{DataPipeline, ModelSource, open_sources};
 use crate::domain_model::{DomainModel, DomainModelConfig};
 use crate::gw::{DomainSpec, GlobalWorkspace};
 use crate::optim::Optimizer;
@@ -37,6 +37,7 @@ use crate::tensorboard::SessionStatus;
 use crate::{checkpoint, device, yaml};
 use anyhow::{Context, Result, bail};
 use indexmap::IndexMap;
+use std::sync::Arc;
 use logger::RunLogger;
 use shimmer_plugin_api::LossSpec;
 use std::path::{Path, PathBuf};
@@ -214,15 +215,16 @@ fn domain_specs(
 }
 
 /// Opens the plugins, builds the loaders and what the experiment trains: a
-/// GW with its domain models, or one domain model to pretrain.
+/// GW with its domain models, or one domain model to pretrain. A frozen
+/// domain model becomes part of its domain's data (so the latent cache holds
+/// its outputs); a trained one runs in the GW's step.
 fn build(exp: &Experiment, base_dir: &Path) -> Result<(DataPipeline, Box<dyn Task>)> {
     let device = device::resolve(&exp.device)?;
-    let sources = open_sources(exp)?;
-    let pipeline = DataPipeline::build(&exp.data, &sources, exp.seed, Some(base_dir))
-        .context("cannot build the data loaders")?;
+    let plugin_sources = &open_sources(exp)?;
+    let mut sources = plugin_sources.clone();
     let input_dim = |name: &str| -> Result<usize> {
         match (
-            sources.get(name),
+            plugin_sources.get(name),
             exp.domains.get(name).and_then(|d| d.latent_dim),
         ) {
             (Some(s), _) => Ok(s.latent_dim()),
@@ -234,10 +236,12 @@ fn build(exp: &Experiment, base_dir: &Path) -> Result<(DataPipeline, Box<dyn Tas
         let d = &exp.domains[&p.domain];
         let model = DomainModel::new(&d.model.arch, input_dim(&p.domain)?, &device, exp.seed)
             .with_context(|| format!("domain `{}`", p.domain))?;
+        let pipeline = DataPipeline::build(&exp.data, &sources, exp.seed, Some(base_dir))
+            .context("cannot build the data loaders")?;
         let task = PretrainTask::new(&p.domain, model, device, exp.seed, p.save_to.clone());
         return Ok((pipeline, Box::new(task)));
     }
-    let mut models = IndexMap::new();
+    let mut trained = IndexMap::new();
     for (i, (name, d)) in exp.domains.iter().enumerate() {
         if d.model.arch == DomainModelConfig::Identity {
             continue;
@@ -245,23 +249,33 @@ fn build(exp: &Experiment, base_dir: &Path) -> Result<(DataPipeline, Box<dyn Tas
         let seed = exp.seed.wrapping_add(i as u64 + 1);
         let model = DomainModel::from_spec(&d.model, input_dim(name)?, &device, seed)
             .with_context(|| format!("domain `{name}`"))?;
-        if d.model.frozen && d.model.checkpoint.is_none() {
+        if !d.model.frozen {
+            trained.insert(
+                name.clone(),
+                AttachedModel {
+                    model,
+                    frozen: false,
+                },
+            );
+            continue;
+        }
+        if d.model.checkpoint.is_none() {
             eprintln!(
                 "warning: domain `{name}`'s model is frozen and has no `checkpoint`: \
                  it stays a random projection"
             );
         }
-        models.insert(
-            name.clone(),
-            AttachedModel {
-                model,
-                frozen: d.model.frozen,
-            },
-        );
+        let inner = plugin_sources.get(name).cloned().with_context(|| {
+            format!("domain `{name}` has a model but no plugin to give it data")
+        })?;
+        let wrapped = ModelSource::new(inner, model).with_context(|| format!("domain `{name}`"))?;
+        sources.insert(name.clone(), Arc::new(wrapped));
     }
-    let specs = domain_specs(exp, &sources, &models)?;
+    let pipeline = DataPipeline::build(&exp.data, &sources, exp.seed, Some(base_dir))
+        .context("cannot build the data loaders")?;
+    let specs = domain_specs(exp, &sources, &trained)?;
     let gw = GlobalWorkspace::new(exp.workspace()?, &exp.loss, &specs, &device, exp.seed)?;
-    Ok((pipeline, Box::new(GwTask::new(gw, models, device)?)))
+    Ok((pipeline, Box::new(GwTask::new(gw, trained, device)?)))
 }
 
 /// `shimmer validate`: loads an experiment, its plugins, data and model as
