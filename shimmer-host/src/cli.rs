@@ -76,7 +76,9 @@ fn parse_split(s: &str) -> Result<shimmer_plugin_api::Split, String> {
     match s {
         "val" => Ok(shimmer_plugin_api::Split::Val),
         "test" => Ok(shimmer_plugin_api::Split::Test),
-        other => Err(format!("`{other}` is not a set to evaluate: use `val` or `test`")),
+        other => Err(format!(
+            "`{other}` is not a set to evaluate: use `val` or `test`"
+        )),
     }
 }
 
