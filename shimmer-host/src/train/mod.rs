@@ -37,10 +37,10 @@ use crate::tensorboard::SessionStatus;
 use crate::{checkpoint, device, yaml};
 use anyhow::{Context, Result, bail};
 use indexmap::IndexMap;
-use std::sync::Arc;
 use logger::RunLogger;
 use shimmer_plugin_api::LossSpec;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use task::Task;
 use trainer::{Loaders, evaluate};
 
