@@ -10,6 +10,7 @@ pub mod data;
 pub mod device;
 pub mod domain_model;
 pub mod gw;
+pub mod hotswap;
 pub mod losses;
 pub mod optim;
 pub mod plugin;

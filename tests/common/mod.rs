@@ -15,6 +15,7 @@ const PACKAGES: &[&str] = &[
     "abi-v2-plugin",
     "faulty-plugin",
     "not-a-plugin",
+    "versioned-plugin",
 ];
 
 /// The target folder of this profile (`target/debug`), parent of the
