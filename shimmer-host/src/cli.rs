@@ -49,6 +49,15 @@ struct RunArgs {
     /// Run one training and one validation batch end to end.
     #[arg(long)]
     fast_dev_run: bool,
+    /// Watch the run's plugin files; swap a rebuilt, compatible plugin in
+    /// between steps (its cached latents are re-encoded first).
+    #[arg(long)]
+    watch: bool,
+    /// With --resume: continue with another plugin for a domain, as
+    /// DOMAIN=PLUGIN (name or library path; same latent size), recorded in
+    /// the run's config.yaml (repeatable).
+    #[arg(long = "set-plugin", value_name = "DOMAIN=PLUGIN", requires = "resume")]
+    set_plugins: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -260,6 +269,8 @@ pub fn run(cli: Cli) -> Result<()> {
                 run_dir: a.run_dir,
                 resume: a.resume,
                 fast_dev_run: a.fast_dev_run,
+                watch: a.watch,
+                set_plugins: a.set_plugins,
             };
             shimmer_host::train::run(&opts).map(|_| ())
         }

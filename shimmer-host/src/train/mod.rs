@@ -57,6 +57,12 @@ pub struct RunOptions {
     pub resume: Option<PathBuf>,
     /// One training and one validation batch, end to end.
     pub fast_dev_run: bool,
+    /// Watch the plugin files and swap in rebuilt plugins between steps
+    /// (see [`crate::hotswap`]).
+    pub watch: bool,
+    /// With `resume`: `DOMAIN=PLUGIN` changes of a domain's plugin, checked
+    /// and recorded in the run's config (see [`crate::hotswap::resume`]).
+    pub set_plugins: Vec<String>,
 }
 
 impl RunOptions {
@@ -83,7 +89,7 @@ fn prepare(opts: &RunOptions) -> Result<Prepared> {
             bail!("a resumed run keeps its own config: drop the overrides, or start a new run");
         }
         let run_dir = RunDir::open(dir)?;
-        let loaded = yaml::load::<Experiment>(&run_dir.config_file(), &[])?;
+        let loaded = crate::hotswap::resume::load_config(&run_dir, &opts.set_plugins)?;
         loaded.config.check()?;
         let base_dir = run_dir
             .read_summary()?
@@ -120,7 +126,41 @@ fn prepare(opts: &RunOptions) -> Result<Prepared> {
 pub fn run(opts: &RunOptions) -> Result<RunSummary> {
     let p = prepare(opts)?;
     // Plugins, data and model first: bad input leaves no run folder behind.
-    let (pipeline, task) = build(&p.exp, &p.base_dir)?;
+    let (sources, watcher) = if opts.watch {
+        let (sources, watcher) = crate::hotswap::open_watched_sources(&p.exp)?;
+        (sources, Some(watcher))
+    } else {
+        (open_sources(&p.exp)?, None)
+    };
+    // Watched domains keep their own latent cache (see `hotswap`).
+    let uncached;
+    let exp = match &watcher {
+        Some(_) => {
+            let mut e = p.exp.clone();
+            e.data.cache.enabled = false;
+            uncached = e;
+            &uncached
+        }
+        None => &p.exp,
+    };
+    let (pipeline, task) = build_from(exp, &p.base_dir, &sources)?;
+    let watcher = match watcher {
+        Some(mut w) => {
+            let loaders = [
+                Some(&pipeline.train),
+                pipeline.val.as_ref(),
+                pipeline.test.as_ref(),
+            ];
+            w.require_items(&loaders.into_iter().flatten().collect::<Vec<_>>());
+            if p.exp.data.cache.enabled {
+                w.enable_cache(p.exp.data.workers)
+                    .context("data: building the latent cache")?;
+            }
+            Some(w)
+        }
+        None => None,
+    };
+    let hooks = crate::hotswap::StepHooks::new(watcher)?;
     let (run_dir, resuming) = match &p.run_dir {
         Some(dir) => (dir.clone(), true),
         None => {
@@ -161,7 +201,7 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary> {
         resuming,
         fast_dev_run: opts.fast_dev_run,
     };
-    let result = run.train(&pipeline, task, &mut summary);
+    let result = run.train(&pipeline, task, &mut summary, hooks);
     match &result {
         Ok(()) => summary.status = RunStatus::Finished,
         Err(e) => {
@@ -219,8 +259,17 @@ fn domain_specs(
 /// domain model becomes part of its domain's data (so the latent cache holds
 /// its outputs); a trained one runs in the GW's step.
 fn build(exp: &Experiment, base_dir: &Path) -> Result<(DataPipeline, Box<dyn Task>)> {
+    build_from(exp, base_dir, &open_sources(exp)?)
+}
+
+/// [`build`] over already opened plugin `sources` (watched ones, with
+/// `--watch`).
+fn build_from(
+    exp: &Experiment,
+    base_dir: &Path,
+    plugin_sources: &crate::data::Sources,
+) -> Result<(DataPipeline, Box<dyn Task>)> {
     let device = device::resolve(&exp.device)?;
-    let plugin_sources = &open_sources(exp)?;
     let mut sources = plugin_sources.clone();
     let input_dim = |name: &str| -> Result<usize> {
         match (
@@ -318,6 +367,7 @@ impl Run<'_> {
         pipeline: &DataPipeline,
         task: Box<dyn Task>,
         summary: &mut RunSummary,
+        hooks: crate::hotswap::StepHooks,
     ) -> Result<()> {
         let (exp, fast_dev_run) = (self.exp, self.fast_dev_run);
         let total = if fast_dev_run {
@@ -335,6 +385,7 @@ impl Run<'_> {
             position: Position::default(),
             fast_dev_run,
             last_val: Default::default(),
+            hooks,
         };
         if self.resuming {
             trainer.resume()?;

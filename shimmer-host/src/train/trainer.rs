@@ -105,6 +105,8 @@ pub struct Trainer<'a, T: Task> {
     pub fast_dev_run: bool,
     /// Last validation metrics.
     pub last_val: IndexMap<String, f64>,
+    /// Called around each step: batch trace, plugin hot-swap.
+    pub hooks: crate::hotswap::StepHooks,
 }
 
 /// Number of optimiser steps of a run.
@@ -162,6 +164,8 @@ impl<'a, T: Task> Trainer<'a, T> {
             let n_batches = batches.len();
             for (k, batch) in batches.enumerate().skip(skip) {
                 let batch = batch.with_context(|| format!("training epoch {epoch}, batch {k}"))?;
+                self.hooks
+                    .before_step(self.position.global_step, epoch, k, &batch)?;
                 self.train_step(&batch, &mut progress, k)?;
                 self.position.batch_in_epoch = k as u64 + 1;
                 self.position.wall_time_s = wall_before + started.elapsed().as_secs_f64();
@@ -181,6 +185,9 @@ impl<'a, T: Task> Trainer<'a, T> {
                     .is_some_and(|n| n > 0 && step % n as u64 == 0)
                 {
                     self.save(&self.run_dir.last_checkpoint())?;
+                }
+                for line in self.hooks.after_step(step, &mut self.tb)? {
+                    progress.println(&line);
                 }
                 if done {
                     if self.position.batch_in_epoch as usize == n_batches {
