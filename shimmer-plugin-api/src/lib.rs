@@ -81,11 +81,25 @@
 //! # Rules for plugin authors
 //! * Domains are shared between loader threads: keep them `Send + Sync`
 //!   (immutable after creation, or guarded by locks).
-//! * Spawn no threads that outlive a call. The host never unmaps a loaded
-//!   library (a Rust `cdylib` registers thread-exit destructors in it), so a
-//!   hot-swapped old copy stays in memory, inert, until the process exits:
-//!   keep large data in the domain (freed when the host drops it), not in
-//!   `static`s or `thread_local!`s, which live as long as the mapping.
+//! * Spawn no threads that outlive a call, and keep no work running after
+//!   a call returns: the host may drop your domain (and, after a hot swap,
+//!   your whole library copy) as soon as no call is in progress.
+//! * The host never unmaps a loaded library. A Rust `cdylib` is not marked
+//!   `NODELETE`, so `dlclose` would really unmap it, but its own std
+//!   registers thread-exit destructors inside it (pthread keys, e.g. through
+//!   `std::thread::current` on the panic path) that glibc does not track: a
+//!   host thread exiting after the unmap would jump into unmapped code.
+//!   So every hot swap (`shimmer run --watch`) leaves the old copy mapped,
+//!   inert, until the process exits; the host destroys its domains, deletes
+//!   its file copy and gives back its clean pages (code and read-only data).
+//!   Measured over 100 reloads of a test plugin: threads flat, resident
+//!   memory +35 KiB per reload for a library mapping 624 KiB.
+//! * Hence: keep large data in the domain (freed when the host drops it),
+//!   never in `static`s, `thread_local!`s or leaked allocations, which live
+//!   as long as the mapping, i.e. are paid again at every reload; and make
+//!   `create_domain` cheap to repeat, since a hot swap creates the domains
+//!   anew (the host also probes a few items with `load` before using a new
+//!   build, so `load` must not have side effects).
 
 pub mod abi;
 #[doc(hidden)]

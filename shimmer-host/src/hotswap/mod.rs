@@ -29,10 +29,14 @@
 //! # The old build
 //! The old build is dropped when the last load using it returns: its
 //! domain is destroyed and its private file copy deleted (logged as
-//! "released"). Its code stays mapped until the process exits (see the
-//! plugin rules in `shimmer_plugin_api`): each swap costs at most the
-//! library's mapped size, threads stay flat (measured by
-//! `tests/hotswap.rs`).
+//! "released"), and its clean pages are given back ([`trim`]). Its mapping
+//! stays until the process exits, on purpose: a Rust `cdylib` is not
+//! `NODELETE`, so `dlclose` would unmap it, but its std registers
+//! thread-exit destructors (pthread keys) inside it that glibc does not
+//! track, and a thread exiting afterwards would crash. Measured over 100
+//! reloads (`tests/hotswap.rs`): threads flat, resident memory about
+//! 35 KiB per reload for a library mapping 624 KiB (626 KiB per reload
+//! without [`trim`]).
 //!
 //! # Latent cache
 //! With `data.cache.enabled` (the default), a watched domain's latents are
@@ -48,6 +52,7 @@ pub mod procstats;
 pub mod resume;
 mod source;
 mod trace;
+pub mod trim;
 mod watcher;
 
 pub use hooks::StepHooks;
@@ -112,4 +117,70 @@ pub fn open_watched_sources(exp: &Experiment) -> Result<(Sources, PluginWatcher)
         sources.insert(name.clone(), swappable as Arc<dyn ItemSource>);
     }
     Ok((sources, watcher))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::{DomainBatch, GroupBatch, HostBatch};
+
+    #[test]
+    fn set_plugin_specs_are_parsed_or_explained() {
+        assert_eq!(
+            resume::parse_set_plugin("v = ./libx.so").unwrap(),
+            ("v".to_string(), "./libx.so".to_string())
+        );
+        for bad in ["v", "=x", "v=", ""] {
+            let e = resume::parse_set_plugin(bad).unwrap_err().to_string();
+            assert!(e.contains("DOMAIN=PLUGIN"), "{e}");
+        }
+    }
+
+    #[test]
+    fn events_read_as_log_lines() {
+        let e = WatchEvent::Refused {
+            path: "/p/libv.so".into(),
+            domains: vec!["a".into()],
+            kept: "plugin v 1".into(),
+            reason: "latent size changed from 4 to 5".into(),
+        };
+        assert_eq!(
+            e.to_string(),
+            "hot-swap: new build of /p/libv.so refused; domain `a` keeps plugin v 1: \
+             latent size changed from 4 to 5"
+        );
+        let e = WatchEvent::Released {
+            domain: "a".into(),
+            generation: 3,
+        };
+        assert!(e.to_string().contains("generation 3 released"), "{e}");
+    }
+
+    #[test]
+    fn the_trace_records_items_and_first_values() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.jsonl");
+        let mut trace = BatchTrace::open(&path).unwrap();
+        let mut b = HostBatch::new(2, 0, 5);
+        let a = DomainBatch::new(vec![1.0, 9.0, 2.0, 9.0], 2, 2);
+        b.groups.insert(
+            "a".into(),
+            GroupBatch::new(vec![4, 7].into(), [("a".into(), a)].into_iter().collect()),
+        );
+        trace.record(11, 2, 5, &b).unwrap();
+        let line: serde_json::Value =
+            serde_json::from_str(std::fs::read_to_string(&path).unwrap().trim()).unwrap();
+        assert_eq!(
+            line,
+            serde_json::json!({"step": 11, "epoch": 2, "batch": 5,
+                "groups": {"a": {"items": [4, 7], "first": {"a": [1.0, 2.0]}}}})
+        );
+    }
+
+    #[test]
+    fn process_stats_are_read() {
+        let s = ProcessStats::read().unwrap();
+        assert!(s.threads >= 1 && s.rss_kib > 0, "{s:?}");
+        assert_eq!(s.plugin_copies == 0, s.plugin_mapped_kib == 0, "{s:?}");
+    }
 }

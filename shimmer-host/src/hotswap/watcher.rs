@@ -367,12 +367,19 @@ impl PluginWatcher {
                 true
             }
         });
+        if !events.is_empty() {
+            super::trim::trim_released_copies();
+        }
         events
     }
 
     /// Whether every replaced build has been released.
     pub fn all_released(&mut self) -> bool {
+        let before = self.retiring.len();
         self.retiring.retain(|r| r.old.strong_count() > 0);
+        if self.retiring.len() < before {
+            super::trim::trim_released_copies();
+        }
         self.retiring.is_empty()
     }
 
