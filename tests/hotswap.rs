@@ -111,7 +111,9 @@ struct WatchedRun {
 }
 
 impl WatchedRun {
-    fn start(plugin: &Path, extra: &[&str]) -> Self {
+    /// `cache`: the run's latent cache (then the watcher re-encodes a new
+    /// build's latents before swapping it in).
+    fn start(plugin: &Path, cache: bool) -> Self {
         let tmp = tempfile::tempdir().unwrap();
         let exp = tmp.path().join("exp.yaml");
         std::fs::write(
@@ -122,7 +124,7 @@ impl WatchedRun {
                    a: {{ plugin: {}, config: {{ dim: 4, items: 64, delay_ms: 2 }} }}\n  \
                    b: {{ plugin: random-vectors, config: {{ dim: 3, train: 64, val: 16, test: 16 }} }}\n\
                  workspace: {{ flavour: two_domains, dim: 4 }}\n\
-                 data:\n  batch_size: 8\n  shuffle: false\n  workers: 0\n  cache: {{ enabled: false }}\n  \
+                 data:\n  batch_size: 8\n  shuffle: false\n  workers: 0\n  cache: {{ enabled: {cache} }}\n  \
                    groups: [ {{ domains: [a, b] }}, {{ domains: [a] }}, {{ domains: [b] }} ]\n\
                  training: {{ max_steps: {STEPS}, val_every_n_epochs: 50, log_every_n_steps: 100 }}\n",
                 plugin.display()
@@ -136,7 +138,6 @@ impl WatchedRun {
             .arg("--run-dir")
             .arg(tmp.path().join("run"))
             .arg("--watch")
-            .args(extra)
             .env(
                 shimmer_host::hotswap::TRACE_ENV,
                 tmp.path().join("trace.jsonl"),
@@ -254,9 +255,10 @@ fn logged_steps(stderr: &str, needle: &str) -> Vec<u64> {
 
 #[test]
 fn a_rebuilt_plugin_is_swapped_in_at_a_step_boundary() {
+    // With the latent cache on: the swap also replaces the cached latents.
     let plugin = TempPlugin::new("versioned_e2e_swap");
     plugin.build();
-    let mut run = WatchedRun::start(&plugin.lib_path(), &[]);
+    let mut run = WatchedRun::start(&plugin.lib_path(), true);
     run.wait_for("30 steps", Duration::from_secs(120), |r| {
         r.trace().len() >= 30
     });
@@ -300,7 +302,7 @@ fn a_rebuilt_plugin_is_swapped_in_at_a_step_boundary() {
 fn broken_rebuilds_are_refused_and_the_run_finishes_on_the_old_build() {
     let plugin = TempPlugin::new("versioned_e2e_broken");
     plugin.build();
-    let mut run = WatchedRun::start(&plugin.lib_path(), &[]);
+    let mut run = WatchedRun::start(&plugin.lib_path(), false);
     run.wait_for("30 steps", Duration::from_secs(120), |r| {
         r.trace().len() >= 30
     });
