@@ -97,11 +97,7 @@ fn logged_scalars(dir: &Path) -> Vec<(i64, String, f32)> {
 fn tutorial_trains_and_tensorboard_reads_every_scalar() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("run");
-    let out = run(&[
-        tutorial().to_str().unwrap(),
-        "--run-dir",
-        dir.to_str().unwrap(),
-    ]);
+    let out = run_args(&tutorial_args(&dir, &[]));
     assert!(out.status.success(), "{}", stderr(&out));
 
     let s = summary(&dir);
