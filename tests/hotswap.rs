@@ -112,8 +112,9 @@ struct WatchedRun {
 
 impl WatchedRun {
     /// `cache`: the run's latent cache (then the watcher re-encodes a new
-    /// build's latents before swapping it in).
-    fn start(plugin: &Path, cache: bool) -> Self {
+    /// build's latents before swapping it in); `workers`: loader threads
+    /// (which prepare batches ahead of the trainer).
+    fn start(plugin: &Path, cache: bool, workers: usize) -> Self {
         let tmp = tempfile::tempdir().unwrap();
         let exp = tmp.path().join("exp.yaml");
         std::fs::write(
@@ -124,7 +125,7 @@ impl WatchedRun {
                    a: {{ plugin: {}, config: {{ dim: 4, items: 64, delay_ms: 2 }} }}\n  \
                    b: {{ plugin: random-vectors, config: {{ dim: 3, train: 64, val: 16, test: 16 }} }}\n\
                  workspace: {{ flavour: two_domains, dim: 4 }}\n\
-                 data:\n  batch_size: 8\n  shuffle: false\n  workers: 0\n  cache: {{ enabled: {cache} }}\n  \
+                 data:\n  batch_size: 8\n  shuffle: false\n  workers: {workers}\n  cache: {{ enabled: {cache} }}\n  \
                    groups: [ {{ domains: [a, b] }}, {{ domains: [a] }}, {{ domains: [b] }} ]\n\
                  training: {{ max_steps: {STEPS}, val_every_n_epochs: 50, log_every_n_steps: 100 }}\n",
                 plugin.display()
@@ -256,9 +257,20 @@ fn logged_steps(stderr: &str, needle: &str) -> Vec<u64> {
 #[test]
 fn a_rebuilt_plugin_is_swapped_in_at_a_step_boundary() {
     // With the latent cache on: the swap also replaces the cached latents.
-    let plugin = TempPlugin::new("versioned_e2e_swap");
+    swap_mid_run("versioned_e2e_swap", true, 0);
+}
+
+#[test]
+fn a_swap_with_loader_threads_discards_batches_prepared_by_the_old_build() {
+    // Two loader threads prefetch batches; after the swap the epoch's
+    // remaining batches are loaded again, from the new build.
+    swap_mid_run("versioned_e2e_swap_threads", false, 2);
+}
+
+fn swap_mid_run(lib_name: &str, cache: bool, workers: usize) {
+    let plugin = TempPlugin::new(lib_name);
     plugin.build();
-    let mut run = WatchedRun::start(&plugin.lib_path(), true);
+    let mut run = WatchedRun::start(&plugin.lib_path(), cache, workers);
     run.wait_for("30 steps", Duration::from_secs(120), |r| {
         r.trace().len() >= 30
     });
@@ -283,7 +295,7 @@ fn a_rebuilt_plugin_is_swapped_in_at_a_step_boundary() {
     );
     let constants = constants_by_step(&run.trace());
     assert_eq!(constants.len() as u64, STEPS, "every step traced once");
-    // With `workers: 0` the step right after the swap is the first new batch.
+    // The step right after the swap is the first new batch.
     assert!((30..STEPS).contains(&swap), "swap at step {swap}");
     let first_new = constants.iter().position(|&c| c == 2).unwrap() as u64;
     assert_eq!(
@@ -302,7 +314,7 @@ fn a_rebuilt_plugin_is_swapped_in_at_a_step_boundary() {
 fn broken_rebuilds_are_refused_and_the_run_finishes_on_the_old_build() {
     let plugin = TempPlugin::new("versioned_e2e_broken");
     plugin.build();
-    let mut run = WatchedRun::start(&plugin.lib_path(), false);
+    let mut run = WatchedRun::start(&plugin.lib_path(), false, 0);
     run.wait_for("30 steps", Duration::from_secs(120), |r| {
         r.trace().len() >= 30
     });

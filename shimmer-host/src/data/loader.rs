@@ -139,7 +139,17 @@ impl DataLoader {
 
     /// Starts epoch `epoch`: plans it and starts the workers.
     pub fn epoch(&self, epoch: u64) -> Result<Epoch> {
-        let plan: Arc<[BatchPlan]> = self.sampler.epoch(epoch).into();
+        self.epoch_from(epoch, 0)
+    }
+
+    /// Starts epoch `epoch` at its batch `start` (the same batches as
+    /// [`DataLoader::epoch`] from there on; earlier ones are not loaded): how
+    /// a resumed run, or one whose plugin was just swapped, picks up
+    /// mid-epoch.
+    pub fn epoch_from(&self, epoch: u64, start: usize) -> Result<Epoch> {
+        let mut plan = self.sampler.epoch(epoch);
+        plan.drain(..start.min(plan.len()));
+        let plan: Arc<[BatchPlan]> = plan.into();
         let stop = Arc::new(AtomicBool::new(false));
         let mut receivers = Vec::with_capacity(self.workers);
         let mut handles = Vec::with_capacity(self.workers);

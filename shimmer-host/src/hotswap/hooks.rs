@@ -15,6 +15,7 @@ pub struct StepHooks {
     trace: Option<BatchTrace>,
     started: bool,
     refused: HashMap<String, u32>,
+    swapped: bool,
 }
 
 impl StepHooks {
@@ -41,6 +42,13 @@ impl StepHooks {
             Some(t) => t.record(step, epoch, batch_in_epoch, batch),
             None => Ok(()),
         }
+    }
+
+    /// Whether a plugin was swapped since the last call: batches the loader
+    /// threads prepared ahead came from the old build, so the trainer
+    /// restarts the epoch's loading at the next batch.
+    pub fn take_swap(&mut self) -> bool {
+        std::mem::take(&mut self.swapped)
     }
 
     /// Called at each step boundary, when `step` steps are done: polls the
@@ -76,6 +84,9 @@ impl StepHooks {
         }
         for event in watcher.poll() {
             let line = format!("step {step}: {event}");
+            if matches!(event, WatchEvent::Swapped { .. }) {
+                self.swapped = true;
+            }
             match &event {
                 WatchEvent::Swapped {
                     domain, generation, ..

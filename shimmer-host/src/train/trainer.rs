@@ -159,10 +159,10 @@ impl<'a, T: Task> Trainer<'a, T> {
         let mut validated_at = None;
         'epochs: while self.position.global_step < total {
             let epoch = self.position.epoch;
-            let skip = self.position.batch_in_epoch as usize;
-            let batches = loaders.train.epoch(epoch)?;
-            let n_batches = batches.len();
-            for (k, batch) in batches.enumerate().skip(skip) {
+            let start = self.position.batch_in_epoch as usize;
+            let batches = loaders.train.epoch_from(epoch, start)?;
+            let n_batches = start + batches.len();
+            for (k, batch) in (start..).zip(batches) {
                 let batch = batch.with_context(|| format!("training epoch {epoch}, batch {k}"))?;
                 self.hooks
                     .before_step(self.position.global_step, epoch, k, &batch)?;
@@ -189,12 +189,18 @@ impl<'a, T: Task> Trainer<'a, T> {
                 for line in self.hooks.after_step(step, &mut self.tb)? {
                     progress.println(&line);
                 }
+                let at_epoch_end = self.position.batch_in_epoch as usize == n_batches;
                 if done {
-                    if self.position.batch_in_epoch as usize == n_batches {
+                    if at_epoch_end {
                         self.position.epoch += 1;
                         self.position.batch_in_epoch = 0;
                     }
                     break 'epochs;
+                }
+                if self.hooks.take_swap() && !at_epoch_end {
+                    // Batches prepared ahead came from the old plugin: load
+                    // the rest of the epoch anew, from the next batch on.
+                    continue 'epochs;
                 }
             }
             self.position.epoch += 1;
