@@ -19,12 +19,12 @@
 //! # Which batches use the new build
 //! Loads that start after the swap use the new build; a load already
 //! running finishes on the old one (a batch never mixes builds of a
-//! domain). With `data.workers: 0` batches are loaded when the trainer
-//! asks for them, so the batch of the step right after the swap (the step
-//! named in the log) is the first from the new build. With loader threads,
-//! the batches they had already prefetched (at most `prefetch` rounded up
-//! to a multiple of `workers`, plus one per worker) come from the old
-//! build and are used first. Validation after the swap uses the new build.
+//! domain). Loader threads prepare batches ahead of the trainer; after a
+//! swap the trainer drops those and restarts the epoch's loading at its
+//! next batch ([`StepHooks::take_swap`], `DataLoader::epoch_from`), so the
+//! batch of the step right after the swap (the step named in the log) is
+//! the first from the new build, whatever the number of workers.
+//! Validation after the swap uses the new build.
 //!
 //! # The old build
 //! The old build is dropped when the last load using it returns: its
