@@ -11,7 +11,7 @@
 mod common;
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -50,38 +50,6 @@ fn slurm_unavailable() -> Option<String> {
             String::from_utf8_lossy(&o.stderr).trim()
         )),
         Err(e) => Some(format!("`sinfo` cannot run: {e}")),
-    }
-}
-
-/// Runs the tutorial's pretraining steps (`experiments/tutorial/pretrain_*.yaml`,
-/// if any) in `cwd`, where the tutorial then finds the pretrained domain
-/// models (`runs/tutorial/pretrained/`, relative to the working folder).
-fn pretrain_tutorial(cwd: &Path) {
-    let dir = common::workspace_root().join("experiments/tutorial");
-    let mut steps: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with("pretrain") && n.ends_with(".yaml"))
-        })
-        .collect();
-    steps.sort();
-    for step in steps {
-        let out = common::shimmer()
-            .current_dir(cwd)
-            .arg("run")
-            .arg(&step)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "pretraining {} failed: {}",
-            step.display(),
-            String::from_utf8_lossy(&out.stderr)
-        );
     }
 }
 
@@ -124,7 +92,7 @@ fn tutorial_sweep_runs_as_a_slurm_job_array() {
     }
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("sweep");
-    pretrain_tutorial(tmp.path());
+    common::pretrain_tutorial(tmp.path());
     let start = Instant::now();
     let out = common::shimmer()
         .current_dir(tmp.path())

@@ -18,38 +18,6 @@ fn tutorial() -> PathBuf {
     common::workspace_root().join("experiments/tutorial/gw.yaml")
 }
 
-/// Runs the tutorial's pretraining steps (`experiments/tutorial/pretrain_*.yaml`,
-/// if any) in `cwd`, where the tutorial then finds the pretrained domain
-/// models (`runs/tutorial/pretrained/`, relative to the working folder).
-fn pretrain_tutorial(cwd: &Path) {
-    let dir = common::workspace_root().join("experiments/tutorial");
-    let mut steps: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with("pretrain") && n.ends_with(".yaml"))
-        })
-        .collect();
-    steps.sort();
-    for step in steps {
-        let out = common::shimmer()
-            .current_dir(cwd)
-            .arg("run")
-            .arg(&step)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "pretraining {} failed: {}",
-            step.display(),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-}
-
 fn sweep(cwd: &Path) -> Command {
     let mut cmd = common::shimmer();
     cmd.current_dir(cwd).arg("sweep");
@@ -99,7 +67,7 @@ fn assert_finished_run(run: &Path) {
 #[test]
 fn tutorial_sweep_runs_every_trial_and_ranks_them() {
     let tmp = tempfile::tempdir().unwrap();
-    pretrain_tutorial(tmp.path());
+    common::pretrain_tutorial(tmp.path());
     let dir = tmp.path().join("sw");
     let out = sweep(tmp.path())
         .arg(tutorial())
@@ -185,7 +153,7 @@ fn tutorial_sweep_runs_every_trial_and_ranks_them() {
 #[test]
 fn a_failing_trial_is_recorded_and_the_others_finish() {
     let tmp = tempfile::tempdir().unwrap();
-    pretrain_tutorial(tmp.path());
+    common::pretrain_tutorial(tmp.path());
     let dir = tmp.path().join("sw");
     let out = sweep(tmp.path())
         .arg(tutorial())

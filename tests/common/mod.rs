@@ -136,3 +136,35 @@ pub fn read_tensorboard(run_dir: &Path) -> serde_json::Value {
     );
     serde_json::from_slice(&out.stdout).expect("reader prints JSON")
 }
+
+/// Runs the tutorial's pretraining steps (`experiments/tutorial/pretrain_*.yaml`,
+/// if any) in `cwd`, where the tutorial then finds the pretrained domain
+/// models (`runs/tutorial/pretrained/`, relative to the working folder).
+pub fn pretrain_tutorial(cwd: &Path) {
+    let dir = workspace_root().join("experiments/tutorial");
+    let mut steps: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("pretrain") && n.ends_with(".yaml"))
+        })
+        .collect();
+    steps.sort();
+    for step in steps {
+        let out = shimmer()
+            .current_dir(cwd)
+            .arg("run")
+            .arg(&step)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "pretraining {} failed: {}",
+            step.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}

@@ -17,7 +17,7 @@ use crate::plugin::PluginLibrary;
 use anyhow::{Context, Result, bail, ensure};
 use shimmer_plugin_api::Split;
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 /// The loaders of a run.
@@ -221,22 +221,36 @@ fn names(groups: &[GroupDataset]) -> String {
         .join(", ")
 }
 
-/// Opens every plugin domain of the experiment (one library load per
-/// plugin) and returns its data sources in domain order. Domains without a
-/// plugin have no data and are left out.
-pub fn open_sources(exp: &Experiment) -> Result<Sources> {
-    let mut libraries: HashMap<&str, PluginLibrary> = HashMap::new();
-    let mut sources = Sources::new();
+/// A plugin domain of an experiment, opened.
+pub struct OpenedDomain {
+    /// Domain name in the experiment.
+    pub name: String,
+    /// The plugin library file it was created from.
+    pub path: PathBuf,
+    /// The config handed to the plugin, as JSON.
+    pub config_json: String,
+    /// Its data.
+    pub source: PluginSource,
+}
+
+/// Opens every plugin domain of the experiment, in domain order, loading
+/// each library file once: resolves the plugin, picks the domain kind
+/// (`kind:`, or the plugin's only one), creates the domain from its config
+/// and checks `latent_dim` when given. Domains without a plugin are left out.
+pub fn open_plugin_domains(exp: &Experiment) -> Result<Vec<OpenedDomain>> {
+    let mut libraries: HashMap<PathBuf, PluginLibrary> = HashMap::new();
+    let mut opened = Vec::new();
     for (name, d) in &exp.domains {
         let Some(spec) = d.plugin.as_deref() else {
             continue;
         };
         let at = || format!("domain `{name}` (plugin `{spec}`)");
-        let lib = match libraries.get(spec) {
+        let path = crate::plugin::resolve(spec, &exp.plugins.paths).with_context(at)?;
+        let lib = match libraries.get(&path) {
             Some(lib) => lib.clone(),
             None => {
-                let lib = PluginLibrary::find(spec, &exp.plugins.paths).with_context(at)?;
-                libraries.insert(spec, lib.clone());
+                let lib = PluginLibrary::open(&path).with_context(at)?;
+                libraries.insert(path.clone(), lib.clone());
                 lib
             }
         };
@@ -251,18 +265,32 @@ pub fn open_sources(exp: &Experiment) -> Result<Sources> {
         };
         let config_json = serde_json::to_string(&d.config).with_context(at)?;
         let handle = lib.create_domain(&kind, &config_json).with_context(at)?;
-        let src = PluginSource::new(handle, config_json);
+        let source = PluginSource::new(handle, config_json.clone());
         if let Some(dim) = d.latent_dim {
             ensure!(
-                dim == src.latent_dim(),
+                dim == source.latent_dim(),
                 "{}: `latent_dim: {dim}` but the plugin's latents have {}",
                 at(),
-                src.latent_dim()
+                source.latent_dim()
             );
         }
-        sources.insert(name.clone(), Arc::new(src) as Arc<dyn ItemSource>);
+        opened.push(OpenedDomain {
+            name: name.clone(),
+            path,
+            config_json,
+            source,
+        });
     }
-    Ok(sources)
+    Ok(opened)
+}
+
+/// The data sources of every plugin domain of the experiment, in domain
+/// order (see [`open_plugin_domains`]).
+pub fn open_sources(exp: &Experiment) -> Result<Sources> {
+    Ok(open_plugin_domains(exp)?
+        .into_iter()
+        .map(|d| (d.name, Arc::new(d.source) as Arc<dyn ItemSource>))
+        .collect())
 }
 
 #[cfg(test)]

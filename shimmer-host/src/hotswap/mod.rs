@@ -62,11 +62,9 @@ pub use trace::{BatchTrace, TRACE_ENV};
 pub use watcher::{DEFAULT_DEBOUNCE, PluginWatcher, WatchEvent, check_compatible};
 
 use crate::config::Experiment;
-use crate::data::{ItemSource, PluginSource, Sources};
-use crate::plugin::PluginLibrary;
-use anyhow::{Context, Result, bail, ensure};
-use std::collections::HashMap;
-use std::path::PathBuf;
+use crate::data::pipeline::open_plugin_domains;
+use crate::data::{ItemSource, Sources};
+use anyhow::Result;
 use std::sync::Arc;
 
 /// Like [`crate::data::open_sources`] (same checks, same messages), but
@@ -75,46 +73,12 @@ use std::sync::Arc;
 /// pipeline's cache off, then call [`PluginWatcher::require_items`] and,
 /// when the experiment caches latents, [`PluginWatcher::enable_cache`].
 pub fn open_watched_sources(exp: &Experiment) -> Result<(Sources, PluginWatcher)> {
-    let mut libraries: HashMap<PathBuf, PluginLibrary> = HashMap::new();
     let mut sources = Sources::new();
     let mut watcher = PluginWatcher::new();
-    for (name, d) in &exp.domains {
-        let Some(spec) = d.plugin.as_deref() else {
-            continue;
-        };
-        let at = || format!("domain `{name}` (plugin `{spec}`)");
-        let path = crate::plugin::resolve(spec, &exp.plugins.paths).with_context(at)?;
-        let lib = match libraries.get(&path) {
-            Some(lib) => lib.clone(),
-            None => {
-                let lib = PluginLibrary::open(&path).with_context(at)?;
-                libraries.insert(path, lib.clone());
-                lib
-            }
-        };
-        let kind = match (&d.kind, lib.domain_kinds()) {
-            (Some(k), _) => k.clone(),
-            (None, [only]) => only.clone(),
-            (None, kinds) => bail!(
-                "{}: the plugin provides several domain kinds ({}); choose one with `kind:`",
-                at(),
-                kinds.join(", ")
-            ),
-        };
-        let config_json = serde_json::to_string(&d.config).with_context(at)?;
-        let handle = lib.create_domain(&kind, &config_json).with_context(at)?;
-        let src = PluginSource::new(handle, config_json.clone());
-        if let Some(dim) = d.latent_dim {
-            ensure!(
-                dim == src.latent_dim(),
-                "{}: `latent_dim: {dim}` but the plugin's latents have {}",
-                at(),
-                src.latent_dim()
-            );
-        }
-        let swappable = Arc::new(SwappableSource::new(src));
-        watcher.watch(name, &config_json, swappable.clone());
-        sources.insert(name.clone(), swappable as Arc<dyn ItemSource>);
+    for d in open_plugin_domains(exp)? {
+        let swappable = Arc::new(SwappableSource::new(d.source));
+        watcher.watch(&d.name, &d.config_json, swappable.clone());
+        sources.insert(d.name, swappable as Arc<dyn ItemSource>);
     }
     Ok((sources, watcher))
 }

@@ -439,7 +439,7 @@ pub fn run_trial(root: &Path, index: usize) -> Result<()> {
 fn default_dir(runs_dir: &Path, name: &str) -> Result<PathBuf> {
     let base =
         std::path::absolute(runs_dir.join(name)).context("cannot resolve the runs folder")?;
-    let stamp = utc_stamp(std::time::SystemTime::now());
+    let stamp = crate::train::run_dir::utc_stamp(std::time::SystemTime::now());
     let mut dir = base.join(format!("sweep-{stamp}"));
     let mut k = 2;
     while dir.exists() {
@@ -467,42 +467,4 @@ fn create_dir(root: &Path, explicit: bool) -> Result<()> {
     }
     std::fs::create_dir_all(root)
         .with_context(|| format!("cannot create sweep folder {}", root.display()))
-}
-
-/// `yyyy-mm-dd_hh-mm-ss` in UTC, as run folders are named.
-fn utc_stamp(t: std::time::SystemTime) -> String {
-    let secs = t
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}_{:02}-{:02}-{:02}",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn utc_stamps_are_civil_dates() {
-        let at = |s: u64| utc_stamp(std::time::UNIX_EPOCH + std::time::Duration::from_secs(s));
-        assert_eq!(at(0), "1970-01-01_00-00-00");
-        assert_eq!(at(951_782_400), "2000-02-29_00-00-00");
-        assert_eq!(at(1_735_732_800 + 3661), "2025-01-01_13-01-01");
-    }
 }

@@ -161,7 +161,13 @@ pub struct RunSummary {
 }
 
 fn timestamp() -> String {
-    let secs = std::time::SystemTime::now()
+    utc_stamp(std::time::SystemTime::now())
+}
+
+/// `yyyy-mm-dd_hh-mm-ss` in UTC: how run and sweep folders are named, so
+/// they sort by time.
+pub fn utc_stamp(t: std::time::SystemTime) -> String {
+    let secs = t
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
@@ -208,6 +214,14 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn utc_stamps_are_civil_dates() {
+        let at = |s: u64| utc_stamp(std::time::UNIX_EPOCH + std::time::Duration::from_secs(s));
+        assert_eq!(at(0), "1970-01-01_00-00-00");
+        assert_eq!(at(951_782_400), "2000-02-29_00-00-00");
+        assert_eq!(at(1_735_732_800 + 3661), "2025-01-01_13-01-01");
+    }
 
     #[test]
     fn dates_convert() {
