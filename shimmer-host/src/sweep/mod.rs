@@ -382,23 +382,7 @@ pub fn status(root: &Path) -> Result<()> {
             }
         );
     }
-    let widths: Vec<usize> = (0..5)
-        .map(|c| {
-            lines
-                .iter()
-                .map(|l| l[c].chars().count())
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    for line in &lines {
-        let cells: Vec<String> = line
-            .iter()
-            .zip(&widths)
-            .map(|(cell, w)| format!("{cell:<w$}"))
-            .collect();
-        println!("{}", cells.join("  ").trim_end());
-    }
+    print!("{}", summary::aligned(&lines));
     Ok(())
 }
 

@@ -199,27 +199,7 @@ impl Table {
                 .enumerate()
                 .map(|(i, r)| self.cells(i, r, false)),
         );
-        let columns = lines[0].len();
-        let widths: Vec<usize> = (0..columns)
-            .map(|c| {
-                lines
-                    .iter()
-                    .map(|l| l[c].chars().count())
-                    .max()
-                    .unwrap_or(0)
-            })
-            .collect();
-        let mut out = String::new();
-        for line in &lines {
-            let text: Vec<String> = line
-                .iter()
-                .zip(&widths)
-                .map(|(cell, w)| format!("{cell:<w$}"))
-                .collect();
-            out.push_str(text.join("  ").trim_end());
-            out.push('\n');
-        }
-        out
+        aligned(&lines)
     }
 
     /// The table as CSV (full-precision values, whole errors).
@@ -265,6 +245,33 @@ fn csv_cell(cell: &str) -> String {
     } else {
         cell.to_string()
     }
+}
+
+/// Rows of cells as text columns padded to their widest cell, two spaces
+/// apart, one line per row (the sweep's summary and status tables).
+pub fn aligned<R: AsRef<[String]>>(rows: &[R]) -> String {
+    let columns = rows.iter().map(|r| r.as_ref().len()).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..columns)
+        .map(|c| {
+            rows.iter()
+                .filter_map(|r| r.as_ref().get(c))
+                .map(|cell| cell.chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = String::new();
+    for row in rows {
+        let text: Vec<String> = row
+            .as_ref()
+            .iter()
+            .zip(&widths)
+            .map(|(cell, w)| format!("{cell:<w$}"))
+            .collect();
+        out.push_str(text.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
 }
 
 #[cfg(test)]
