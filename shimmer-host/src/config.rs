@@ -501,11 +501,9 @@ fn default_max_momentum() -> f64 {
     0.95
 }
 
+/// A minimal valid experiment (the parity case P1's shape), for tests.
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const P1: &str = r#"
+pub(crate) const P1_TEST_YAML: &str = r#"
 name: p1
 domains:
   a: { latent_dim: 8 }
@@ -518,6 +516,12 @@ loss:
 optim:
   scheduler: { type: one_cycle, total_steps: 20 }
 "#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const P1: &str = P1_TEST_YAML;
 
     #[test]
     fn parses_with_defaults_and_integer_coefficients() {

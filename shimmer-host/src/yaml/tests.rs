@@ -344,19 +344,7 @@ fn syntax_error_has_file_line_and_column() {
     );
 }
 
-const P1: &str = "
-name: p1
-domains:
-  a: { latent_dim: 8 }
-  b: { latent_dim: 16 }
-workspace:
-  flavour: two_domains
-  dim: 16
-loss:
-  coefs: { demi_cycles: 1, cycles: 1.0, translations: 1.0, contrastives: 0.05 }
-optim:
-  scheduler: { type: one_cycle, total_steps: 20 }
-";
+const P1: &str = crate::config::P1_TEST_YAML;
 
 #[test]
 fn loads_a_real_experiment_with_overrides() {
