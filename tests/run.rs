@@ -20,7 +20,7 @@ fn tutorial() -> PathBuf {
 fn pretrained() -> &'static [String] {
     static OVERRIDES: OnceLock<Vec<String>> = OnceLock::new();
     OVERRIDES.get_or_init(|| {
-        let dir = common::target_dir().join(format!("e2e-pretrained-{}", std::process::id()));
+        let dir = common::target_dir().join("e2e-pretrained");
         let _ = std::fs::remove_dir_all(&dir);
         (1..=2)
             .map(|d| {
@@ -336,7 +336,7 @@ fn checkpoint_with_other_dims_is_named() {
 #[test]
 fn pretraining_exports_the_best_domain_model() {
     pretrained();
-    let dir = common::target_dir().join(format!("e2e-pretrained-{}", std::process::id()));
+    let dir = common::target_dir().join("e2e-pretrained");
     let s = summary(&dir.join("run1"));
     assert_eq!(s["status"], "finished");
     let recon = s["metrics"]["test/reconstruction_loss"].as_f64().unwrap();
