@@ -361,6 +361,13 @@ fn pretraining_exports_the_best_domain_model() {
 }
 
 #[test]
+fn a_training_set_without_a_full_batch_is_an_error() {
+    // 256 items per group, incomplete batches of 512 dropped: no batch at all.
+    let (_t, out) = bad_run(&["data.batch_size=512", "training.max_steps=10"]);
+    assert_clear_failure(&out, &["yields no batch", "lower batch_size"]);
+}
+
+#[test]
 fn unwritable_run_folder_is_an_error() {
     let tmp = tempfile::tempdir().unwrap();
     let file = tmp.path().join("a-file");

@@ -153,6 +153,12 @@ impl<'a, T: Task> Trainer<'a, T> {
 
     /// Trains until `total` steps are done.
     pub fn fit(&mut self, loaders: &Loaders<'_>, total: u64) -> Result<()> {
+        if loaders.train.is_empty() {
+            bail!(
+                "an epoch of the training set has no batch: every group needs at least \
+                 `data.batch_size` items (or `data.drop_last: false`)"
+            );
+        }
         let started = Instant::now();
         let wall_before = self.position.wall_time_s;
         let mut progress = Progress::new(total, self.position.global_step);
