@@ -31,6 +31,48 @@ enum Command {
     /// Run an experiment's `sweep:` trials locally or as a Slurm job array;
     /// inspect, summarize or resume a sweep folder.
     Sweep(SweepArgs),
+    /// Time training steps of an experiment on preloaded batches (steps/s,
+    /// samples/s, peak memory); threads from `RAYON_NUM_THREADS`.
+    Bench(BenchArgs),
+}
+
+#[derive(Debug, Args)]
+struct BenchArgs {
+    /// Experiment YAML file.
+    experiment: PathBuf,
+    /// Settings that override the file, as `key.path=value`.
+    overrides: Vec<String>,
+    /// Timed optimiser steps.
+    #[arg(long, default_value_t = 20)]
+    steps: usize,
+    /// Untimed steps before them.
+    #[arg(long, default_value_t = 3)]
+    warmup: usize,
+    /// Distinct training batches loaded before timing, cycled over.
+    #[arg(long, default_value_t = 8)]
+    preload: usize,
+    /// Also write the report as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+fn bench(a: BenchArgs) -> Result<()> {
+    use anyhow::Context;
+    let opts = shimmer_host::bench::BenchOptions {
+        experiment: a.experiment,
+        overrides: a.overrides,
+        steps: a.steps,
+        warmup: a.warmup,
+        preload: a.preload,
+    };
+    let report = shimmer_host::bench::run(&opts)?;
+    println!("{}", report.describe());
+    println!("{}", report.to_json());
+    if let Some(path) = &a.json {
+        std::fs::write(path, report.to_json() + "\n")
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    Ok(())
 }
 
 #[derive(Debug, Args)]
@@ -299,6 +341,7 @@ pub fn run(cli: Cli) -> Result<()> {
             final_weights: a.final_weights,
         }),
         Command::Sweep(a) => sweep(a),
+        Command::Bench(a) => bench(a),
     }
 }
 

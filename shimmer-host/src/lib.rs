@@ -4,6 +4,7 @@
 //! One module per concern; the `shimmer` binary only parses its command line
 //! and calls into these.
 
+pub mod bench;
 pub mod checkpoint;
 pub mod config;
 pub mod data;

@@ -258,7 +258,7 @@ fn domain_specs(
 /// GW with its domain models, or one domain model to pretrain. A frozen
 /// domain model becomes part of its domain's data (so the latent cache holds
 /// its outputs); a trained one runs in the GW's step.
-fn build(exp: &Experiment, base_dir: &Path) -> Result<(DataPipeline, Box<dyn Task>)> {
+pub(crate) fn build(exp: &Experiment, base_dir: &Path) -> Result<(DataPipeline, Box<dyn Task>)> {
     build_from(exp, base_dir, &open_sources(exp)?)
 }
 

@@ -1,0 +1,257 @@
+//! `shimmer bench`: times optimiser steps of an experiment's model on
+//! preloaded batches, for comparisons between builds, devices, thread counts
+//! and the PyTorch reference (`scripts/reference/gw_reference.py`).
+//!
+//! The experiment is built exactly as `shimmer run` builds it (plugins, data
+//! pipeline with its latent cache, domain models, GW, losses, AdamW with its
+//! schedule). A few training batches are loaded once; then `warmup` steps
+//! run untimed and `steps` steps are timed, cycling over those batches.
+//! Each step is what the training loop does: the batch goes to the device,
+//! forward pass and metrics (read back to the host), the loss read back,
+//! backward pass, AdamW update and scheduler step. No logging, validation or
+//! checkpointing. The schedule spans `warmup + steps` steps.
+//!
+//! ```no_run
+//! use shimmer_host::bench::{BenchOptions, run};
+//! let report = run(&BenchOptions::new("experiments/bench/w1.yaml", 100, 10))?;
+//! println!("{}", report.to_json());
+//! # Ok::<(), anyhow::Error>(())
+//! ```
+//!
+//! CPU threads come from the environment: candle's CPU backend (matmuls
+//! and its own elementwise thread pool) and rayon all read
+//! `RAYON_NUM_THREADS` (`CANDLE_NUM_THREADS`, if set, overrides it for
+//! candle's elementwise pool only).
+
+use crate::config::Experiment;
+use crate::data::batch::HostBatch;
+use crate::optim::Optimizer;
+use crate::train::task::Task;
+use crate::{device, yaml};
+use anyhow::{Context, Result, bail};
+use candle_core::DType;
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// What `shimmer bench` was asked to do.
+#[derive(Clone, Debug)]
+pub struct BenchOptions {
+    /// Experiment file.
+    pub experiment: PathBuf,
+    /// `key.path=value` overrides, applied after the YAML layers.
+    pub overrides: Vec<String>,
+    /// Timed optimiser steps.
+    pub steps: usize,
+    /// Untimed steps before them.
+    pub warmup: usize,
+    /// Distinct training batches loaded before timing (cycled over).
+    pub preload: usize,
+}
+
+impl BenchOptions {
+    /// `steps` timed steps after `warmup` untimed ones, on up to 8 batches.
+    pub fn new(experiment: impl Into<PathBuf>, steps: usize, warmup: usize) -> Self {
+        Self {
+            experiment: experiment.into(),
+            overrides: Vec::new(),
+            steps,
+            warmup,
+            preload: 8,
+        }
+    }
+}
+
+/// Timings of one benchmark; [`BenchReport::to_json`] has the same fields
+/// as the PyTorch reference's output.
+#[derive(Clone, Debug, Serialize)]
+pub struct BenchReport {
+    /// Which implementation measured (`shimmer-rs`).
+    pub implementation: String,
+    /// Experiment name.
+    pub workload: String,
+    /// Device of the step (`cpu`, `cuda:0`).
+    pub device: String,
+    /// CPU threads candle uses (from `RAYON_NUM_THREADS`, else the cores).
+    pub threads: usize,
+    /// Timed steps.
+    pub steps: usize,
+    /// Untimed warm-up steps.
+    pub warmup: usize,
+    /// Rows per step, summed over the batch's groups.
+    pub samples_per_step: usize,
+    /// Seconds of the timed steps.
+    pub seconds: f64,
+    /// Optimiser steps per second.
+    pub steps_per_s: f64,
+    /// Rows per second.
+    pub samples_per_s: f64,
+    /// Peak resident memory of the process (VmHWM), MiB.
+    pub peak_rss_mib: f64,
+    /// Resident memory once the data was loaded, before the first step, MiB.
+    pub rss_before_steps_mib: f64,
+    /// Device memory used by this process after the timed steps (MiB, from
+    /// `nvidia-smi`); `None` on CPU or when it cannot be read.
+    pub device_mem_mib: Option<f64>,
+    /// Seconds to build plugins, data (latent cache included) and model.
+    pub setup_s: f64,
+    /// Last training loss (a sanity check, not a result).
+    pub last_loss: f32,
+}
+
+impl BenchReport {
+    /// One-line JSON object.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
+    }
+
+    /// Human-readable lines.
+    pub fn describe(&self) -> String {
+        format!(
+            "{} on {} ({} thread(s)): {} steps in {:.3} s after {} warm-up\n  \
+             {:.2} steps/s, {:.0} samples/s ({} per step)\n  \
+             peak RSS {:.0} MiB (before the steps {:.0} MiB), device memory {}\n  \
+             setup {:.2} s, last loss {:.5}",
+            self.workload,
+            self.device,
+            self.threads,
+            self.steps,
+            self.seconds,
+            self.warmup,
+            self.steps_per_s,
+            self.samples_per_s,
+            self.samples_per_step,
+            self.peak_rss_mib,
+            self.rss_before_steps_mib,
+            self.device_mem_mib
+                .map_or_else(|| "n/a".to_string(), |m| format!("{m:.0} MiB")),
+            self.setup_s,
+            self.last_loss,
+        )
+    }
+}
+
+/// Builds the experiment, loads the batches and times the steps.
+pub fn run(opts: &BenchOptions) -> Result<BenchReport> {
+    if opts.steps == 0 {
+        bail!("--steps must be at least 1");
+    }
+    let loaded = yaml::load::<Experiment>(&opts.experiment, &opts.overrides)?;
+    let exp = loaded.config;
+    exp.check()
+        .with_context(|| format!("invalid experiment {}", opts.experiment.display()))?;
+    if exp.pretrain.is_some() {
+        bail!(
+            "`shimmer bench` times Global Workspace training; this experiment pretrains a domain model"
+        );
+    }
+    let device_name = match device::resolve(&exp.device)? {
+        candle_core::Device::Cpu => "cpu".to_string(),
+        candle_core::Device::Cuda(_) => exp.device.trim().replace("auto", "cuda:0"),
+        other => format!("{other:?}"),
+    };
+    let base_dir = opts.experiment.parent().unwrap_or(Path::new("."));
+
+    let started = Instant::now();
+    let (pipeline, mut task) = crate::train::build(&exp, base_dir)?;
+    let total = opts.warmup + opts.steps;
+    let mut batches: Vec<HostBatch> = Vec::new();
+    let mut epoch = 0;
+    while batches.len() < opts.preload.clamp(1, total) {
+        let before = batches.len();
+        for b in pipeline.train.epoch(epoch)? {
+            batches.push(b.with_context(|| format!("loading training epoch {epoch}"))?);
+            if batches.len() >= opts.preload.clamp(1, total) {
+                break;
+            }
+        }
+        if batches.len() == before {
+            bail!(
+                "an epoch of the training set has no batch: every group needs at least \
+                 `data.batch_size` items (or `data.drop_last: false`)"
+            );
+        }
+        epoch += 1;
+    }
+    drop(pipeline);
+    let mut optimizer = Optimizer::new(task.params().params(), &exp.optim, Some(total))?;
+    let setup_s = started.elapsed().as_secs_f64();
+    let rss_before_steps_mib = proc_status_mib("VmRSS:");
+
+    let mut last_loss = f32::NAN;
+    let mut step = |k: usize| -> Result<()> {
+        let batch = &batches[k % batches.len()];
+        let out = task.train_step(batch)?;
+        let loss = out.loss.to_dtype(DType::F32)?.to_scalar::<f32>()?;
+        if !loss.is_finite() {
+            bail!("the training loss became {loss} at step {k}");
+        }
+        let grads = out.loss.backward()?;
+        optimizer.step(&grads)?;
+        last_loss = loss;
+        Ok(())
+    };
+    for k in 0..opts.warmup {
+        step(k)?;
+    }
+    let t = Instant::now();
+    for k in opts.warmup..total {
+        step(k)?;
+    }
+    let seconds = t.elapsed().as_secs_f64();
+    let samples_per_step = batches[0].groups.values().map(|g| g.rows()).sum();
+    let device_mem_mib = if device_name == "cpu" {
+        None
+    } else {
+        nvidia_smi_own_mib()
+    };
+    Ok(BenchReport {
+        implementation: "shimmer-rs".to_string(),
+        workload: exp.name.clone(),
+        device: device_name,
+        threads: candle_core::utils::get_num_threads(),
+        steps: opts.steps,
+        warmup: opts.warmup,
+        samples_per_step,
+        seconds,
+        steps_per_s: opts.steps as f64 / seconds,
+        samples_per_s: (opts.steps * samples_per_step) as f64 / seconds,
+        peak_rss_mib: proc_status_mib("VmHWM:"),
+        rss_before_steps_mib,
+        device_mem_mib,
+        setup_s,
+        last_loss,
+    })
+}
+
+/// A `/proc/self/status` memory line (`VmHWM:`, `VmRSS:`) in MiB; NaN where
+/// there is none (not Linux).
+fn proc_status_mib(key: &str) -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(key))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+/// GPU memory this process holds, as `nvidia-smi` reports it (MiB).
+fn nvidia_smi_own_mib() -> Option<f64> {
+    let out = std::process::Command::new("nvidia-smi")
+        .args([
+            "--query-compute-apps=pid,used_memory",
+            "--format=csv,noheader,nounits",
+        ])
+        .output()
+        .ok()?;
+    let pid = std::process::id().to_string();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_once(','))
+        .filter(|(p, _)| p.trim() == pid)
+        .filter_map(|(_, m)| m.trim().parse::<f64>().ok())
+        .reduce(|a, b| a + b)
+}
