@@ -342,16 +342,22 @@ fn clip_grad_norm(
     params: &crate::gw::params::ParamStore,
     max_norm: f64,
 ) -> Result<()> {
-    let mut total = 0f64;
+    // Squared norms summed on the device: one read back per step, not one
+    // per parameter.
+    let mut squares: Option<Tensor> = None;
     for var in params.params().values() {
         if let Some(g) = grads.get(var.as_tensor()) {
-            total += g
-                .to_dtype(DType::F64)?
-                .sqr()?
-                .sum_all()?
-                .to_scalar::<f64>()?;
+            let s = g.to_dtype(DType::F64)?.sqr()?.sum_all()?;
+            squares = Some(match squares {
+                None => s,
+                Some(acc) => (acc + s)?,
+            });
         }
     }
+    let Some(squares) = squares else {
+        return Ok(());
+    };
+    let total = squares.to_scalar::<f64>()?;
     let coef = max_norm / (total.sqrt() + 1e-6);
     if coef < 1.0 {
         for var in params.params().values() {
@@ -377,6 +383,44 @@ mod tests {
         assert_eq!(total_steps(&cfg, 10).unwrap(), 25);
         cfg.max_steps = Some(100);
         assert_eq!(total_steps(&cfg, 10).unwrap(), 30);
+    }
+
+    #[test]
+    fn gradient_clipping_scales_to_the_global_norm() {
+        use crate::gw::params::ParamStore;
+        use candle_core::Device;
+        let mut store = ParamStore::new(&Device::Cpu, DType::F32);
+        let a = store
+            .add_param("a", Tensor::new(&[1f32, 2.0], &Device::Cpu).unwrap())
+            .unwrap();
+        let b = store
+            .add_param("b", Tensor::new(&[1f32], &Device::Cpu).unwrap())
+            .unwrap();
+        // loss = 3 a0 + 4 a1 + 12 b: gradients (3, 4) and (12), global norm 13.
+        let loss = || {
+            let w = Tensor::new(&[3f32, 4.0], &Device::Cpu).unwrap();
+            let l = (a.as_tensor() * &w).unwrap().sum_all().unwrap();
+            (l + (b.as_tensor() * 12.0).unwrap().sum_all().unwrap()).unwrap()
+        };
+        let grad = |g: &GradStore, v: &candle_core::Var| {
+            g.get(v.as_tensor()).unwrap().to_vec1::<f32>().unwrap()
+        };
+        let mut grads = loss().backward().unwrap();
+        clip_grad_norm(&mut grads, &store, 1.3).unwrap();
+        let coef = 1.3 / (13.0 + 1e-6);
+        let (ga, gb) = (grad(&grads, &a), grad(&grads, &b));
+        for (got, want) in ga.iter().chain(&gb).zip([3.0, 4.0, 12.0]) {
+            assert!(
+                (f64::from(*got) - want * coef).abs() < 1e-6,
+                "{got} vs {}",
+                want * coef
+            );
+        }
+        // Below the bound nothing changes.
+        let mut grads = loss().backward().unwrap();
+        clip_grad_norm(&mut grads, &store, 100.0).unwrap();
+        assert_eq!(grad(&grads, &a), [3.0, 4.0]);
+        assert_eq!(grad(&grads, &b), [12.0]);
     }
 
     #[test]
