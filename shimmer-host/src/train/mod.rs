@@ -79,8 +79,17 @@ impl RunOptions {
 struct Prepared {
     exp: Experiment,
     resolved_yaml: String,
-    base_dir: PathBuf,
+    /// The experiment file (for a resumed run, the one it was started from).
+    experiment_file: Option<PathBuf>,
     run_dir: Option<RunDir>,
+}
+
+/// Folder that relative item-list files of an experiment are taken from.
+fn base_dir(experiment_file: Option<&Path>) -> PathBuf {
+    experiment_file
+        .and_then(Path::parent)
+        .filter(|d| !d.as_os_str().is_empty())
+        .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
 }
 
 fn prepare(opts: &RunOptions) -> Result<Prepared> {
@@ -91,15 +100,10 @@ fn prepare(opts: &RunOptions) -> Result<Prepared> {
         let run_dir = RunDir::open(dir)?;
         let loaded = crate::hotswap::resume::load_config(&run_dir, &opts.set_plugins)?;
         loaded.config.check()?;
-        let base_dir = run_dir
-            .read_summary()?
-            .and_then(|s| s.experiment_file)
-            .and_then(|f| PathBuf::from(f).parent().map(Path::to_path_buf))
-            .unwrap_or_else(|| PathBuf::from("."));
         return Ok(Prepared {
             exp: loaded.config,
             resolved_yaml: loaded.resolved_yaml,
-            base_dir,
+            experiment_file: run_dir.experiment_file()?,
             run_dir: Some(run_dir),
         });
     }
@@ -109,11 +113,7 @@ fn prepare(opts: &RunOptions) -> Result<Prepared> {
         .check()
         .with_context(|| format!("invalid experiment {}", opts.experiment.display()))?;
     Ok(Prepared {
-        base_dir: opts
-            .experiment
-            .parent()
-            .map(Path::to_path_buf)
-            .unwrap_or_default(),
+        experiment_file: Some(opts.experiment.clone()),
         exp: loaded.config,
         resolved_yaml: loaded.resolved_yaml,
         run_dir: None,
@@ -143,7 +143,7 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary> {
         }
         None => &p.exp,
     };
-    let (pipeline, task) = build_from(exp, &p.base_dir, &sources)?;
+    let (pipeline, task) = build_from(exp, &base_dir(p.experiment_file.as_deref()), &sources)?;
     let watcher = match watcher {
         Some(mut w) => {
             let loaders = [
@@ -170,16 +170,9 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary> {
             (dir, false)
         }
     };
-    let previous = if resuming {
-        run_dir.read_summary()?
-    } else {
-        None
-    };
     let mut summary = RunSummary {
         experiment: p.exp.name.clone(),
-        experiment_file: previous
-            .and_then(|s| s.experiment_file)
-            .or_else(|| Some(opts.experiment.display().to_string())),
+        experiment_file: p.experiment_file.as_ref().map(|f| f.display().to_string()),
         run_dir: Some(run_dir.path().display().to_string()),
         status: RunStatus::Running,
         error: None,
@@ -334,8 +327,7 @@ pub fn validate(experiment: &Path, overrides: &[String]) -> Result<String> {
     let exp = loaded.config;
     exp.check()
         .with_context(|| format!("invalid experiment {}", experiment.display()))?;
-    let base_dir = experiment.parent().unwrap_or(Path::new("."));
-    let (pipeline, task) = build(&exp, base_dir)?;
+    let (pipeline, task) = build(&exp, &base_dir(Some(experiment)))?;
     let steps = total_steps(&exp.training, pipeline.train.len())?;
     let mut report = format!(
         "{}: ok\n  domains      {}\n  model        {}\n  training     {} batches per epoch, {steps} steps\n",

@@ -28,12 +28,8 @@ pub struct EvalOptions {
 fn load(opts: &EvalOptions) -> Result<(Box<dyn Task>, crate::data::DataLoader, PathBuf)> {
     let run = RunDir::open(&opts.run_dir)?;
     let exp = yaml::load::<Experiment>(&run.config_file(), &[])?.config;
-    let base_dir = run
-        .read_summary()?
-        .and_then(|s| s.experiment_file)
-        .and_then(|f| Path::new(&f).parent().map(Path::to_path_buf))
-        .unwrap_or_else(|| PathBuf::from("."));
-    let (pipeline, task) = super::build(&exp, &base_dir)?;
+    let experiment_file = run.experiment_file()?;
+    let (pipeline, task) = super::build(&exp, &super::base_dir(experiment_file.as_deref()))?;
     let checkpoint = match &opts.checkpoint {
         Some(c) => c.clone(),
         None if run.best_checkpoint().exists() => run.best_checkpoint(),

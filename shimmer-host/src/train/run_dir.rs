@@ -100,6 +100,15 @@ impl RunDir {
         write_atomic(&self.path.join(SUMMARY_FILE), text.as_bytes())
     }
 
+    /// The experiment file the run was started from, as its summary records
+    /// it (relative item-list files are taken from its folder).
+    pub fn experiment_file(&self) -> Result<Option<PathBuf>> {
+        Ok(self
+            .read_summary()?
+            .and_then(|s| s.experiment_file)
+            .map(PathBuf::from))
+    }
+
     /// Reads `summary.json`, if the run wrote one.
     pub fn read_summary(&self) -> Result<Option<RunSummary>> {
         let file = self.path.join(SUMMARY_FILE);
