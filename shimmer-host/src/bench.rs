@@ -97,6 +97,22 @@ pub struct BenchReport {
     pub setup_s: f64,
     /// Last training loss (a sanity check, not a result).
     pub last_loss: f32,
+    /// Where the timed seconds went, host wall time summed over the steps:
+    /// forward pass with the loss and metrics read back, backward pass,
+    /// optimiser update (on a GPU, queued work is charged to whichever
+    /// phase waits for it).
+    pub phases_s: Phases,
+}
+
+/// Seconds spent in each phase of the timed steps.
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct Phases {
+    /// Forward pass, loss and metrics read back.
+    pub forward: f64,
+    /// `loss.backward()`.
+    pub backward: f64,
+    /// AdamW update and scheduler step.
+    pub optimizer: f64,
 }
 
 impl BenchReport {
@@ -111,7 +127,8 @@ impl BenchReport {
             "{} on {} ({} thread(s)): {} steps in {:.3} s after {} warm-up\n  \
              {:.2} steps/s, {:.0} samples/s ({} per step)\n  \
              peak RSS {:.0} MiB (before the steps {:.0} MiB), device memory {}\n  \
-             setup {:.2} s, last loss {:.5}",
+             setup {:.2} s, last loss {:.5}\n  \
+             per step: forward {:.2} ms, backward {:.2} ms, optimiser {:.2} ms",
             self.workload,
             self.device,
             self.threads,
@@ -127,6 +144,9 @@ impl BenchReport {
                 .map_or_else(|| "n/a".to_string(), |m| format!("{m:.0} MiB")),
             self.setup_s,
             self.last_loss,
+            self.phases_s.forward * 1e3 / self.steps as f64,
+            self.phases_s.backward * 1e3 / self.steps as f64,
+            self.phases_s.optimizer * 1e3 / self.steps as f64,
         )
     }
 }
@@ -179,15 +199,25 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport> {
     let rss_before_steps_mib = proc_status_mib("VmRSS:");
 
     let mut last_loss = f32::NAN;
+    let mut phases = Phases::default();
     let mut step = |k: usize| -> Result<()> {
         let batch = &batches[k % batches.len()];
+        let t0 = Instant::now();
         let out = task.train_step(batch)?;
         let loss = out.loss.to_dtype(DType::F32)?.to_scalar::<f32>()?;
         if !loss.is_finite() {
             bail!("the training loss became {loss} at step {k}");
         }
+        let t1 = Instant::now();
         let grads = out.loss.backward()?;
+        let t2 = Instant::now();
         optimizer.step(&grads)?;
+        let t3 = Instant::now();
+        if k >= opts.warmup {
+            phases.forward += (t1 - t0).as_secs_f64();
+            phases.backward += (t2 - t1).as_secs_f64();
+            phases.optimizer += (t3 - t2).as_secs_f64();
+        }
         last_loss = loss;
         Ok(())
     };
@@ -221,6 +251,7 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport> {
         device_mem_mib,
         setup_s,
         last_loss,
+        phases_s: phases,
     })
 }
 

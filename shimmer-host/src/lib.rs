@@ -12,6 +12,7 @@ pub mod device;
 pub mod domain_model;
 pub mod gw;
 pub mod hotswap;
+pub mod kernels;
 pub mod losses;
 pub mod optim;
 pub mod plugin;

@@ -46,8 +46,18 @@ impl Linear {
 
     /// Applies the layer to a `[batch, in]` tensor.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(x.matmul(&self.weight.as_tensor().t()?)?
-            .broadcast_add(self.bias.as_tensor())?)
+        self.forward_act(x, false)
+    }
+
+    /// Applies the layer, then ReLU when `relu`: one fused op on the CPU
+    /// ([`crate::kernels::linear`]), candle's matmul, add and ReLU elsewhere.
+    pub fn forward_act(&self, x: &Tensor, relu: bool) -> Result<Tensor> {
+        let (w, b) = (self.weight.as_tensor(), self.bias.as_tensor());
+        if crate::kernels::enabled(x.device(), x.dtype()) && x.rank() == 2 {
+            return Ok(crate::kernels::linear::linear(x, w, b, relu)?);
+        }
+        let y = x.matmul(&w.t()?)?.broadcast_add(b)?;
+        Ok(if relu { y.relu()? } else { y })
     }
 }
 
@@ -62,10 +72,7 @@ impl GwMlp {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let mut h = x.clone();
         for (i, layer) in self.layers.iter().enumerate() {
-            h = layer.forward(&h)?;
-            if i + 1 < self.layers.len() {
-                h = h.relu()?;
-            }
+            h = layer.forward_act(&h, i + 1 < self.layers.len())?;
         }
         Ok(h)
     }

@@ -58,10 +58,14 @@ impl ContrastiveLoss {
         let logits = normalize(x)?
             .broadcast_mul(&clamped)?
             .matmul(&normalize(y)?.t()?)?;
-        let labels = Tensor::arange(0u32, b as u32, x.device())?;
-        let ce = candle_nn::loss::cross_entropy(&logits, &labels)?;
-        let ce_t = candle_nn::loss::cross_entropy(&logits.t()?, &labels)?;
-        let loss = ((ce + ce_t)? * 0.5)?;
+        let loss = if crate::kernels::enabled(logits.device(), logits.dtype()) {
+            crate::kernels::clip::clip_loss(&logits)?
+        } else {
+            let labels = Tensor::arange(0u32, b as u32, x.device())?;
+            let ce = candle_nn::loss::cross_entropy(&logits, &labels)?;
+            let ce_t = candle_nn::loss::cross_entropy(&logits.t()?, &labels)?;
+            ((ce + ce_t)? * 0.5)?
+        };
         Ok((loss, exp.reshape(())?))
     }
 }
