@@ -4,7 +4,8 @@
 //! sum) in single passes. `dx` is skipped when `x` needs no gradient (a
 //! batch's latents), which for wide inputs is most of the work.
 
-use super::{MatRef, cpu_tensor, matmul_into, with_matrix};
+use super::simd::simd_fn;
+use super::{MatRef, cpu_tensor, matmul_into, matmul_new, with_matrix};
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 
 /// The op: `apply_op3(x [B, in], W [out, in], b [out])`.
@@ -61,11 +62,7 @@ impl CustomOp3 for LinearOp {
         }
         matmul_into(&mut y, x, w.t(), true);
         if self.relu {
-            super::simd::dispatch(|| {
-                for v in &mut y {
-                    *v = v.max(0.0);
-                }
-            });
+            relu_in_place(&mut y);
         }
         Ok((CpuStorage::F32(y), Shape::from((rows, out))))
     }
@@ -96,33 +93,17 @@ impl CustomOp3 for LinearOp {
         let mut g = g;
         if self.relu {
             let y = y.contiguous()?;
-            with_matrix(&y, |ym| {
-                super::simd::dispatch(|| {
-                    for (gv, yv) in g.iter_mut().zip(ym.data) {
-                        if *yv <= 0.0 {
-                            *gv = 0.0;
-                        }
-                    }
-                })
-            })?;
+            with_matrix(&y, |ym| relu_mask(&mut g, ym.data))?;
         }
         let gm = MatRef::row_major(&g, rows, out);
 
         let mut db = vec![0f32; out];
-        super::simd::dispatch(|| {
-            for row in g.chunks_exact(out.max(1)) {
-                for (acc, v) in db.iter_mut().zip(row) {
-                    *acc += v;
-                }
-            }
-        });
+        column_sums(&mut db, &g);
 
-        let mut dw = vec![0f32; out * in_dim];
-        with_matrix(x, |xm| matmul_into(&mut dw, gm.t(), xm, false))?;
+        let dw = with_matrix(x, |xm| matmul_new(gm.t(), xm))?;
 
         let dx = if x.track_op() {
-            let mut dx = vec![0f32; rows * in_dim];
-            with_matrix(w, |wm| matmul_into(&mut dx, gm, wm, false))?;
+            let dx = with_matrix(w, |wm| matmul_new(gm, wm))?;
             Some(cpu_tensor(dx, &[rows, in_dim])?)
         } else {
             None
@@ -132,6 +113,37 @@ impl CustomOp3 for LinearOp {
             Some(cpu_tensor(dw, &[out, in_dim])?),
             Some(cpu_tensor(db, &[out])?),
         ))
+    }
+}
+
+simd_fn! {
+    /// `y = max(y, 0)`.
+    fn relu_in_place(y: &mut [f32]) {
+        for v in y.iter_mut() {
+            *v = v.max(0.0);
+        }
+    }
+}
+
+simd_fn! {
+    /// Zeroes the gradient where the ReLU output is not positive (PyTorch's
+    /// convention at 0).
+    fn relu_mask(g: &mut [f32], y: &[f32]) {
+        for (gv, yv) in g.iter_mut().zip(y) {
+            *gv = if *yv > 0.0 { *gv } else { 0.0 };
+        }
+    }
+}
+
+simd_fn! {
+    /// Adds the rows of the row-major `m` (rows of `acc.len()`) into `acc`.
+    fn column_sums(acc: &mut [f32], m: &[f32]) {
+        let width = acc.len().max(1);
+        for row in m.chunks_exact(width) {
+            for (a, v) in acc.iter_mut().zip(row) {
+                *a += v;
+            }
+        }
     }
 }
 

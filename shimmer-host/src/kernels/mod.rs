@@ -143,6 +143,44 @@ fn matmul_into(dst: &mut [f32], a: MatRef<'_>, b: MatRef<'_>, accumulate: bool) 
     }
 }
 
+/// `a · b` into a new contiguous row-major vector, without first zeroing it.
+fn matmul_new(a: MatRef<'_>, b: MatRef<'_>) -> Vec<f32> {
+    let (m, k, n) = (a.rows, a.cols, b.cols);
+    assert!(b.rows == k, "matmul shapes");
+    if m == 0 || n == 0 || k == 0 {
+        return vec![0.0; m * n];
+    }
+    let mut dst = Vec::with_capacity(m * n);
+    // SAFETY: as in `matmul_into`; with `read_dst == false` gemm writes every
+    // one of the `m * n` destination elements without reading any, so the
+    // vector is fully initialised when its length is set.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            false,
+            a.data.as_ptr(),
+            a.col_stride as isize,
+            a.row_stride as isize,
+            b.data.as_ptr(),
+            b.col_stride as isize,
+            b.row_stride as isize,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm_parallelism(m, n, k),
+        );
+        dst.set_len(m * n);
+    }
+    dst
+}
+
 /// Runs `f` on the `f32` contents of a CPU tensor viewed as a matrix.
 fn with_matrix<R>(t: &Tensor, f: impl FnOnce(MatRef<'_>) -> R) -> candle_core::Result<R> {
     let (storage, layout) = t.storage_and_layout();

@@ -55,12 +55,12 @@ impl ContrastiveLoss {
         let b = x.dim(0)?;
         let exp = self.scale().exp()?;
         let clamped = exp.minimum(100.0)?;
-        let logits = normalize(x)?
-            .broadcast_mul(&clamped)?
-            .matmul(&normalize(y)?.t()?)?;
-        let loss = if crate::kernels::enabled(logits.device(), logits.dtype()) {
-            crate::kernels::clip::clip_loss(&logits)?
+        let xs = normalize(x)?.broadcast_mul(&clamped)?;
+        let yn = normalize(y)?;
+        let loss = if crate::kernels::enabled(xs.device(), xs.dtype()) {
+            crate::kernels::clip::clip_loss(&xs, &yn)?
         } else {
+            let logits = xs.matmul(&yn.t()?)?;
             let labels = Tensor::arange(0u32, b as u32, x.device())?;
             let ce = candle_nn::loss::cross_entropy(&logits, &labels)?;
             let ce_t = candle_nn::loss::cross_entropy(&logits.t()?, &labels)?;
