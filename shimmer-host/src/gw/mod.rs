@@ -33,7 +33,7 @@ use crate::losses::broadcast::broadcast_metrics;
 use crate::losses::combine::{broadcast_loss, combine_loss};
 use crate::losses::contrastive::{ContrastiveLoss, contrastive_metrics};
 use crate::losses::two_domains::two_domain_metrics;
-use crate::losses::{LossContext, Metrics};
+use crate::losses::{LossContext, Metrics, encode_batch};
 use anyhow::{Context, Result, bail};
 use candle_core::{DType, Device, Tensor};
 use indexmap::IndexMap;
@@ -229,11 +229,12 @@ impl GlobalWorkspace {
             selection: &self.selection,
             specs: &self.specs,
         };
+        let encoded = encode_batch(&ctx, batch)?;
         let mut metrics = match self.flavour {
-            Flavour::TwoDomains => two_domain_metrics(&ctx, batch, &self.contrastive)?,
+            Flavour::TwoDomains => two_domain_metrics(&ctx, &encoded, &self.contrastive)?,
             Flavour::Fusion => {
-                let mut m = contrastive_metrics(&self.gw, batch, &self.contrastive)?;
-                m.extend(broadcast_metrics(&ctx, batch)?);
+                let mut m = contrastive_metrics(&encoded, &self.contrastive)?;
+                m.extend(broadcast_metrics(&ctx, &encoded)?);
                 m
             }
         };

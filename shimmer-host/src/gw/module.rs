@@ -116,12 +116,7 @@ impl GwModule {
         let Some(sum) = acc else {
             bail!("cannot fuse an empty group of domains");
         };
-        Ok(match self.activation {
-            Activation::Tanh => sum.tanh()?,
-            Activation::Identity => sum,
-            Activation::Sigmoid => candle_nn::ops::sigmoid(&sum)?,
-            Activation::Relu => sum.relu()?,
-        })
+        self.activate(&sum)
     }
 
     /// Decodes a workspace state into `domains` (all model domains when
@@ -150,8 +145,34 @@ impl GwModule {
     /// Encodes `x`, scores it with `selection`, and fuses: the workspace state.
     pub fn encode_and_fuse(&self, x: &Latents, selection: &Selection) -> Result<Tensor> {
         let enc = self.encode(x)?;
-        let scores = selection.scores(x, &enc)?;
-        self.fuse(&enc, &scores)
+        self.fuse_selected(x, &enc, selection)
+    }
+
+    /// Scores the `encodings` of the latents `x` with `selection` and fuses
+    /// them. A single domain is just `activation(e)`: its score is always 1,
+    /// so the selection (and its random draws) is not consulted.
+    pub fn fuse_selected(
+        &self,
+        x: &Latents,
+        encodings: &Latents,
+        selection: &Selection,
+    ) -> Result<Tensor> {
+        if encodings.len() == 1
+            && let Some(e) = encodings.values().next()
+        {
+            return self.activate(e);
+        }
+        let scores = selection.scores(x, encodings)?;
+        self.fuse(encodings, &scores)
+    }
+
+    fn activate(&self, sum: &Tensor) -> Result<Tensor> {
+        Ok(match self.activation {
+            Activation::Tanh => sum.tanh()?,
+            Activation::Identity => sum.clone(),
+            Activation::Sigmoid => candle_nn::ops::sigmoid(sum)?,
+            Activation::Relu => sum.relu()?,
+        })
     }
 
     /// Translation: fuses `x` and decodes into `target`.

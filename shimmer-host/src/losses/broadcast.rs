@@ -16,8 +16,8 @@
 //! in the `demi_cycles` / `translations` / `fused` means — as shimmer does.
 //! A domain loss disabled for a use is left out.
 
-use super::{LossContext, Metrics, mean};
-use crate::gw::{Batch, Latents};
+use super::{EncodedGroup, LossContext, Metrics, mean};
+use crate::gw::Latents;
 use anyhow::{Context, Result};
 use candle_core::Tensor;
 use shimmer_plugin_api::LossUse;
@@ -32,12 +32,12 @@ fn label<'a>(names: impl IntoIterator<Item = &'a str>) -> String {
 /// The broadcast metrics of one batch: `demi_cycles`, `cycles`,
 /// `translations`, `fused` (those with at least one term), then every
 /// `from_…` loss in first-insertion order.
-pub fn broadcast_metrics(ctx: &LossContext<'_>, batch: &Batch) -> Result<Metrics> {
+pub fn broadcast_metrics(ctx: &LossContext<'_>, batch: &[EncodedGroup<'_>]) -> Result<Metrics> {
     let mut losses = Metrics::new();
     let (mut demi, mut cyc, mut tr, mut fused) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let n_model = ctx.gw.domains().count();
-    for latents in batch.values() {
-        let encoded = ctx.gw.encode(latents)?;
+    for encoded_group in batch {
+        let (latents, encoded) = (encoded_group.latents, &encoded_group.encodings);
         let group: Vec<&str> = latents.keys().map(String::as_str).collect();
         let case = label(group.iter().copied());
         let n = group.len();
@@ -49,10 +49,14 @@ pub fn broadcast_metrics(ctx: &LossContext<'_>, batch: &Batch) -> Result<Metrics
                 .map(|i| group[i])
                 .collect();
             let sel_latents = pick(latents, &selected)?;
-            let sel_encoded = pick(&encoded, &selected)?;
+            let sel_encoded = pick(encoded, &selected)?;
             let s_label = label(selected.iter().copied());
-            let scores = ctx.selection.scores(&sel_latents, &sel_encoded)?;
-            let h = ctx.gw.fuse(&sel_encoded, &scores)?;
+            let h = match &encoded_group.single_state {
+                Some(state) => state.clone(),
+                None => ctx
+                    .gw
+                    .fuse_selected(&sel_latents, &sel_encoded, ctx.selection)?,
+            };
             let decoded = ctx.gw.decode(&h, None)?;
             for (d, pred) in &decoded {
                 let Some(truth) = latents.get(d) else {

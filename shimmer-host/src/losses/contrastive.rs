@@ -8,9 +8,8 @@
 //! `loss_mod.contrastive_fn.logit_scale`, shape `[1]`) is a trained parameter
 //! or a buffer.
 
-use super::Metrics;
+use super::{EncodedGroup, Metrics};
 use crate::gw::params::ParamStore;
-use crate::gw::{Batch, module::GwModule};
 use anyhow::Result;
 use candle_core::{D, Tensor, Var};
 use std::collections::HashSet;
@@ -80,17 +79,17 @@ pub fn normalize(x: &Tensor) -> Result<Tensor> {
 /// (each unordered pair once), `contrastive_{a}_and_{b}`; then
 /// `contrastives` (their mean) and the `…_logit_scale` metrics. Empty when
 /// the batch has no two-domain group (shimmer crashes there).
-pub fn contrastive_metrics(gw: &GwModule, batch: &Batch, f: &ContrastiveLoss) -> Result<Metrics> {
+pub fn contrastive_metrics(batch: &[EncodedGroup<'_>], f: &ContrastiveLoss) -> Result<Metrics> {
     let mut losses = Metrics::new();
     let mut extra = Metrics::new();
     let mut seen: Vec<HashSet<String>> = Vec::new();
-    for latents in batch.values() {
-        if latents.len() != 2 {
+    for group in batch {
+        let enc = &group.encodings;
+        if enc.len() != 2 {
             continue;
         }
-        let enc = gw.encode(latents)?;
-        for (d1, z1) in &enc {
-            for (d2, z2) in &enc {
+        for (d1, z1) in enc {
+            for (d2, z2) in enc {
                 let pair: HashSet<String> = [d1.clone(), d2.clone()].into();
                 if d1 == d2 || seen.contains(&pair) {
                     continue;

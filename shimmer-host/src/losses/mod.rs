@@ -18,6 +18,7 @@ pub mod two_domains;
 
 use crate::gw::module::GwModule;
 use crate::gw::selection::Selection;
+use crate::gw::{Batch, Latents};
 use anyhow::{Context, Result};
 use candle_core::Tensor;
 use indexmap::IndexMap;
@@ -53,6 +54,39 @@ impl LossContext<'_> {
         domain_loss::domain_loss(spec, use_, pred, target)
             .with_context(|| format!("loss of domain `{domain}`"))
     }
+}
+
+/// One group of a batch with what every loss reads from it, computed once
+/// per step: the pre-fusion encodings of its domains and, for a one-domain
+/// group, its workspace state (which involves no selection draw).
+pub struct EncodedGroup<'a> {
+    /// The group's latents, `domain -> [B, dim]`, in group order.
+    pub latents: &'a Latents,
+    /// `e_d(z_d)` for every domain of the group, same order.
+    pub encodings: Latents,
+    /// `activation(e_d(z_d))` when the group has exactly one domain.
+    pub single_state: Option<Tensor>,
+}
+
+/// Encodes every group of `batch` once, in batch order.
+pub fn encode_batch<'a>(ctx: &LossContext<'_>, batch: &'a Batch) -> Result<Vec<EncodedGroup<'a>>> {
+    batch
+        .values()
+        .map(|latents| {
+            let encodings = ctx.gw.encode(latents)?;
+            let single_state = if latents.len() == 1 {
+                // A deterministic function of the encoding: no selection draw.
+                Some(ctx.gw.fuse_selected(latents, &encodings, ctx.selection)?)
+            } else {
+                None
+            };
+            Ok(EncodedGroup {
+                latents,
+                encodings,
+                single_state,
+            })
+        })
+        .collect()
 }
 
 /// Mean of scalar tensors (`torch.stack(..).mean()`).

@@ -14,23 +14,24 @@
 //! losses are all disabled) is left out instead of failing as shimmer does.
 
 use super::contrastive::{ContrastiveLoss, contrastive_metrics};
-use super::{LossContext, Metrics, mean};
-use crate::gw::{Batch, Latents};
+use super::{EncodedGroup, LossContext, Metrics, mean};
+use crate::gw::Latents;
 use anyhow::{Context, Result};
 use candle_core::Tensor;
 use shimmer_plugin_api::LossUse;
 
-/// All metrics of one batch, in shimmer's emission order.
+/// All metrics of one batch (its groups encoded once, see
+/// [`super::encode_batch`]), in shimmer's emission order.
 pub fn two_domain_metrics(
     ctx: &LossContext<'_>,
-    batch: &Batch,
+    batch: &[EncodedGroup<'_>],
     f: &ContrastiveLoss,
 ) -> Result<Metrics> {
     let mut out = Metrics::new();
     out.extend(demi_cycles(ctx, batch)?);
     out.extend(cycles(ctx, batch)?);
     out.extend(translations(ctx, batch)?);
-    out.extend(contrastive_metrics(ctx.gw, batch, f)?);
+    out.extend(contrastive_metrics(batch, f)?);
     Ok(out)
 }
 
@@ -43,14 +44,13 @@ fn with_mean(mut losses: Metrics, name: &str) -> Result<Metrics> {
 }
 
 /// `demi_cycle_{d}` and `demi_cycles`.
-pub fn demi_cycles(ctx: &LossContext<'_>, batch: &Batch) -> Result<Metrics> {
+pub fn demi_cycles(ctx: &LossContext<'_>, batch: &[EncodedGroup<'_>]) -> Result<Metrics> {
     let mut losses = Metrics::new();
-    for latents in batch.values() {
-        let Some((d, z)) = single(latents) else {
+    for group in batch {
+        let (Some((d, z)), Some(gw)) = (single(group.latents), &group.single_state) else {
             continue;
         };
-        let gw = ctx.gw.encode_and_fuse(latents, ctx.selection)?;
-        let pred = ctx.gw.decode(&gw, Some(&[d]))?;
+        let pred = ctx.gw.decode(gw, Some(&[d]))?;
         if let Some(l) = ctx.domain_loss(d, LossUse::DemiCycle, &pred[d], z)? {
             losses.insert(format!("demi_cycle_{d}"), l);
         }
@@ -59,18 +59,17 @@ pub fn demi_cycles(ctx: &LossContext<'_>, batch: &Batch) -> Result<Metrics> {
 }
 
 /// `cycle_{s}_through_{t}` and `cycles`.
-pub fn cycles(ctx: &LossContext<'_>, batch: &Batch) -> Result<Metrics> {
+pub fn cycles(ctx: &LossContext<'_>, batch: &[EncodedGroup<'_>]) -> Result<Metrics> {
     let mut losses = Metrics::new();
-    for latents in batch.values() {
-        let Some((s, z)) = single(latents) else {
+    for group in batch {
+        let (Some((s, z)), Some(gw)) = (single(group.latents), &group.single_state) else {
             continue;
         };
-        let gw = ctx.gw.encode_and_fuse(latents, ctx.selection)?;
         for t in ctx.gw.domains() {
             if t == s {
                 continue;
             }
-            let mid = ctx.gw.decode(&gw, Some(&[t]))?;
+            let mid = ctx.gw.decode(gw, Some(&[t]))?;
             let back = ctx.gw.encode_and_fuse(&mid, ctx.selection)?;
             let pred = ctx.gw.decode(&back, Some(&[s]))?;
             if let Some(l) = ctx.domain_loss(s, LossUse::Cycle, &pred[s], z)? {
@@ -82,21 +81,31 @@ pub fn cycles(ctx: &LossContext<'_>, batch: &Batch) -> Result<Metrics> {
 }
 
 /// `translation_{sources}_to_{t}` and `translations`.
-pub fn translations(ctx: &LossContext<'_>, batch: &Batch) -> Result<Metrics> {
+pub fn translations(ctx: &LossContext<'_>, batch: &[EncodedGroup<'_>]) -> Result<Metrics> {
     let mut losses = Metrics::new();
-    for latents in batch.values() {
+    for group in batch {
+        let latents = group.latents;
         if latents.len() < 2 {
             continue;
         }
         for target in latents.keys() {
-            let sources: Latents = latents
-                .iter()
-                .filter(|(d, _)| *d != target)
-                .map(|(d, z)| (d.clone(), z.clone()))
-                .collect();
+            let others = |m: &Latents| -> Latents {
+                m.iter()
+                    .filter(|(d, _)| *d != target)
+                    .map(|(d, z)| (d.clone(), z.clone()))
+                    .collect()
+            };
+            let sources = others(latents);
             let names: Vec<&str> = sources.keys().map(String::as_str).collect();
             let name = format!("translation_{}_to_{target}", names.join("/"));
-            let pred = ctx.gw.translate(&sources, ctx.selection, target)?;
+            let gw = ctx
+                .gw
+                .fuse_selected(&sources, &others(&group.encodings), ctx.selection)?;
+            let pred = ctx
+                .gw
+                .decode(&gw, Some(&[target.as_str()]))?
+                .swap_remove(target)
+                .context("translation output")?;
             let z = latents.get(target).context("target latent")?;
             if let Some(l) = ctx.domain_loss(target, LossUse::Translation, &pred, z)? {
                 losses.insert(name, l);
