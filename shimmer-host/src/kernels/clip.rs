@@ -11,10 +11,11 @@
 //! replaces a dozen candle ops (two log-softmaxes, a transposed copy,
 //! gathers), their backward passes and three more `B x B` buffers.
 
+use super::matmul::{MatRef, matmul_new};
+use super::pool::{parallel_parts, ranges};
 use super::simd::{self, simd_fn};
-use super::{MatRef, cpu_tensor, matmul_new, ranges, with_matrix};
+use super::{cpu_tensor, with_matrix};
 use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
-use rayon::prelude::*;
 use std::sync::Mutex;
 
 /// What the forward pass keeps for the backward pass.
@@ -91,15 +92,12 @@ simd_fn! {
 
 /// Row maxima and column maxima.
 fn maxima(l: &[f32], b: usize) -> (Vec<f32>, Vec<f32>) {
-    let parts: Vec<(Vec<f32>, Vec<f32>)> = ranges(b, 64)
-        .into_par_iter()
-        .map(|range| {
-            let mut row = vec![0f32; range.len()];
-            let mut col = vec![f32::NEG_INFINITY; b];
-            block_maxima(rows(l, b, range), &mut row, &mut col);
-            (row, col)
-        })
-        .collect();
+    let parts = parallel_parts(ranges(b, 64), |range| {
+        let mut row = vec![0f32; range.len()];
+        let mut col = vec![f32::NEG_INFINITY; b];
+        block_maxima(rows(l, b, range), &mut row, &mut col);
+        (row, col)
+    });
     let mut row_max = Vec::with_capacity(b);
     let mut col_max = vec![f32::NEG_INFINITY; b];
     for (r, c) in parts {
@@ -113,24 +111,21 @@ fn maxima(l: &[f32], b: usize) -> (Vec<f32>, Vec<f32>) {
 
 /// Row and column log-sum-exps, given the maxima.
 fn log_sum_exps(l: &[f32], b: usize, row_max: &[f32], col_max: &[f32]) -> (Vec<f32>, Vec<f32>) {
-    let parts: Vec<(Vec<f32>, Vec<f32>)> = ranges(b, 64)
-        .into_par_iter()
-        .map(|range| {
-            let mut row_lse = vec![0f32; range.len()];
-            let mut col_sum = vec![0f32; b];
-            let mut tmp = vec![0f32; b];
-            let maxima = &row_max[range.clone()];
-            block_sums(
-                rows(l, b, range),
-                maxima,
-                &mut row_lse,
-                col_max,
-                &mut col_sum,
-                &mut tmp,
-            );
-            (row_lse, col_sum)
-        })
-        .collect();
+    let parts = parallel_parts(ranges(b, 64), |range| {
+        let mut row_lse = vec![0f32; range.len()];
+        let mut col_sum = vec![0f32; b];
+        let mut tmp = vec![0f32; b];
+        let maxima = &row_max[range.clone()];
+        block_sums(
+            rows(l, b, range),
+            maxima,
+            &mut row_lse,
+            col_max,
+            &mut col_sum,
+            &mut tmp,
+        );
+        (row_lse, col_sum)
+    });
     let mut row_lse = Vec::with_capacity(b);
     let mut col_sum = vec![0f32; b];
     for (r, c) in parts {
@@ -225,13 +220,21 @@ impl CustomOp2 for ClipLossOp {
             row_lse,
             col_lse,
         } = saved;
-        dl.par_chunks_mut(b)
-            .enumerate()
-            .with_min_len(64)
-            .for_each(|(i, row)| {
+        let blocks = ranges(b, 64);
+        let mut rest = dl.as_mut_slice();
+        let mut parts = Vec::with_capacity(blocks.len());
+        for range in blocks {
+            let (block, tail) = rest.split_at_mut(range.len() * b);
+            parts.push((range.start, block));
+            rest = tail;
+        }
+        parallel_parts(parts, |(first, block)| {
+            for (k_row, row) in block.chunks_exact_mut(b).enumerate() {
+                let i = first + k_row;
                 gradient_row(row, row_lse[i], &col_lse, k);
                 row[i] -= 2.0 * k;
-            });
+            }
+        });
         let dlm = MatRef::row_major(&dl, b, b);
         let dx = with_matrix(y, |ym| matmul_new(dlm, ym))?;
         let dy = with_matrix(x, |xm| matmul_new(dlm.t(), xm))?;

@@ -4,8 +4,10 @@
 //! sum) in single passes. `dx` is skipped when `x` needs no gradient (a
 //! batch's latents), which for wide inputs is most of the work.
 
+use super::matmul::{MatRef, matmul_into, matmul_new};
+use super::pool::{parallel_parts, threads};
 use super::simd::simd_fn;
-use super::{MatRef, cpu_tensor, matmul_into, matmul_new, with_matrix};
+use super::{cpu_tensor, with_matrix};
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 
 /// The op: `apply_op3(x [B, in], W [out, in], b [out])`.
@@ -77,37 +79,53 @@ impl CustomOp3 for LinearOp {
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (rows, out) = grad_y.dims2()?;
         let in_dim = w.dim(1)?;
-        // g = dL/d(pre-activation), contiguous [rows, out].
-        let g: Vec<f32> = with_matrix(grad_y, |gy| {
-            let mut g = Vec::with_capacity(rows * out);
-            for r in 0..rows {
-                let base = r * gy.row_stride;
-                if gy.col_stride == 1 {
-                    g.extend_from_slice(&gy.data[base..base + out]);
-                } else {
-                    g.extend((0..out).map(|c| gy.data[base + c * gy.col_stride]));
-                }
-            }
-            g
-        })?;
-        let mut g = g;
-        if self.relu {
-            let y = y.contiguous()?;
-            with_matrix(&y, |ym| relu_mask(&mut g, ym.data))?;
-        }
-        let gm = MatRef::row_major(&g, rows, out);
-
-        let mut db = vec![0f32; out];
-        column_sums(&mut db, &g);
-
-        let dw = with_matrix(x, |xm| matmul_new(gm.t(), xm))?;
-
-        let dx = if x.track_op() {
-            let dx = with_matrix(w, |wm| matmul_new(gm, wm))?;
-            Some(cpu_tensor(dx, &[rows, in_dim])?)
+        let grad_y = grad_y.contiguous()?;
+        let y = if self.relu {
+            Some(y.contiguous()?)
         } else {
             None
         };
+        let want_dx = x.track_op();
+        let (dx, dw, db) = with_matrix(&grad_y, |gy| {
+            // g = dL/d(pre-activation), row-major [rows, out].
+            let masked;
+            let g: &[f32] = match &y {
+                Some(y) => {
+                    masked = with_matrix(y, |ym| relu_masked(gy.data, ym.data))?;
+                    &masked
+                }
+                None => gy.data,
+            };
+            let gm = MatRef::row_major(g, rows, out);
+            with_matrix(x, |xm| {
+                with_matrix(w, |wm| {
+                    // dx and (dW, db) are independent: on two threads, one each.
+                    let weight_grads = || {
+                        let mut db = vec![0f32; out];
+                        column_sums(&mut db, g);
+                        (matmul_new(gm.t(), xm), db)
+                    };
+                    let input_grad = || want_dx.then(|| matmul_new(gm, wm));
+                    if want_dx && threads() == 2 && rows * in_dim * out >= 1 << 16 {
+                        let mut both = parallel_parts(vec![true, false], |weights| {
+                            if weights {
+                                (Some(weight_grads()), None)
+                            } else {
+                                (None, input_grad())
+                            }
+                        });
+                        let (_, dx) = both.pop().unwrap_or_default();
+                        let (wg, _) = both.pop().unwrap_or_default();
+                        let (dw, db) = wg.unwrap_or_else(weight_grads);
+                        (dx, dw, db)
+                    } else {
+                        let (dw, db) = weight_grads();
+                        (input_grad(), dw, db)
+                    }
+                })
+            })?
+        })??;
+        let dx = dx.map(|dx| cpu_tensor(dx, &[rows, in_dim])).transpose()?;
         Ok((
             dx,
             Some(cpu_tensor(dw, &[out, in_dim])?),
@@ -125,12 +143,18 @@ simd_fn! {
     }
 }
 
+/// The gradient through the ReLU: `g` where its output `y` is positive, 0
+/// elsewhere (PyTorch's convention at 0).
+fn relu_masked(g: &[f32], y: &[f32]) -> Vec<f32> {
+    let mut out = vec![0f32; g.len()];
+    relu_mask_into(&mut out, g, y);
+    out
+}
+
 simd_fn! {
-    /// Zeroes the gradient where the ReLU output is not positive (PyTorch's
-    /// convention at 0).
-    fn relu_mask(g: &mut [f32], y: &[f32]) {
-        for (gv, yv) in g.iter_mut().zip(y) {
-            *gv = if *yv > 0.0 { *gv } else { 0.0 };
+    fn relu_mask_into(out: &mut [f32], g: &[f32], y: &[f32]) {
+        for ((o, gv), yv) in out.iter_mut().zip(g).zip(y) {
+            *o = if *yv > 0.0 { *gv } else { 0.0 };
         }
     }
 }
