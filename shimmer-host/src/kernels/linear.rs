@@ -106,7 +106,7 @@ impl CustomOp3 for LinearOp {
                         (matmul_new(gm.t(), xm), db)
                     };
                     let input_grad = || want_dx.then(|| matmul_new(gm, wm));
-                    if want_dx && threads() == 2 && rows * in_dim * out >= 1 << 16 {
+                    if want_dx && threads() == 2 && rows * in_dim * out >= 1 << 18 {
                         let mut both = parallel_parts(vec![true, false], |weights| {
                             if weights {
                                 (Some(weight_grads()), None)

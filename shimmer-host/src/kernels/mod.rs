@@ -10,13 +10,15 @@
 //! products and SIMD loops for the rest:
 //!
 //! * [`linear`]: `y = x Wᵀ + b`, optionally followed by ReLU;
-//! * [`clip`]: the symmetric cross-entropy of a logits matrix against the
-//!   diagonal (CLIP's loss given its logits).
+//! * [`clip`]: CLIP's symmetric cross-entropy between two batches of
+//!   encodings, logits product included;
+//! * [`adamw`]: AdamW's update in place.
 //!
 //! They are used for `f32` tensors on the CPU ([`enabled`]); on a GPU and
 //! for other dtypes the callers keep candle's composed ops, which compute
 //! the same values.
 
+pub mod adamw;
 pub mod clip;
 pub mod linear;
 mod matmul;

@@ -75,8 +75,31 @@ impl AdamW {
             let st = self.state.get_mut(name).context("optimizer state")?;
             st.step += 1;
             let t = st.step as i32;
+            let bc1 = 1.0 - beta1.powi(t);
+            let bc2 = 1.0 - self.beta2.powi(t);
+            let step_size = lr / bc1;
             let dev = var.device();
             let dtype = var.dtype();
+            if crate::kernels::enabled(dev, dtype) {
+                let h = crate::kernels::adamw::AdamWStep {
+                    one_minus_beta1: (1.0 - beta1) as f32,
+                    beta2: self.beta2 as f32,
+                    one_minus_beta2: (1.0 - self.beta2) as f32,
+                    decay: (self.weight_decay != 0.0)
+                        .then(|| (1.0 - lr * self.weight_decay) as f32),
+                    bias_correction2_sqrt: bc2.sqrt() as f32,
+                    eps: self.eps as f32,
+                    neg_step_size: -step_size as f32,
+                };
+                crate::kernels::adamw::adamw_step(
+                    var.as_tensor(),
+                    &g.detach(),
+                    &st.exp_avg,
+                    &st.exp_avg_sq,
+                    h,
+                )?;
+                continue;
+            }
             let scalar = |x: f64| Tensor::new(x, dev).and_then(|s| s.to_dtype(dtype));
             let mut p = var.as_detached_tensor();
             if self.weight_decay != 0.0 {
@@ -85,9 +108,6 @@ impl AdamW {
             let g = g.detach();
             let m = (&st.exp_avg + ((&g - &st.exp_avg)? * (1.0 - beta1))?)?;
             let v = ((&st.exp_avg_sq * self.beta2)? + ((&g * (1.0 - self.beta2))? * &g)?)?;
-            let bc1 = 1.0 - beta1.powi(t);
-            let bc2 = 1.0 - self.beta2.powi(t);
-            let step_size = lr / bc1;
             let denom = (v.sqrt()?.broadcast_div(&scalar(bc2.sqrt())?)? + self.eps)?;
             let p = (p + (m.broadcast_div(&denom)? * -step_size)?)?;
             var.set(&p)?;
@@ -101,8 +121,9 @@ impl AdamW {
     pub fn state_dict(&self, prefix: &str) -> Result<IndexMap<String, Tensor>> {
         let mut out = IndexMap::new();
         for (name, st) in &self.state {
-            out.insert(format!("{prefix}{name}.exp_avg"), st.exp_avg.clone());
-            out.insert(format!("{prefix}{name}.exp_avg_sq"), st.exp_avg_sq.clone());
+            // Copies: on the CPU the moments are updated in place.
+            out.insert(format!("{prefix}{name}.exp_avg"), st.exp_avg.copy()?);
+            out.insert(format!("{prefix}{name}.exp_avg_sq"), st.exp_avg_sq.copy()?);
             let dev = st.exp_avg.device();
             out.insert(
                 format!("{prefix}{name}.step"),
@@ -137,7 +158,8 @@ impl AdamW {
                         t.dims()
                     );
                 }
-                *slot = t.to_device(slot.device())?.to_dtype(slot.dtype())?;
+                // A copy of its own: on the CPU the moments are updated in place.
+                *slot = t.to_device(slot.device())?.to_dtype(slot.dtype())?.copy()?;
             }
             let step = get("step")?
                 .flatten_all()?
@@ -162,6 +184,42 @@ impl AdamW {
 mod tests {
     use super::*;
     use candle_core::Device;
+
+    /// The in-place CPU kernel and the composed ops give the same bits.
+    #[test]
+    fn fused_update_equals_composed_ops() {
+        let dev = Device::Cpu;
+        let init = Tensor::new(&[[0.5f32, -1.0, 2.0], [0.25, 3.0, -0.125]], &dev).unwrap();
+        let c = Tensor::new(&[[1f32, 3.0, -2.0], [0.5, 0.1, 4.0]], &dev).unwrap();
+        let run = |dtype: DType| {
+            let var = Var::from_tensor(&init.to_dtype(dtype).unwrap()).unwrap();
+            let params: IndexMap<String, Var> = [("w".to_string(), var.clone())].into();
+            let mut opt = AdamW::new(&params, 0.999, 1e-8, 0.01).unwrap();
+            let c = c.to_dtype(dtype).unwrap();
+            for (lr, b1) in [(0.1, 0.95), (0.2, 0.9), (0.05, 0.85)] {
+                let loss = (var.as_tensor().sqr().unwrap() * &c)
+                    .unwrap()
+                    .sum_all()
+                    .unwrap();
+                opt.step(&loss.backward().unwrap(), lr, b1).unwrap();
+            }
+            let sd = opt.state_dict("").unwrap();
+            let f = |t: &Tensor| t.to_dtype(DType::F32).unwrap().flatten_all().unwrap();
+            [
+                f(var.as_tensor()),
+                f(&sd["w.exp_avg"]),
+                f(&sd["w.exp_avg_sq"]),
+            ]
+        };
+        // F32 on the CPU takes the fused path; F16 the composed one, whose
+        // f32 arithmetic is then compared through a tolerance.
+        let fused = run(DType::F32);
+        let composed = run(DType::F64);
+        for (a, b) in fused.iter().zip(&composed) {
+            let d = crate::test_util::max_abs_diff(a, b);
+            assert!(d < 1e-6, "fused vs composed differ by {d}");
+        }
+    }
 
     #[test]
     fn two_steps_match_pytorch_formula() {
