@@ -168,6 +168,9 @@ impl GwModule {
 
     fn activate(&self, sum: &Tensor) -> Result<Tensor> {
         Ok(match self.activation {
+            Activation::Tanh if crate::kernels::enabled(sum.device(), sum.dtype()) => {
+                crate::kernels::elementwise::tanh(sum)?
+            }
             Activation::Tanh => sum.tanh()?,
             Activation::Identity => sum.clone(),
             Activation::Sigmoid => candle_nn::ops::sigmoid(sum)?,

@@ -12,6 +12,7 @@
 //! * [`linear`]: `y = x Wᵀ + b`, optionally followed by ReLU;
 //! * [`clip`]: CLIP's symmetric cross-entropy between two batches of
 //!   encodings, logits product included;
+//! * [`elementwise`]: `tanh` and the mean squared error;
 //! * [`adamw`]: AdamW's update in place.
 //!
 //! They are used for `f32` tensors on the CPU ([`enabled`]); on a GPU and
@@ -20,6 +21,7 @@
 
 pub mod adamw;
 pub mod clip;
+pub mod elementwise;
 pub mod linear;
 mod matmul;
 mod pool;
@@ -40,6 +42,15 @@ fn with_matrix<R>(t: &Tensor, f: impl FnOnce(MatRef<'_>) -> R) -> candle_core::R
         candle_core::bail!("fused CPU kernels run on CPU tensors");
     };
     Ok(f(MatRef::from_storage(cpu, layout)?))
+}
+
+/// Runs `f` on the elements of a contiguous `f32` CPU tensor (any rank).
+fn with_contiguous<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> candle_core::Result<R> {
+    let (storage, layout) = t.storage_and_layout();
+    match (&*storage, layout.contiguous_offsets()) {
+        (Storage::Cpu(candle_core::CpuStorage::F32(v)), Some((a, b))) => Ok(f(&v[a..b])),
+        _ => candle_core::bail!("fused CPU kernels take contiguous f32 CPU tensors"),
+    }
 }
 
 /// A CPU tensor owning `data`.

@@ -61,6 +61,9 @@ pub fn domain_loss(
 /// One elementary loss, reduced to a scalar.
 pub fn segment_loss(kind: LossKind, p: &Tensor, t: &Tensor) -> Result<Tensor> {
     Ok(match kind {
+        LossKind::Mse if crate::kernels::enabled(p.device(), p.dtype()) && p.rank() == 2 => {
+            crate::kernels::elementwise::mse(p, t)?
+        }
         LossKind::Mse => (p - t)?.sqr()?.mean_all()?,
         LossKind::L1 => (p - t)?.abs()?.mean_all()?,
         LossKind::CrossEntropy => {
