@@ -17,7 +17,12 @@ read back, backward pass, AdamW + scheduler step. It prints a summary and
 one JSON line with the fields of `shimmer bench`.
 
     python gw_reference.py experiments/bench/w2.yaml --steps 20 --warmup 3 \
-        --threads 1 [--device cuda] [--json out.json]
+        --threads 1 [--device cuda [--precision bf16]] [--json out.json]
+
+`--precision bf16` runs the forward pass under
+`torch.autocast("cuda", dtype=torch.bfloat16)` (linear layers and the
+contrastive logits in bfloat16, the rest in float32), as shimmer-rs's
+`precision: bf16` does.
 
 The numbers do not match shimmer-rs's (other initial weights and data);
 only the work does.
@@ -299,7 +304,10 @@ def main():
     p.add_argument("--device", default="cpu")
     p.add_argument("--json", default=None)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--precision", choices=["f32", "bf16"], default="f32")
     a = p.parse_args()
+    if a.precision == "bf16" and not a.device.startswith("cuda"):
+        sys.exit("reference: --precision bf16 needs --device cuda")
 
     threads = a.threads or int(os.environ.get("RAYON_NUM_THREADS", "0")) or os.cpu_count()
     torch.set_num_threads(threads)
@@ -355,7 +363,8 @@ def main():
         host = batches[k % len(batches)]
         batch = {g: {d: z.to(device, non_blocking=True) for d, z in lat.items()} for g, lat in host.items()}
         opt.zero_grad(set_to_none=True)
-        loss, metrics = metrics_and_loss(gw, ws["flavour"], coefs, batch)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=a.precision == "bf16"):
+            loss, metrics = metrics_and_loss(gw, ws["flavour"], coefs, batch)
         torch.stack([m.detach().float() for m in metrics.values()]).tolist()
         last_loss = loss.item()
         if not math.isfinite(last_loss):
@@ -378,6 +387,7 @@ def main():
         "implementation": f"pytorch-{torch.__version__}",
         "workload": exp.get("name", os.path.basename(a.experiment)),
         "device": str(device) if device.type == "cpu" else f"cuda:{device.index or 0}",
+        "precision": a.precision,
         "threads": torch.get_num_threads(),
         "steps": a.steps,
         "warmup": a.warmup,

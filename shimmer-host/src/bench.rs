@@ -72,6 +72,8 @@ pub struct BenchReport {
     pub workload: String,
     /// Device of the step (`cpu`, `cuda:0`).
     pub device: String,
+    /// Matrix-product precision (`f32`, `bf16`).
+    pub precision: String,
     /// CPU threads candle uses (from `RAYON_NUM_THREADS`, else the cores).
     pub threads: usize,
     /// Timed steps.
@@ -124,13 +126,14 @@ impl BenchReport {
     /// Human-readable lines.
     pub fn describe(&self) -> String {
         format!(
-            "{} on {} ({} thread(s)): {} steps in {:.3} s after {} warm-up\n  \
+            "{} on {} ({}, {} thread(s)): {} steps in {:.3} s after {} warm-up\n  \
              {:.2} steps/s, {:.0} samples/s ({} per step)\n  \
              peak RSS {:.0} MiB (before the steps {:.0} MiB), device memory {}\n  \
              setup {:.2} s, last loss {:.5}\n  \
              per step: forward {:.2} ms, backward {:.2} ms, optimiser {:.2} ms",
             self.workload,
             self.device,
+            self.precision,
             self.threads,
             self.steps,
             self.seconds,
@@ -239,6 +242,7 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport> {
         implementation: "shimmer-rs".to_string(),
         workload: exp.name.clone(),
         device: device_name,
+        precision: format!("{:?}", exp.precision).to_lowercase(),
         threads: candle_core::utils::get_num_threads(),
         steps: opts.steps,
         warmup: opts.warmup,

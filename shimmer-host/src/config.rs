@@ -41,6 +41,10 @@ pub struct Experiment {
     /// Training device: `auto`, `cpu` or `cuda:N`.
     #[serde(default = "default_device")]
     pub device: String,
+    /// Arithmetic of the GW's matrix products: `f32`, or `bf16` mixed
+    /// precision (CUDA only).
+    #[serde(default)]
+    pub precision: Precision,
     /// Where to look for plugins.
     #[serde(default)]
     pub plugins: PluginsConfig,
@@ -71,6 +75,31 @@ pub struct Experiment {
 
 fn default_device() -> String {
     "auto".to_string()
+}
+
+/// Arithmetic of the GW's matrix products.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// Everything in `f32`.
+    #[default]
+    F32,
+    /// Mixed precision, as PyTorch's `autocast(dtype=torch.bfloat16)` does
+    /// for linear layers: the inputs of every matrix product (encoder,
+    /// decoder, selection and contrastive logits) are rounded to bfloat16
+    /// and the products run on the GPU's tensor cores; weights, optimiser
+    /// state, activations, losses and gradients stay `f32`. CUDA only.
+    Bf16,
+}
+
+impl Precision {
+    /// The dtype matrix-product inputs are rounded to; `None` for `f32`.
+    pub fn matmul_dtype(self) -> Option<candle_core::DType> {
+        match self {
+            Self::F32 => None,
+            Self::Bf16 => Some(candle_core::DType::BF16),
+        }
+    }
 }
 
 impl Experiment {

@@ -1,7 +1,20 @@
 //! Choosing the training device from the experiment's `device` setting.
 
+use crate::config::Precision;
 use anyhow::{Result, bail};
 use candle_core::Device;
+
+/// Refuses a precision the device cannot run: `bf16` mixed precision
+/// needs a CUDA device (candle's CPU matrix products have no bfloat16).
+pub fn check_precision(device: &Device, precision: Precision) -> Result<()> {
+    if precision == Precision::Bf16 && !device.is_cuda() {
+        bail!(
+            "`precision: bf16` (mixed precision) runs on CUDA devices only, and this \
+             experiment trains on the CPU: set `device: cuda:N` or `precision: f32`"
+        );
+    }
+    Ok(())
+}
 
 /// Resolves `auto`, `cpu` or `cuda:N` into a candle device. `auto` picks the
 /// first GPU when the binary was built with `--features cuda` and one is
@@ -42,6 +55,13 @@ mod tests {
     fn cpu_and_auto_resolve_without_gpu() {
         assert!(resolve("cpu").unwrap().is_cpu());
         assert!(resolve("auto").is_ok());
+    }
+
+    #[test]
+    fn bf16_is_refused_on_the_cpu() {
+        assert!(check_precision(&Device::Cpu, Precision::F32).is_ok());
+        let e = check_precision(&Device::Cpu, Precision::Bf16).unwrap_err();
+        assert!(e.to_string().contains("CUDA"), "{e}");
     }
 
     #[test]

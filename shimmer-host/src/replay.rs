@@ -43,7 +43,14 @@ pub fn run(options: &ReplayOptions) -> Result<()> {
     let exp = Experiment::load(&options.experiment)?;
     let device = device::resolve(&exp.device)?;
     let domains = domain_specs(&exp)?;
-    let gw = GlobalWorkspace::new(exp.workspace()?, &exp.loss, &domains, &device, exp.seed)?;
+    let gw = GlobalWorkspace::with_precision(
+        exp.workspace()?,
+        &exp.loss,
+        &domains,
+        &device,
+        exp.precision,
+        exp.seed,
+    )?;
     checkpoint::load_weights(&options.init, gw.params())
         .with_context(|| format!("cannot load initial weights {}", options.init.display()))?;
     let order: Vec<String> = exp.domains.keys().cloned().collect();

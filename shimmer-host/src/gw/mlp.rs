@@ -26,6 +26,8 @@ use rand::Rng;
 pub struct Linear {
     weight: Var,
     bias: Var,
+    /// Mixed precision: the dtype the product's inputs are rounded to.
+    matmul_dtype: Option<candle_core::DType>,
 }
 
 impl Linear {
@@ -41,7 +43,11 @@ impl Linear {
         let bound = 1.0 / (in_dim.max(1) as f64).sqrt();
         let weight = store.uniform(&format!("{prefix}.weight"), &[out_dim, in_dim], bound, rng)?;
         let bias = store.uniform(&format!("{prefix}.bias"), &[out_dim], bound, rng)?;
-        Ok(Self { weight, bias })
+        Ok(Self {
+            weight,
+            bias,
+            matmul_dtype: store.matmul_dtype(),
+        })
     }
 
     /// Applies the layer to a `[batch, in]` tensor.
@@ -50,15 +56,32 @@ impl Linear {
     }
 
     /// Applies the layer, then ReLU when `relu`: one fused op on the CPU
-    /// ([`crate::kernels::linear`]), candle's matmul, add and ReLU elsewhere.
+    /// ([`crate::kernels::linear`]), candle's matmul, add and ReLU elsewhere
+    /// (the product in the mixed-precision dtype when one is set).
     pub fn forward_act(&self, x: &Tensor, relu: bool) -> Result<Tensor> {
         let (w, b) = (self.weight.as_tensor(), self.bias.as_tensor());
-        if crate::kernels::enabled(x.device(), x.dtype()) && x.rank() == 2 {
+        if self.matmul_dtype.is_none()
+            && crate::kernels::enabled(x.device(), x.dtype())
+            && x.rank() == 2
+        {
             return Ok(crate::kernels::linear::linear(x, w, b, relu)?);
         }
-        let y = x.matmul(&w.t()?)?.broadcast_add(b)?;
+        let y = mixed_matmul(x, &w.t()?, self.matmul_dtype)?.broadcast_add(b)?;
         Ok(if relu { y.relu()? } else { y })
     }
+}
+
+/// `a · b`, with both inputs rounded to `low` first when given (mixed
+/// precision, PyTorch autocast's rule for matrix products); the result is
+/// in `a`'s dtype either way, and gradients flow back through the casts.
+pub fn mixed_matmul(a: &Tensor, b: &Tensor, low: Option<candle_core::DType>) -> Result<Tensor> {
+    Ok(match low {
+        Some(dt) if dt != a.dtype() => a
+            .to_dtype(dt)?
+            .matmul(&b.to_dtype(dt)?)?
+            .to_dtype(a.dtype())?,
+        _ => a.matmul(b)?,
+    })
 }
 
 /// A GW encoder or decoder MLP (no activation after the last layer).
@@ -132,6 +155,30 @@ mod tests {
         );
         assert_eq!(store.params()["e.0.weight"].dims(), [5, 3]);
         assert_eq!(store.params()["e.6.weight"].dims(), [2, 5]);
+    }
+
+    /// Mixed precision rounds the product's inputs (tested with f16, which
+    /// candle's CPU matmul has; training uses bf16 on CUDA) and keeps f32
+    /// weights that receive gradients.
+    #[test]
+    fn mixed_precision_rounds_product_inputs_only() {
+        let dev = Device::Cpu;
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+        let mut exact = ParamStore::new(&dev, DType::F32);
+        let plain = gw_mlp(&mut exact, "m", 5, 8, 3, 1, &mut rng).unwrap();
+        let mut mixed = ParamStore::new(&dev, DType::F32);
+        mixed.set_matmul_dtype(Some(DType::F16));
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+        let low = gw_mlp(&mut mixed, "m", 5, 8, 3, 1, &mut rng).unwrap();
+        let x = Tensor::randn(0f32, 1.0, (4, 5), &dev).unwrap();
+        let (ye, yl) = (plain.forward(&x).unwrap(), low.forward(&x).unwrap());
+        assert_eq!(yl.dtype(), DType::F32);
+        let d = crate::test_util::max_abs_diff(&ye, &yl);
+        assert!(d > 0.0 && d < 1e-2, "rounding shows but stays small: {d}");
+        let grads = yl.sum_all().unwrap().backward().unwrap();
+        let w = &mixed.params()["m.0.weight"];
+        let g = grads.get(w.as_tensor()).unwrap();
+        assert_eq!((g.dtype(), w.dtype()), (DType::F32, DType::F32));
     }
 
     #[test]

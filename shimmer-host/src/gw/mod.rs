@@ -148,6 +148,27 @@ impl GlobalWorkspace {
         Self::with_dtype(ws, loss, domains, device, DType::F32, seed)
     }
 
+    /// A float32 workspace whose matrix products run at `precision`.
+    pub fn with_precision(
+        ws: &WorkspaceConfig,
+        loss: &LossConfig,
+        domains: &[DomainSpec],
+        device: &Device,
+        precision: crate::config::Precision,
+        seed: u64,
+    ) -> Result<Self> {
+        crate::device::check_precision(device, precision)?;
+        Self::build(
+            ws,
+            loss,
+            domains,
+            device,
+            DType::F32,
+            precision.matmul_dtype(),
+            seed,
+        )
+    }
+
     /// [`GlobalWorkspace::new`] with another floating-point dtype.
     pub fn with_dtype(
         ws: &WorkspaceConfig,
@@ -155,6 +176,18 @@ impl GlobalWorkspace {
         domains: &[DomainSpec],
         device: &Device,
         dtype: DType,
+        seed: u64,
+    ) -> Result<Self> {
+        Self::build(ws, loss, domains, device, dtype, None, seed)
+    }
+
+    fn build(
+        ws: &WorkspaceConfig,
+        loss: &LossConfig,
+        domains: &[DomainSpec],
+        device: &Device,
+        dtype: DType,
+        matmul_dtype: Option<DType>,
         seed: u64,
     ) -> Result<Self> {
         if domains.is_empty() {
@@ -175,6 +208,7 @@ impl GlobalWorkspace {
             .collect();
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
         let mut store = ParamStore::new(device, dtype);
+        store.set_matmul_dtype(matmul_dtype);
         let gw = GwModule::new(
             &dims,
             ws.dim,

@@ -23,6 +23,7 @@ pub struct ParamStore {
     buffers: IndexMap<String, Var>,
     device: Device,
     dtype: DType,
+    matmul_dtype: Option<DType>,
 }
 
 impl ParamStore {
@@ -33,7 +34,19 @@ impl ParamStore {
             buffers: IndexMap::new(),
             device: device.clone(),
             dtype,
+            matmul_dtype: None,
         }
+    }
+
+    /// Makes the layers built from this store round their matrix-product
+    /// inputs to `dtype` (mixed precision); `None` keeps [`Self::dtype`].
+    pub fn set_matmul_dtype(&mut self, dtype: Option<DType>) {
+        self.matmul_dtype = dtype;
+    }
+
+    /// The dtype of matrix-product inputs when it is not [`Self::dtype`].
+    pub fn matmul_dtype(&self) -> Option<DType> {
+        self.matmul_dtype
     }
 
     /// The device every tensor of the model lives on.

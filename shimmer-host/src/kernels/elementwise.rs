@@ -52,10 +52,10 @@ simd_fn! {
             let a = *x;
             let z = a * a;
             let mut p = -5.704_988_7e-3;
-            p = M::mul_add(p, z, 2.063_908_9e-2);
+            p = M::mul_add(p, z, 2.063_909e-2);
             p = M::mul_add(p, z, -5.373_971_6e-2);
             p = M::mul_add(p, z, 1.333_144_2e-1);
-            p = M::mul_add(p, z, -3.333_328_2e-1);
+            p = M::mul_add(p, z, -3.333_328e-1);
             let small = M::mul_add(p * z, a, a);
             let e = simd::exp::<M>(2.0 * a);
             let large = 1.0 - 2.0 / (e + 1.0);

@@ -5,7 +5,7 @@
 //! batch's latents), which for wide inputs is most of the work.
 
 use super::matmul::{MatRef, matmul_into, matmul_new};
-use super::pool::{parallel_parts, threads};
+use super::pool::{join, threads};
 use super::simd::simd_fn;
 use super::{cpu_tensor, with_matrix};
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
@@ -99,29 +99,20 @@ impl CustomOp3 for LinearOp {
             let gm = MatRef::row_major(g, rows, out);
             with_matrix(x, |xm| {
                 with_matrix(w, |wm| {
-                    // dx and (dW, db) are independent: on two threads, one each.
+                    // dx and (dW, db) are independent: with two threads,
+                    // one each; with more, each product is split by rows.
                     let weight_grads = || {
                         let mut db = vec![0f32; out];
                         column_sums(&mut db, g);
                         (matmul_new(gm.t(), xm), db)
                     };
                     let input_grad = || want_dx.then(|| matmul_new(gm, wm));
-                    if want_dx && threads() == 2 && rows * in_dim * out >= 1 << 18 {
-                        let mut both = parallel_parts(vec![true, false], |weights| {
-                            if weights {
-                                (Some(weight_grads()), None)
-                            } else {
-                                (None, input_grad())
-                            }
-                        });
-                        let (_, dx) = both.pop().unwrap_or_default();
-                        let (wg, _) = both.pop().unwrap_or_default();
-                        let (dw, db) = wg.unwrap_or_else(weight_grads);
-                        (dx, dw, db)
+                    let ((dw, db), dx) = if want_dx && threads() == 2 && rows * in_dim * out >= SPLIT_MACS {
+                        join(weight_grads, input_grad)
                     } else {
-                        let (dw, db) = weight_grads();
-                        (input_grad(), dw, db)
-                    }
+                        (weight_grads(), input_grad())
+                    };
+                    (dx, dw, db)
                 })
             })?
         })??;
@@ -142,6 +133,10 @@ simd_fn! {
         }
     }
 }
+
+/// Multiply-adds per product above which a backward pass computes `dx` and
+/// `dW` on two threads (below it, the hand-off costs more than it saves).
+const SPLIT_MACS: usize = 1 << 18;
 
 /// The gradient through the ReLU: `g` where its output `y` is positive, 0
 /// elsewhere (PyTorch's convention at 0).

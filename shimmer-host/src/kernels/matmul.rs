@@ -98,6 +98,13 @@ struct Dst(*mut f32);
 unsafe impl Send for Dst {}
 unsafe impl Sync for Dst {}
 
+impl Dst {
+    /// The pointer (a method, so that closures capture the whole `Dst`).
+    fn ptr(self) -> *mut f32 {
+        self.0
+    }
+}
+
 /// `dst (+)= a · b` on one thread. `dst` points to `a.rows * b.cols`
 /// row-major elements; without `accumulate` they need not be initialised.
 ///
@@ -141,21 +148,16 @@ unsafe fn gemm_serial(dst: *mut f32, a: MatRef<'_>, b: MatRef<'_>, accumulate: b
 /// As [`gemm_serial`].
 unsafe fn gemm_rows(dst: *mut f32, a: MatRef<'_>, b: MatRef<'_>, accumulate: bool) {
     let (m, k, n) = (a.rows, a.cols, b.cols);
-    let parts = if m * n * k >= PARALLEL_MACS {
-        pool::ranges(m, MIN_ROWS_PER_PART)
-    } else {
-        vec![0..m]
-    };
-    if parts.len() <= 1 {
+    let parts = pool::ranges(m, MIN_ROWS_PER_PART);
+    if parts.len() <= 1 || m * n * k < PARALLEL_MACS {
         // SAFETY: the caller's promise.
         unsafe { gemm_serial(dst, a, b, accumulate) };
         return;
     }
     let dst = Dst(dst);
     pool::parallel_parts(parts, |range| {
-        let dst = dst;
         // SAFETY: rows `range` of `dst` belong to this part alone.
-        unsafe { gemm_serial(dst.0.add(range.start * n), a.rows(range), b, accumulate) };
+        unsafe { gemm_serial(dst.ptr().add(range.start * n), a.rows(range), b, accumulate) };
     });
 }
 

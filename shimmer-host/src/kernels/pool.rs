@@ -29,36 +29,78 @@ pub fn ranges(n: usize, min_len: usize) -> Vec<Range<usize>> {
     (0..n).step_by(len).map(|s| s..(s + len).min(n)).collect()
 }
 
+/// Runs `f(thread_id)` once on every thread of the pool (ids `0..threads()`),
+/// marking the threads as inside a part meanwhile.
+fn on_every_thread(f: impl Fn(usize) + Sync) {
+    candle_core::utils::barrier_pool().execute(|tid| {
+        IN_PART.with(|c| c.set(true));
+        f(tid);
+        IN_PART.with(|c| c.set(false));
+    });
+}
+
+/// Whether work can be split here: more than one thread, and not already
+/// inside a part (candle's pool does not nest).
+fn can_split() -> bool {
+    threads() > 1 && !IN_PART.with(Cell::get)
+}
+
+/// Takes what a mutex holds, poisoned or not.
+fn take<T>(m: &Mutex<Option<T>>) -> Option<T> {
+    m.lock().unwrap_or_else(|e| e.into_inner()).take()
+}
+
 /// `f` applied to every part, the parts spread over the pool's threads;
 /// results in the parts' order. Called from inside a part, it runs the
 /// parts one after the other on the calling thread.
 pub fn parallel_parts<T: Send, R: Send>(parts: Vec<T>, f: impl Fn(T) -> R + Sync) -> Vec<R> {
-    let n = threads();
-    if parts.len() <= 1 || n == 1 || IN_PART.with(Cell::get) {
+    if parts.len() <= 1 || !can_split() {
         return parts.into_iter().map(f).collect();
     }
-    let f = |part: T| {
-        IN_PART.with(|c| c.set(true));
-        let r = f(part);
-        IN_PART.with(|c| c.set(false));
-        r
-    };
+    let n = threads();
     let inputs: Vec<Mutex<Option<T>>> = parts.into_iter().map(|p| Mutex::new(Some(p))).collect();
     let outputs: Vec<Mutex<Option<R>>> = inputs.iter().map(|_| Mutex::new(None)).collect();
-    candle_core::utils::barrier_pool().execute(|tid| {
+    on_every_thread(|tid| {
         for i in (tid..inputs.len()).step_by(n) {
-            let part = inputs[i].lock().unwrap_or_else(|e| e.into_inner()).take();
-            if let Some(part) = part {
+            if let Some(part) = take(&inputs[i]) {
                 let r = f(part);
                 *outputs[i].lock().unwrap_or_else(|e| e.into_inner()) = Some(r);
             }
         }
     });
-    outputs
-        .into_iter()
-        .map(|m| m.into_inner().unwrap_or_else(|e| e.into_inner()))
-        .collect::<Option<Vec<R>>>()
-        .expect("every part ran: the pool gives each thread id once")
+    // Every index is some thread's (ids cover 0..n); a part that somehow
+    // did not run runs here.
+    inputs
+        .iter()
+        .zip(&outputs)
+        .map(|(input, output)| match take(output) {
+            Some(r) => r,
+            None => f(take(input).expect("a part either ran or is still here")),
+        })
+        .collect()
+}
+
+/// `(a(), b())`, on two threads when the pool has them.
+pub fn join<A: Send, B: Send>(
+    a: impl FnOnce() -> A + Send,
+    b: impl FnOnce() -> B + Send,
+) -> (A, B) {
+    if !can_split() {
+        return (a(), b());
+    }
+    let (a, b) = (Mutex::new(Some(a)), Mutex::new(Some(b)));
+    let (ra, rb) = (Mutex::new(None), Mutex::new(None));
+    on_every_thread(|tid| match tid {
+        0 => *ra.lock().unwrap_or_else(|e| e.into_inner()) = take(&a).map(|f| f()),
+        1 => *rb.lock().unwrap_or_else(|e| e.into_inner()) = take(&b).map(|f| f()),
+        _ => {}
+    });
+    let ra = take(&ra).or_else(|| take(&a).map(|f| f()));
+    let rb = take(&rb).or_else(|| take(&b).map(|f| f()));
+    (
+        ra.expect("`a` ran on thread 0 or here"),
+        rb.expect("`b` ran on thread 1 or here"),
+    )
 }
 
 #[cfg(test)]
@@ -74,6 +116,12 @@ mod tests {
                 assert_eq!(w[0].end, w[1].start);
             }
         }
+    }
+
+    #[test]
+    fn join_returns_both_and_nests() {
+        let (a, b) = join(|| join(|| 1, || 2), || "b");
+        assert_eq!((a, b), ((1, 2), "b"));
     }
 
     #[test]

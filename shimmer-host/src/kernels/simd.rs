@@ -20,6 +20,7 @@ macro_rules! simd_fn {
         $(#[$meta])*
         $vis fn $name($($arg: $ty),*) $(-> $ret)? {
             #[inline(always)]
+            #[allow(clippy::extra_unused_type_parameters)] // kernels without `exp`
             fn imp<$m: $crate::kernels::simd::MulAdd>($($arg: $ty),*) $(-> $ret)? $body
             #[cfg(target_arch = "x86_64")]
             {
@@ -91,7 +92,7 @@ pub fn exp<M: MulAdd>(x: f32) -> f32 {
     p = M::mul_add(p, r, 8.333_452e-3);
     p = M::mul_add(p, r, 4.166_579_6e-2);
     p = M::mul_add(p, r, 1.666_666_5e-1);
-    p = M::mul_add(p, r, 5.000_000_1e-1);
+    p = M::mul_add(p, r, 0.5);
     let poly = M::mul_add(p * r, r, r + 1.0);
     // 2^n: the integer n sits in t's low bits, so (bits(t) + 127) << 23 is
     // the float 2^n once the exponent field's overflow is shifted out.

@@ -22,6 +22,7 @@ pub const LOGIT_SCALE: &str = "loss_mod.contrastive_fn.logit_scale";
 pub struct ContrastiveLoss {
     logit_scale: Var,
     learned: bool,
+    matmul_dtype: Option<candle_core::DType>,
 }
 
 impl ContrastiveLoss {
@@ -38,6 +39,7 @@ impl ContrastiveLoss {
         Ok(Self {
             logit_scale,
             learned,
+            matmul_dtype: store.matmul_dtype(),
         })
     }
 
@@ -56,15 +58,16 @@ impl ContrastiveLoss {
         let clamped = exp.minimum(100.0)?;
         let xs = normalize(x)?.broadcast_mul(&clamped)?;
         let yn = normalize(y)?;
-        let loss = if crate::kernels::enabled(xs.device(), xs.dtype()) {
-            crate::kernels::clip::clip_loss(&xs, &yn)?
-        } else {
-            let logits = xs.matmul(&yn.t()?)?;
-            let labels = Tensor::arange(0u32, b as u32, x.device())?;
-            let ce = candle_nn::loss::cross_entropy(&logits, &labels)?;
-            let ce_t = candle_nn::loss::cross_entropy(&logits.t()?, &labels)?;
-            ((ce + ce_t)? * 0.5)?
-        };
+        let loss =
+            if self.matmul_dtype.is_none() && crate::kernels::enabled(xs.device(), xs.dtype()) {
+                crate::kernels::clip::clip_loss(&xs, &yn)?
+            } else {
+                let logits = crate::gw::mlp::mixed_matmul(&xs, &yn.t()?, self.matmul_dtype)?;
+                let labels = Tensor::arange(0u32, b as u32, x.device())?;
+                let ce = candle_nn::loss::cross_entropy(&logits, &labels)?;
+                let ce_t = candle_nn::loss::cross_entropy(&logits.t()?, &labels)?;
+                ((ce + ce_t)? * 0.5)?
+            };
         Ok((loss, exp.reshape(())?))
     }
 }

@@ -86,7 +86,7 @@ impl AdamW {
                     beta2: self.beta2 as f32,
                     one_minus_beta2: (1.0 - self.beta2) as f32,
                     decay: (self.weight_decay != 0.0)
-                        .then(|| (1.0 - lr * self.weight_decay) as f32),
+                        .then_some((1.0 - lr * self.weight_decay) as f32),
                     bias_correction2_sqrt: bc2.sqrt() as f32,
                     eps: self.eps as f32,
                     neg_step_size: -step_size as f32,

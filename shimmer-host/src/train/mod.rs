@@ -263,6 +263,7 @@ fn build_from(
     plugin_sources: &crate::data::Sources,
 ) -> Result<(DataPipeline, Box<dyn Task>)> {
     let device = device::resolve(&exp.device)?;
+    device::check_precision(&device, exp.precision)?;
     let mut sources = plugin_sources.clone();
     let input_dim = |name: &str| -> Result<usize> {
         match (
@@ -316,7 +317,14 @@ fn build_from(
     let pipeline = DataPipeline::build(&exp.data, &sources, exp.seed, Some(base_dir))
         .context("cannot build the data loaders")?;
     let specs = domain_specs(exp, &sources, &trained)?;
-    let gw = GlobalWorkspace::new(exp.workspace()?, &exp.loss, &specs, &device, exp.seed)?;
+    let gw = GlobalWorkspace::with_precision(
+        exp.workspace()?,
+        &exp.loss,
+        &specs,
+        &device,
+        exp.precision,
+        exp.seed,
+    )?;
     Ok((pipeline, Box::new(GwTask::new(gw, trained, device)?)))
 }
 
