@@ -29,7 +29,6 @@ use crate::optim::Optimizer;
 use crate::train::task::Task;
 use crate::{device, yaml};
 use anyhow::{Context, Result, bail};
-use candle_core::DType;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -207,7 +206,7 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport> {
         let batch = &batches[k % batches.len()];
         let t0 = Instant::now();
         let out = task.train_step(batch)?;
-        let loss = out.loss.to_dtype(DType::F32)?.to_scalar::<f32>()?;
+        let loss = out.loss_value;
         if !loss.is_finite() {
             bail!("the training loss became {loss} at step {k}");
         }

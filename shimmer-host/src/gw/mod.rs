@@ -119,6 +119,8 @@ impl DomainSpec {
 pub struct LossOutput {
     /// The loss to minimise.
     pub loss: Tensor,
+    /// Its value, read back with the metrics.
+    pub loss_value: f32,
     /// Metric values, `loss` excluded.
     pub metrics: Vec<(String, f32)>,
 }
@@ -297,9 +299,11 @@ impl GlobalWorkspace {
                     .join(", ")
             )
         })?;
+        let (loss_value, metrics) = read_back(&loss, &metrics)?;
         Ok(LossOutput {
             loss,
-            metrics: metric_values(&metrics)?,
+            loss_value,
+            metrics,
         })
     }
 
@@ -327,17 +331,17 @@ impl GlobalWorkspace {
     }
 }
 
-/// Copies scalar metrics to the host in one transfer.
-pub fn metric_values(metrics: &Metrics) -> Result<Vec<(String, f32)>> {
-    if metrics.is_empty() {
-        return Ok(Vec::new());
-    }
+/// Copies a scalar loss and scalar metrics to the host in one transfer
+/// (one device synchronisation per step on a GPU).
+pub fn read_back(loss: &Tensor, metrics: &Metrics) -> Result<(f32, Vec<(String, f32)>)> {
     let flat = metrics
         .values()
+        .chain(std::iter::once(loss))
         .map(|t| t.detach().reshape(()))
         .collect::<candle_core::Result<Vec<_>>>()?;
-    let values = Tensor::stack(&flat, 0)?
+    let mut values = Tensor::stack(&flat, 0)?
         .to_dtype(DType::F32)?
         .to_vec1::<f32>()?;
-    Ok(metrics.keys().cloned().zip(values).collect())
+    let loss_value = values.pop().context("the loss was read back")?;
+    Ok((loss_value, metrics.keys().cloned().zip(values).collect()))
 }

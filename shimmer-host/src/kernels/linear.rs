@@ -107,11 +107,12 @@ impl CustomOp3 for LinearOp {
                         (matmul_new(gm.t(), xm), db)
                     };
                     let input_grad = || want_dx.then(|| matmul_new(gm, wm));
-                    let ((dw, db), dx) = if want_dx && threads() == 2 && rows * in_dim * out >= SPLIT_MACS {
-                        join(weight_grads, input_grad)
-                    } else {
-                        (weight_grads(), input_grad())
-                    };
+                    let ((dw, db), dx) =
+                        if want_dx && threads() == 2 && rows * in_dim * out >= SPLIT_MACS {
+                            join(weight_grads, input_grad)
+                        } else {
+                            (weight_grads(), input_grad())
+                        };
                     (dx, dw, db)
                 })
             })?

@@ -81,6 +81,7 @@ impl GwTask {
         let out = self.gw.step_loss(&self.gw_batch(batch)?)?;
         Ok(StepOutput {
             loss: out.loss,
+            loss_value: out.loss_value,
             metrics: out.metrics,
         })
     }

@@ -65,12 +65,16 @@ impl PretrainTask {
     fn step(&mut self, batch: &HostBatch) -> Result<StepOutput> {
         let x = self.inputs(batch)?;
         let (loss, metrics) = self.model.pretrain_loss(&x, &mut self.rng)?;
-        let metrics = metrics
+        let metrics: crate::losses::Metrics = metrics
             .into_iter()
             .filter(|(n, _)| n != domain_model::LOSS)
-            .map(|(n, t)| Ok((n, t.to_dtype(candle_core::DType::F32)?.to_scalar::<f32>()?)))
-            .collect::<Result<Vec<_>>>()?;
-        Ok(StepOutput { loss, metrics })
+            .collect();
+        let (loss_value, metrics) = crate::gw::read_back(&loss, &metrics)?;
+        Ok(StepOutput {
+            loss,
+            loss_value,
+            metrics,
+        })
     }
 }
 

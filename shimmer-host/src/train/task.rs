@@ -13,6 +13,8 @@ use std::collections::HashMap;
 pub struct StepOutput {
     /// The loss to minimise.
     pub loss: Tensor,
+    /// Its value on the host (read back with the metrics, in one transfer).
+    pub loss_value: f32,
     /// Metric values (without `loss`), in emission order.
     pub metrics: Vec<(String, f32)>,
 }

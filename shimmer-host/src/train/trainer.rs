@@ -180,7 +180,7 @@ impl<'a, T: Task> Trainer<'a, T> {
                 if self
                     .cfg
                     .val_every_n_steps
-                    .is_some_and(|n| n > 0 && step % n as u64 == 0)
+                    .is_some_and(|n| n > 0 && step.is_multiple_of(n as u64))
                     && !done
                 {
                     self.validate(loaders, &progress)?;
@@ -188,7 +188,7 @@ impl<'a, T: Task> Trainer<'a, T> {
                 } else if self
                     .cfg
                     .checkpoint_every_n_steps
-                    .is_some_and(|n| n > 0 && step % n as u64 == 0)
+                    .is_some_and(|n| n > 0 && step.is_multiple_of(n as u64))
                 {
                     self.save(&self.run_dir.last_checkpoint())?;
                 }
@@ -212,7 +212,10 @@ impl<'a, T: Task> Trainer<'a, T> {
             self.position.epoch += 1;
             self.position.batch_in_epoch = 0;
             let every = self.cfg.val_every_n_epochs as u64;
-            if every > 0 && self.position.epoch % every == 0 && self.position.global_step < total {
+            if every > 0
+                && self.position.epoch.is_multiple_of(every)
+                && self.position.global_step < total
+            {
                 self.validate(loaders, &progress)?;
                 validated_at = Some(self.position.global_step);
             }
@@ -228,7 +231,7 @@ impl<'a, T: Task> Trainer<'a, T> {
     fn train_step(&mut self, batch: &HostBatch, progress: &mut Progress, k: usize) -> Result<()> {
         let step = self.position.global_step;
         let out = self.task.train_step(batch)?;
-        let loss = out.loss.to_dtype(DType::F32)?.to_scalar::<f32>()?;
+        let loss = out.loss_value;
         if !loss.is_finite() {
             let last = self.run_dir.last_checkpoint();
             bail!(
@@ -255,7 +258,7 @@ impl<'a, T: Task> Trainer<'a, T> {
         self.optimizer.step(&grads)?;
         self.position.global_step += 1;
         let every = self.cfg.log_every_n_steps.max(1) as u64;
-        if (step + 1) % every == 0 || self.fast_dev_run {
+        if (step + 1).is_multiple_of(every) || self.fast_dev_run {
             let s = step as i64;
             self.tb.scalar("train/loss", s, loss)?;
             for (name, v) in &out.metrics {
@@ -321,7 +324,7 @@ pub fn evaluate<T: Task>(
     for (k, batch) in loader.epoch(0)?.enumerate() {
         let batch = batch.with_context(|| format!("{prefix} batch {k}"))?;
         let out = task.eval_step(&batch)?;
-        let loss = out.loss.to_dtype(DType::F32)?.to_scalar::<f32>()?;
+        let loss = out.loss_value;
         let rows = batch.groups.values().map(|g| g.rows()).max().unwrap_or(0);
         means.add(
             std::iter::once(("loss", loss))

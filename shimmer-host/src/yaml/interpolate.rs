@@ -260,15 +260,16 @@ impl<'a> Resolver<'a> {
             let Some(child) = at.child(seg) else {
                 return Err(self.missing(node, path, inner, at, &target[..i]));
             };
-            if let Value::Scalar(s) = &child.value {
-                if s.text.contains("${") && i + 1 < target.len() {
-                    let resolved = self.scalar(child, s, &target[..=i])?;
-                    let rest = &target[i + 1..];
-                    return match resolved.get(rest) {
-                        Some(found) => Ok(found.clone()),
-                        None => Err(self.missing(node, path, inner, &resolved, &target[..=i])),
-                    };
-                }
+            if let Value::Scalar(s) = &child.value
+                && s.text.contains("${")
+                && i + 1 < target.len()
+            {
+                let resolved = self.scalar(child, s, &target[..=i])?;
+                let rest = &target[i + 1..];
+                return match resolved.get(rest) {
+                    Some(found) => Ok(found.clone()),
+                    None => Err(self.missing(node, path, inner, &resolved, &target[..=i])),
+                };
             }
             at = child;
         }

@@ -33,11 +33,11 @@ pub(crate) fn locate(root: &Node, failure: serde_path_to_error::Error<DeError>) 
     }
     // Internally tagged enums hide the inner path from serde: find the
     // offending key or value in the mapping reached.
-    if let Some((key, at)) = named_in(node, &message) {
-        if path.last() != Some(&Seg::Key(key.clone())) {
-            origin = at;
-            path.push(Seg::Key(key));
-        }
+    if let Some((key, at)) = named_in(node, &message)
+        && path.last() != Some(&Seg::Key(key.clone()))
+    {
+        origin = at;
+        path.push(Seg::Key(key));
     }
     ConfigError::new(ErrorKind::Invalid, message)
         .at(Some(origin))
