@@ -54,6 +54,9 @@ enum Kind {
 pub struct Selection {
     kind: Kind,
     rng: Mutex<ChaCha8Rng>,
+    /// Fixed-shared scores by `(domains, batch size)`: made once on the
+    /// device, not at every step.
+    fixed: Mutex<std::collections::HashMap<(usize, usize), Tensor>>,
     device: Device,
     dtype: DType,
 }
@@ -100,6 +103,7 @@ impl Selection {
         Ok(Self {
             kind,
             rng: Mutex::new(ChaCha8Rng::seed_from_u64(seed)),
+            fixed: Mutex::new(std::collections::HashMap::new()),
             device: store.device().clone(),
             dtype: store.dtype(),
         })
@@ -129,8 +133,19 @@ impl Selection {
                 self.host_tensor(v, n, b)?
             }
             Kind::FixedShared => {
-                let s = 1.0f32 / n as f32;
-                self.host_tensor(vec![s; n * b], n, b)?
+                let mut cache = self
+                    .fixed
+                    .lock()
+                    .map_err(|_| anyhow::anyhow!("selection cache poisoned"))?;
+                match cache.get(&(n, b)) {
+                    Some(t) => t.clone(),
+                    None => {
+                        let s = 1.0f32 / n as f32;
+                        let t = self.host_tensor(vec![s; n * b], n, b)?;
+                        cache.insert((n, b), t.clone());
+                        t
+                    }
+                }
             }
             Kind::Random { temperature } => {
                 let v: Vec<f32> = {

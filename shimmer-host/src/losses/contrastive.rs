@@ -23,6 +23,8 @@ pub struct ContrastiveLoss {
     logit_scale: Var,
     learned: bool,
     matmul_dtype: Option<candle_core::DType>,
+    /// `arange(B)` on the device for the last batch size (composed path).
+    labels: std::sync::Arc<std::sync::Mutex<Option<Tensor>>>,
 }
 
 impl ContrastiveLoss {
@@ -40,7 +42,22 @@ impl ContrastiveLoss {
             logit_scale,
             learned,
             matmul_dtype: store.matmul_dtype(),
+            labels: Default::default(),
         })
+    }
+
+    /// The class of each row, `arange(b)`, made once per batch size.
+    fn labels(&self, b: usize, device: &candle_core::Device) -> Result<Tensor> {
+        let mut cached = self
+            .labels
+            .lock()
+            .map_err(|_| anyhow::anyhow!("contrastive label cache poisoned"))?;
+        if let Some(t) = cached.as_ref().filter(|t| t.dim(0).ok() == Some(b)) {
+            return Ok(t.clone());
+        }
+        let t = Tensor::arange(0u32, b as u32, device)?;
+        *cached = Some(t.clone());
+        Ok(t)
     }
 
     fn scale(&self) -> Tensor {
@@ -63,7 +80,7 @@ impl ContrastiveLoss {
                 crate::kernels::clip::clip_loss(&xs, &yn)?
             } else {
                 let logits = crate::gw::mlp::mixed_matmul(&xs, &yn.t()?, self.matmul_dtype)?;
-                let labels = Tensor::arange(0u32, b as u32, x.device())?;
+                let labels = self.labels(b, x.device())?;
                 let ce = candle_nn::loss::cross_entropy(&logits, &labels)?;
                 let ce_t = candle_nn::loss::cross_entropy(&logits.t()?, &labels)?;
                 ((ce + ce_t)? * 0.5)?
@@ -134,6 +151,36 @@ mod tests {
         let got = loss.to_scalar::<f32>().unwrap();
         assert!((got - 0.5 * (ce + ce_t)).abs() < 1e-6, "{got}");
         assert_eq!(scale.to_scalar::<f32>().unwrap(), 1.0);
+    }
+
+    /// The fused CPU kernel (f32) and candle's composed ops (f64 here, the
+    /// GPU path) agree, batch size changes included.
+    #[test]
+    fn fused_and_composed_paths_agree() {
+        let fused = {
+            let mut store = ParamStore::new(&Device::Cpu, DType::F32);
+            ContrastiveLoss::new(&mut store, 1.5, true).unwrap()
+        };
+        let composed = {
+            let mut store = ParamStore::new(&Device::Cpu, DType::F64);
+            ContrastiveLoss::new(&mut store, 1.5, true).unwrap()
+        };
+        for b in [3, 2, 3] {
+            let x = Tensor::randn(0f32, 1.0, (b, 4), &Device::Cpu).unwrap();
+            let y = Tensor::randn(0f32, 1.0, (b, 4), &Device::Cpu).unwrap();
+            let f = fused.forward(&x, &y).unwrap().0.to_scalar::<f32>().unwrap();
+            let (x64, y64) = (
+                x.to_dtype(DType::F64).unwrap(),
+                y.to_dtype(DType::F64).unwrap(),
+            );
+            let c = composed
+                .forward(&x64, &y64)
+                .unwrap()
+                .0
+                .to_scalar::<f64>()
+                .unwrap();
+            assert!((f64::from(f) - c).abs() < 1e-5, "b={b}: {f} vs {c}");
+        }
     }
 
     #[test]
