@@ -18,10 +18,11 @@
 //! # Ok::<(), anyhow::Error>(())
 //! ```
 //!
-//! CPU threads come from the environment: candle's CPU backend (matmuls
-//! and its own elementwise thread pool) and rayon all read
-//! `RAYON_NUM_THREADS` (`CANDLE_NUM_THREADS`, if set, overrides it for
-//! candle's elementwise pool only).
+//! CPU threads come from the environment: candle's CPU backend (its
+//! elementwise thread pool, which the fused kernels of [`crate::kernels`]
+//! share) reads `RAYON_NUM_THREADS` (`CANDLE_NUM_THREADS`, if set,
+//! overrides it). `SHIMMER_CPU_KERNELS=off` times candle's composed ops
+//! instead of the fused kernels.
 
 use crate::config::Experiment;
 use crate::data::batch::HostBatch;

@@ -30,9 +30,18 @@ pub mod simd;
 use candle_core::{DType, Device, Storage, Tensor};
 use matmul::MatRef;
 
-/// Whether the fused kernels apply to tensors of this device and dtype.
+/// Environment variable that turns the fused kernels off (`off`, `0` or
+/// `false`), for comparing against candle's composed ops or ruling the
+/// kernels out when a result looks wrong.
+pub const SWITCH: &str = "SHIMMER_CPU_KERNELS";
+
+/// Whether the fused kernels apply to tensors of this device and dtype
+/// (and are not switched off through [`SWITCH`]).
 pub fn enabled(device: &Device, dtype: DType) -> bool {
-    device.is_cpu() && dtype == DType::F32
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let on =
+        *ON.get_or_init(|| !matches!(std::env::var(SWITCH).as_deref(), Ok("off" | "0" | "false")));
+    on && device.is_cpu() && dtype == DType::F32
 }
 
 /// Runs `f` on the `f32` contents of a CPU tensor viewed as a matrix.
