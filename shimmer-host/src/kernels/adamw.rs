@@ -36,8 +36,8 @@ pub fn adamw_step(
     h: AdamWStep,
 ) -> candle_core::Result<()> {
     let grad = grad.contiguous()?;
-    exp_avg.inplace_op2(&grad, &FirstMoment(h))?;
-    exp_avg_sq.inplace_op2(&grad, &SecondMoment(h))?;
+    exp_avg.inplace_op2(&grad, &Moment { second: false, h })?;
+    exp_avg_sq.inplace_op2(&grad, &Moment { second: true, h })?;
     param.inplace_op3(exp_avg, exp_avg_sq, &Parameter(h))
 }
 
@@ -66,11 +66,12 @@ fn same_len<'a>(dst: &[f32], s: &'a CpuStorage, l: &Layout) -> candle_core::Resu
     Ok(s)
 }
 
-/// `m ← m + (g − m)(1 − β1)`.
-struct FirstMoment(AdamWStep);
-
+/// The first moment, `m ← m + (g − m)(1 − β1)`, or the second,
 /// `v ← v β2 + (g (1 − β2)) g`.
-struct SecondMoment(AdamWStep);
+struct Moment {
+    second: bool,
+    h: AdamWStep,
+}
 
 /// `p ← p (1 − lr wd)`, then `p ← p + (m / (sqrt(v) / sqrt(1 − β2ᵗ) + eps)) (−lr / (1 − β1ᵗ))`.
 struct Parameter(AdamWStep);
@@ -105,9 +106,13 @@ simd_fn! {
     }
 }
 
-impl InplaceOp2 for FirstMoment {
+impl InplaceOp2 for Moment {
     fn name(&self) -> &'static str {
-        "fused-adamw-exp-avg"
+        if self.second {
+            "fused-adamw-exp-avg-sq"
+        } else {
+            "fused-adamw-exp-avg"
+        }
     }
 
     fn cpu_fwd(
@@ -117,28 +122,14 @@ impl InplaceOp2 for FirstMoment {
         g: &CpuStorage,
         g_l: &Layout,
     ) -> candle_core::Result<()> {
-        let m = slice_mut(dst, dst_l)?;
-        let g = same_len(m, g, g_l)?;
-        first_moment(m, g, self.0.one_minus_beta1);
-        Ok(())
-    }
-}
-
-impl InplaceOp2 for SecondMoment {
-    fn name(&self) -> &'static str {
-        "fused-adamw-exp-avg-sq"
-    }
-
-    fn cpu_fwd(
-        &self,
-        dst: &mut CpuStorage,
-        dst_l: &Layout,
-        g: &CpuStorage,
-        g_l: &Layout,
-    ) -> candle_core::Result<()> {
-        let v = slice_mut(dst, dst_l)?;
-        let g = same_len(v, g, g_l)?;
-        second_moment(v, g, self.0.beta2, self.0.one_minus_beta2);
+        let moment = slice_mut(dst, dst_l)?;
+        let g = same_len(moment, g, g_l)?;
+        let h = self.h;
+        if self.second {
+            second_moment(moment, g, h.beta2, h.one_minus_beta2);
+        } else {
+            first_moment(moment, g, h.one_minus_beta1);
+        }
         Ok(())
     }
 }
