@@ -204,6 +204,7 @@ while [ $# -gt 0 ]; do
   shift
 done
 mkdir -p "$dir/checkpoints"
+echo $$ > "$dir/runner.pid"
 if [ $resume = no ]; then echo "seed: $seed" > "$dir/config.yaml"; fi
 seed=$(sed -n 's/^seed: //p' "$dir/config.yaml")
 touch "$dir/events.out.tfevents.fake" "$dir/checkpoints/last.safetensors"
@@ -232,6 +233,59 @@ fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
         assert!(start.elapsed() < timeout, "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// Whether a process runs (a zombie waiting to be reaped does not).
+fn alive(pid: &str) -> bool {
+    std::fs::read_to_string(format!("/proc/{}/stat", pid.trim())).is_ok_and(|stat| {
+        stat.rsplit(')')
+            .next()
+            .is_some_and(|r| !r.trim_start().starts_with('Z'))
+    })
+}
+
+#[test]
+fn a_killed_sweep_takes_its_running_trials_with_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("sw");
+    let log = tmp.path().join("calls.log");
+    let runner = fake_runner(tmp.path());
+    let mut child = sweep(tmp.path())
+        .arg(tutorial())
+        .args(["sweep.grid.seed=[1, 2]", "--jobs=2", "--sweep-dir"])
+        .arg(&dir)
+        .env("SHIMMER_SWEEP_RUNNER", &runner)
+        .env("FAKE_LOG", &log)
+        .env("FAKE_SLOW_SEED", "2")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid_file = dir.join("trials/001/sleep.pid");
+    wait_for("trial 1 to hang", Duration::from_secs(60), || {
+        pid_file.is_file()
+    });
+    let runner_pid = std::fs::read_to_string(dir.join("trials/001/runner.pid")).unwrap();
+    let sleeper = std::fs::read_to_string(&pid_file).unwrap();
+    assert!(alive(&runner_pid));
+    // SIGKILL: the launcher cannot stop anything itself.
+    child.kill().unwrap();
+    child.wait().unwrap();
+    wait_for("the orphaned trial to end", Duration::from_secs(5), || {
+        !alive(&runner_pid)
+    });
+    // The stand-in's own `sleep` is not a trial; tidy it up.
+    let _ = Command::new("kill").arg(sleeper.trim()).status();
+    assert_eq!(state(&dir, "001"), "running", "nobody recorded the end");
+    let out = sweep(tmp.path())
+        .arg("--resume")
+        .arg(&dir)
+        .env("SHIMMER_SWEEP_RUNNER", &runner)
+        .env("FAKE_LOG", &log)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(state(&dir, "001"), "finished");
 }
 
 #[test]
@@ -289,13 +343,7 @@ fn interrupted_sweep_resumes_only_unfinished_trials() {
     // The hanging trial was stopped with everything it started.
     let sleeper = std::fs::read_to_string(dir.join("trials/002/sleep.pid")).unwrap();
     // Dead, or a zombie waiting for init to reap it.
-    let running = || {
-        std::fs::read_to_string(format!("/proc/{}/stat", sleeper.trim())).is_ok_and(|stat| {
-            stat.rsplit(')')
-                .next()
-                .is_some_and(|r| !r.trim_start().starts_with('Z'))
-        })
-    };
+    let running = || alive(&sleeper);
     let start = Instant::now();
     while running() && start.elapsed() < Duration::from_secs(3) {
         std::thread::sleep(Duration::from_millis(50));

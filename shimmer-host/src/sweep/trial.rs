@@ -88,7 +88,9 @@ fn prepare(dir: &SweepDir, index: usize, record: &TrialRecord) -> Result<bool> {
 
 /// Starts trial `index` as a child process in its own process group (so a
 /// terminal's Ctrl-C reaches only the launcher, which then stops it), its
-/// output appended to `logs/<NNN>.log`; marks it running.
+/// output appended to `logs/<NNN>.log`; marks it running. On Linux the
+/// trial also gets SIGTERM when the launcher dies, even from SIGKILL (it
+/// then stops at a step boundary, and `--resume` continues it).
 pub fn spawn(manifest: &Manifest, dir: &SweepDir, index: usize) -> Result<(Child, TrialRecord)> {
     let mut record = dir.record(index)?;
     let resume = prepare(dir, index, &record)?;
@@ -115,13 +117,16 @@ pub fn spawn(manifest: &Manifest, dir: &SweepDir, index: usize) -> Result<(Child
     let err_log = log
         .try_clone()
         .with_context(|| format!("cannot open trial log {}", log_path.display()))?;
-    let child = Command::new(&program)
+    let mut command = Command::new(&program);
+    command
         .args(&args)
         .current_dir(&manifest.workdir)
         .stdin(Stdio::null())
         .stdout(log)
         .stderr(err_log)
-        .process_group(0)
+        .process_group(0);
+    end_with_launcher(&mut command);
+    let child = command
         .spawn()
         .with_context(|| format!("cannot start trial {index} with {}", program.display()))?;
     record.state = TrialState::Running;
@@ -131,6 +136,32 @@ pub fn spawn(manifest: &Manifest, dir: &SweepDir, index: usize) -> Result<(Child
     record.wall_time_s = None;
     dir.save_record(index, &record)?;
     Ok((child, record))
+}
+
+/// Asks the kernel to send the child SIGTERM when this process dies, so no
+/// trial outlives a killed launcher (Linux; elsewhere a no-op).
+fn end_with_launcher(command: &mut Command) {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::unix::process::CommandExt;
+        let launcher = std::process::id();
+        // SAFETY: the closure runs between fork and exec and only makes the
+        // async-signal-safe calls `prctl` and `getppid`.
+        unsafe {
+            command.pre_exec(move || {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // The launcher died before the request took effect.
+                if libc::getppid() as u32 != launcher {
+                    return Err(std::io::Error::other("the sweep launcher is gone"));
+                }
+                Ok(())
+            });
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = command;
 }
 
 /// Records how trial `index` ended.
