@@ -241,6 +241,80 @@ fn killed_run_resumes_to_the_same_weights() {
     }
 }
 
+#[test]
+fn sigterm_saves_a_checkpoint_at_the_step_and_resume_matches_a_straight_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let long = [
+        "training.max_epochs=60",
+        "training.val_every_n_epochs=20",
+        "training.log_every_n_steps=1",
+    ];
+    let straight = tmp.path().join("straight");
+    let out = run_args(&tutorial_args(&straight, &long));
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    let stopped = tmp.path().join("stopped");
+    let child = common::shimmer()
+        .arg("run")
+        .args(tutorial_args(&stopped, &long))
+        .current_dir(common::workspace_root())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // No checkpoint is due before the end: what is saved comes from the stop.
+    let started = Instant::now();
+    let scalars = stopped.join("scalars.jsonl");
+    while std::fs::read_to_string(&scalars).map_or(true, |s| !s.contains("train/")) {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "no step was logged"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let pid = child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let stop_asked = Instant::now();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        stop_asked.elapsed() < Duration::from_secs(10),
+        "stops promptly"
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("stopped by SIGTERM after step") && err.contains("shimmer run --resume"),
+        "{err}"
+    );
+    let at_stop = summary(&stopped);
+    assert_eq!(at_stop["status"], "interrupted", "{at_stop}");
+    let steps = at_stop["steps"].as_u64().unwrap();
+    assert!(steps > 0 && steps < summary(&straight)["steps"].as_u64().unwrap());
+    assert!(stopped.join("checkpoints/last.safetensors").is_file());
+
+    let out = run(&["--resume", stopped.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&format!("resuming at step {steps} ")),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(summary(&stopped)["status"], "finished");
+    let a = weights(&straight.join("checkpoints/last.safetensors"));
+    let b = weights(&stopped.join("checkpoints/last.safetensors"));
+    assert_eq!(a.len(), b.len());
+    for ((na, da), (nb, db)) in a.iter().zip(&b) {
+        assert_eq!(na, nb);
+        assert!(da == db, "tensor {na} differs after stop and resume");
+    }
+}
+
 fn assert_clear_failure(out: &Output, needles: &[&str]) {
     let err = stderr(out);
     assert!(!out.status.success(), "should fail: {err}");

@@ -313,6 +313,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 fast_dev_run: a.fast_dev_run,
                 watch: a.watch,
                 set_plugins: a.set_plugins,
+                stop: shimmer_host::train::stop::StopRequest::on_signals()?,
             };
             shimmer_host::train::run(&opts).map(|_| ())
         }

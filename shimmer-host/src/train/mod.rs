@@ -18,6 +18,7 @@ mod predict;
 mod pretrain_task;
 mod progress;
 pub mod run_dir;
+pub mod stop;
 pub mod task;
 mod trainer;
 
@@ -63,6 +64,10 @@ pub struct RunOptions {
     /// With `resume`: `DOMAIN=PLUGIN` changes of a domain's plugin, checked
     /// and recorded in the run's config (see [`crate::hotswap::resume`]).
     pub set_plugins: Vec<String>,
+    /// When set, the run stops at the next step boundary, saving its last
+    /// checkpoint ([`stop::StopRequest::on_signals`] sets it on SIGINT,
+    /// SIGTERM or SIGHUP).
+    pub stop: stop::StopRequest,
 }
 
 impl RunOptions {
@@ -194,11 +199,15 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary> {
         resuming,
         fast_dev_run: opts.fast_dev_run,
     };
-    let result = run.train(&pipeline, task, &mut summary, hooks);
+    let result = run.train(&pipeline, task, &mut summary, hooks, &opts.stop);
     match &result {
         Ok(()) => summary.status = RunStatus::Finished,
         Err(e) => {
-            summary.status = RunStatus::Failed;
+            summary.status = if e.downcast_ref::<stop::Stopped>().is_some() {
+                RunStatus::Interrupted
+            } else {
+                RunStatus::Failed
+            };
             summary.error = Some(format!("{e:#}"));
         }
     }
@@ -368,6 +377,7 @@ impl Run<'_> {
         task: Box<dyn Task>,
         summary: &mut RunSummary,
         hooks: crate::hotswap::StepHooks,
+        stop: &stop::StopRequest,
     ) -> Result<()> {
         let (exp, fast_dev_run) = (self.exp, self.fast_dev_run);
         let total = if fast_dev_run {
@@ -386,6 +396,7 @@ impl Run<'_> {
             fast_dev_run,
             last_val: Default::default(),
             hooks,
+            stop: stop.clone(),
         };
         if self.resuming {
             trainer.resume()?;

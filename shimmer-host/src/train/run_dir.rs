@@ -133,6 +133,8 @@ pub enum RunStatus {
     Finished,
     /// Stopped on an error.
     Failed,
+    /// Stopped on request (a signal) with its last checkpoint saved.
+    Interrupted,
 }
 
 /// `summary.json`: what a run reached, for people and for sweeps.

@@ -107,6 +107,8 @@ pub struct Trainer<'a, T: Task> {
     pub last_val: IndexMap<String, f64>,
     /// Called around each step: batch trace, plugin hot-swap.
     pub hooks: crate::hotswap::StepHooks,
+    /// Stops the run at the next step boundary when asked.
+    pub stop: super::stop::StopRequest,
 }
 
 /// Number of optimiser steps of a run.
@@ -194,6 +196,19 @@ impl<'a, T: Task> Trainer<'a, T> {
                 }
                 for line in self.hooks.after_step(step, &mut self.tb)? {
                     progress.println(&line);
+                }
+                if let Some(signal) = self.stop.asked()
+                    && !done
+                {
+                    self.save(&self.run_dir.last_checkpoint())?;
+                    self.tb.flush()?;
+                    progress.finish();
+                    return Err(super::stop::Stopped {
+                        signal,
+                        step,
+                        run_dir: self.run_dir.path().display().to_string(),
+                    }
+                    .into());
                 }
                 let at_epoch_end = self.position.batch_in_epoch as usize == n_batches;
                 if done {
