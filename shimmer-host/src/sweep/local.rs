@@ -20,8 +20,9 @@ use std::time::{Duration, Instant};
 const POLL: Duration = Duration::from_millis(50);
 
 /// How long a stopped trial may take to exit after SIGTERM before its
-/// process group is killed.
-const GRACE: Duration = Duration::from_secs(5);
+/// process group is killed: enough to finish a step and write a checkpoint
+/// (Slurm's default `KillWait` is the same).
+const GRACE: Duration = Duration::from_secs(30);
 
 /// What happened to the trials a launcher was given.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
