@@ -5,6 +5,10 @@
 //! a second pool (rayon's) made three busy threads share two cores and
 //! slowed both; on candle's pool the kernels use exactly the threads
 //! candle's ops use (`RAYON_NUM_THREADS` or `CANDLE_NUM_THREADS`).
+//!
+//! The pool runs one job at a time and does not nest: the parts given to
+//! [`parallel_parts`] and [`join`] must be plain Rust (slices, `gemm`),
+//! never candle tensor ops, which would wait for the pool the part holds.
 
 use std::cell::Cell;
 use std::ops::Range;
