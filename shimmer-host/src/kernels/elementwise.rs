@@ -7,6 +7,7 @@ use super::matmul::MatRef;
 use super::simd::{self, simd_fn};
 use super::{cpu_tensor, with_contiguous};
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
+use std::borrow::Cow;
 
 /// `tanh(x)` with backward `g (1 − y²)`, for `f32` CPU tensors.
 pub fn tanh(x: &Tensor) -> candle_core::Result<Tensor> {
@@ -30,6 +31,15 @@ fn elements(m: MatRef<'_>) -> Vec<f32> {
         }
     }
     out
+}
+
+/// A tensor's elements in row-major order: borrowed when contiguous, else
+/// copied (rank 1 or 2).
+fn elements_of<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<Cow<'a, [f32]>> {
+    match (s, l.contiguous_offsets()) {
+        (CpuStorage::F32(v), Some((a, b))) => Ok(Cow::Borrowed(&v[a..b])),
+        _ => Ok(Cow::Owned(storage_elements(s, l)?)),
+    }
 }
 
 /// A tensor's elements (any layout, rank 1 or 2) in row-major order.
@@ -73,20 +83,31 @@ simd_fn! {
 }
 
 simd_fn! {
-    fn squared_diff_sum(p: &[f32], t: &[f32], tmp: &mut [f32]) -> f32 {
-        for ((d, p), t) in tmp.iter_mut().zip(p).zip(t) {
-            let x = p - t;
-            *d = x * x;
+    /// `Σ (p − t)²` with independent lane accumulators.
+    fn squared_diff_sum(p: &[f32], t: &[f32]) -> f32 {
+        const LANES: usize = 32;
+        let mut acc = [0f32; LANES];
+        let (pc, tc) = (p.chunks_exact(LANES), t.chunks_exact(LANES));
+        let tail: f32 = pc
+            .remainder()
+            .iter()
+            .zip(tc.remainder())
+            .map(|(p, t)| (p - t) * (p - t))
+            .sum();
+        for (pb, tb) in pc.zip(tc) {
+            for ((a, p), t) in acc.iter_mut().zip(pb).zip(tb) {
+                let d = p - t;
+                *a += d * d;
+            }
         }
-        simd::sum(tmp)
+        acc.iter().sum::<f32>() + tail
     }
 }
 
 simd_fn! {
-    fn scaled_diff(out: &mut [f32], t: &[f32], k: f32) {
-        for (o, t) in out.iter_mut().zip(t) {
-            *o = (*o - t) * k;
-        }
+    /// `(p − t) · k` into a new vector.
+    fn scaled_diff(p: &[f32], t: &[f32], k: f32) -> Vec<f32> {
+        p.iter().zip(t).map(|(p, t)| (p - t) * k).collect()
     }
 }
 
@@ -127,10 +148,8 @@ impl CustomOp2 for Mse {
         if pl.dims() != tl.dims() {
             candle_core::bail!("fused mse: shapes {:?} and {:?}", pl.dims(), tl.dims());
         }
-        let p = storage_elements(ps, pl)?;
-        let t = storage_elements(ts, tl)?;
-        let mut tmp = vec![0f32; p.len()];
-        let sum = squared_diff_sum(&p, &t, &mut tmp);
+        let (p, t) = (elements_of(ps, pl)?, elements_of(ts, tl)?);
+        let sum = squared_diff_sum(&p, &t);
         let mean = if p.is_empty() {
             f32::NAN
         } else {
@@ -149,9 +168,8 @@ impl CustomOp2 for Mse {
         let n = p.elem_count();
         let g = g.to_scalar::<f32>()?;
         let k = 2.0 * g / n as f32;
-        let mut dp = p.flatten_all()?.to_vec1::<f32>()?;
-        let t_flat = t.contiguous()?;
-        with_contiguous(&t_flat, |tv| scaled_diff(&mut dp, tv, k))?;
+        let (p, t) = (p.contiguous()?, t.contiguous()?);
+        let dp = with_contiguous(&p, |pv| with_contiguous(&t, |tv| scaled_diff(pv, tv, k)))??;
         let dt = if t.track_op() {
             let neg: Vec<f32> = dp.iter().map(|v| -v).collect();
             Some(cpu_tensor(neg, t.dims())?)
