@@ -40,9 +40,12 @@ fn fused_kernels_train_like_composed_ops() {
     let dir = tempfile::tempdir().unwrap();
     let fused = bench_w1(dir.path(), "on", &[]);
     let composed = bench_w1(dir.path(), "off", &[]);
+    assert_ne!(fused["cpu_kernels"], "off");
+    assert_eq!(composed["cpu_kernels"], "off");
     for r in [&fused, &composed] {
         assert_eq!(r["implementation"], "shimmer-rs");
         assert_eq!(r["precision"], "f32");
+        assert!(r["cpu_kernels"].is_string());
         assert_eq!(r["samples_per_step"], 96);
         assert_eq!(r["threads"], 2);
         let seconds = r["seconds"].as_f64().unwrap();

@@ -74,6 +74,9 @@ pub struct BenchReport {
     pub device: String,
     /// Matrix-product precision (`f32`, `bf16`).
     pub precision: String,
+    /// Instruction set of the fused CPU kernels (`avx512`, `avx2`,
+    /// `baseline`; `off` when `SHIMMER_CPU_KERNELS=off`).
+    pub cpu_kernels: String,
     /// CPU threads candle uses (from `RAYON_NUM_THREADS`, else the cores).
     pub threads: usize,
     /// Timed steps.
@@ -243,6 +246,12 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport> {
         workload: exp.name.clone(),
         device: device_name,
         precision: format!("{:?}", exp.precision).to_lowercase(),
+        cpu_kernels: if crate::kernels::enabled(&candle_core::Device::Cpu, candle_core::DType::F32)
+        {
+            format!("{:?}", crate::kernels::simd::level()).to_lowercase()
+        } else {
+            "off".to_string()
+        },
         threads: candle_core::utils::get_num_threads(),
         steps: opts.steps,
         warmup: opts.warmup,

@@ -3,18 +3,81 @@
 //!
 //! They are plain loops over fixed-size chunks, which LLVM turns into SIMD
 //! code. Kernels built from them are declared with [`simd_fn!`], which
-//! compiles the body a second time for AVX2+FMA and picks that version at
-//! run time when the CPU has it, so the binary still runs on any x86-64.
+//! compiles the body for AVX-512, for AVX2+FMA and for the baseline x86-64
+//! and picks the best the CPU has at run time ([`level`]), so the binary
+//! runs on any x86-64 and uses what it finds.
 
-/// Independent accumulators per reduction: four AVX2 registers.
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU8, Ordering};
+
+/// Independent accumulators per reduction: two AVX-512 registers.
 const LANES: usize = 32;
 
-/// Declares a function whose body is compiled twice, for the baseline CPU
-/// and for AVX2+FMA, the latter chosen at run time when available. The body
-/// should be plain loops over slices calling the `#[inline(always)]`
-/// helpers of this module, so that all of it lands in the AVX2 copy. With a
-/// type parameter (`fn name<M>(…)`), the body gets `M:` [`MulAdd`]:
-/// [`Fused`] in the FMA copy, [`Separate`] in the baseline one.
+/// Environment variable capping the instruction set of the kernels
+/// (`baseline`, `avx2`, `avx512`), to compare or rule out a variant.
+pub const SWITCH: &str = "SHIMMER_SIMD";
+
+/// Instruction sets the kernels are compiled for, in increasing order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Level {
+    /// x86-64 without extensions (SSE2), or any other architecture.
+    Baseline = 0,
+    /// AVX2 with FMA.
+    Avx2 = 1,
+    /// AVX-512 (F, BW, DQ, VL) with FMA.
+    Avx512 = 2,
+}
+
+/// A cap on [`level`] set by [`cap_level`] (`u8::MAX`: none).
+static CAP: AtomicU8 = AtomicU8::new(u8::MAX);
+
+/// The best level this CPU supports, capped by [`SWITCH`] and [`cap_level`].
+pub fn level() -> Level {
+    static DETECTED: OnceLock<Level> = OnceLock::new();
+    let detected = *DETECTED.get_or_init(|| {
+        let best = detect();
+        match std::env::var(SWITCH).as_deref() {
+            Ok("baseline") => Level::Baseline,
+            Ok("avx2") => best.min(Level::Avx2),
+            _ => best,
+        }
+    });
+    match CAP.load(Ordering::Relaxed) {
+        0 => Level::Baseline,
+        1 => detected.min(Level::Avx2),
+        _ => detected,
+    }
+}
+
+/// Caps [`level`] for the whole process (`None` lifts the cap): lets the
+/// tests run every variant on one machine.
+pub fn cap_level(cap: Option<Level>) {
+    CAP.store(cap.map_or(u8::MAX, |l| l as u8), Ordering::Relaxed);
+}
+
+#[cfg(target_arch = "x86_64")]
+fn detect() -> Level {
+    use std::arch::is_x86_feature_detected as has;
+    if has!("avx512f") && has!("avx512bw") && has!("avx512dq") && has!("avx512vl") && has!("fma") {
+        Level::Avx512
+    } else if has!("avx2") && has!("fma") {
+        Level::Avx2
+    } else {
+        Level::Baseline
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn detect() -> Level {
+    Level::Baseline
+}
+
+/// Declares a function whose body is compiled for AVX-512, for AVX2+FMA
+/// and for the baseline, the best one [`level`] allows chosen at each call.
+/// The body should be plain loops over slices calling the
+/// `#[inline(always)]` helpers of this module, so that all of it lands in
+/// each copy. With a type parameter (`fn name<M>(…)`), the body gets `M:`
+/// [`MulAdd`]: [`Fused`] in the FMA copies, [`Separate`] in the baseline.
 macro_rules! simd_fn {
     ($(#[$meta:meta])* $vis:vis fn $name:ident<$m:ident>($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
         $(#[$meta])*
@@ -24,15 +87,21 @@ macro_rules! simd_fn {
             fn imp<$m: $crate::kernels::simd::MulAdd>($($arg: $ty),*) $(-> $ret)? $body
             #[cfg(target_arch = "x86_64")]
             {
+                use $crate::kernels::simd::{Fused, Level, level};
+                #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")]
+                fn avx512($($arg: $ty),*) $(-> $ret)? {
+                    imp::<Fused>($($arg),*)
+                }
                 #[target_feature(enable = "avx2,fma")]
                 fn avx2($($arg: $ty),*) $(-> $ret)? {
-                    imp::<$crate::kernels::simd::Fused>($($arg),*)
+                    imp::<Fused>($($arg),*)
                 }
-                if std::arch::is_x86_feature_detected!("avx2")
-                    && std::arch::is_x86_feature_detected!("fma")
-                {
-                    // SAFETY: the CPU supports the features `avx2` was compiled for.
-                    return unsafe { avx2($($arg),*) };
+                match level() {
+                    // SAFETY: `level` names only instruction sets the CPU has.
+                    Level::Avx512 => return unsafe { avx512($($arg),*) },
+                    // SAFETY: as above.
+                    Level::Avx2 => return unsafe { avx2($($arg),*) },
+                    Level::Baseline => {}
                 }
             }
             imp::<$crate::kernels::simd::Separate>($($arg),*)
@@ -168,6 +237,54 @@ mod tests {
         fn simd_max(xs: &[f32]) -> f32 {
             max(xs)
         }
+    }
+
+    simd_fn! {
+        fn simd_exp<M>(xs: &mut [f32]) {
+            for x in xs.iter_mut() {
+                *x = exp::<M>(*x);
+            }
+        }
+    }
+
+    /// Every variant this CPU can run gives the baseline's numbers (to the
+    /// ulps FMA changes), kernels included.
+    #[test]
+    fn every_level_computes_the_same() {
+        use candle_core::{Device, Tensor};
+        let xs: Vec<f32> = (0..1000).map(|i| (i as f32 - 500.0) * 0.17).collect();
+        let x = Tensor::from_vec(xs[..120].to_vec(), (20, 6), &Device::Cpu).unwrap();
+        let y = (x.sin().unwrap() * 2.0).unwrap();
+        let run = || {
+            let mut e = xs.clone();
+            simd_exp(&mut e);
+            let clip = super::super::clip::clip_loss(&x, &y).unwrap();
+            let tanh = super::super::elementwise::tanh(&x).unwrap();
+            (
+                e,
+                simd_sum(&xs),
+                simd_max(&xs),
+                clip.to_scalar::<f32>().unwrap(),
+                tanh,
+            )
+        };
+        cap_level(Some(Level::Baseline));
+        let base = run();
+        for l in [Level::Avx2, Level::Avx512] {
+            cap_level(Some(l));
+            let got = run();
+            for (a, b) in got.0.iter().zip(&base.0) {
+                assert!((a - b).abs() <= 4e-7 * b.abs(), "exp at {l:?}: {a} vs {b}");
+            }
+            assert!((got.1 - base.1).abs() < 1e-2, "sum at {l:?}");
+            assert_eq!(got.2, base.2, "max at {l:?}");
+            assert!((got.3 - base.3).abs() < 1e-5, "clip loss at {l:?}");
+            assert!(
+                crate::test_util::max_abs_diff(&got.4, &base.4) < 1e-6,
+                "tanh at {l:?}"
+            );
+        }
+        cap_level(None);
     }
 
     #[test]
