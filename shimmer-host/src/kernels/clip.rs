@@ -291,6 +291,18 @@ mod tests {
     }
 
     #[test]
+    fn a_second_backward_pass_gives_the_same_gradients() {
+        let (x, y) = (rand(9, 4, 3), rand(9, 4, 4));
+        let loss = clip_loss(x.as_tensor(), y.as_tensor()).unwrap();
+        let first = loss.backward().unwrap();
+        let second = loss.backward().unwrap();
+        for v in [&x, &y] {
+            let d = crate::test_util::max_abs_diff(first.get(v).unwrap(), second.get(v).unwrap());
+            assert_eq!(d, 0.0);
+        }
+    }
+
+    #[test]
     fn huge_logits_stay_finite_and_nan_propagates() {
         let x = Tensor::new(&[[10f32, 0.0], [0.0, 10.0]], &Device::Cpu).unwrap();
         let y = Tensor::new(&[[10f32, -0.0], [-0.0, 10.0]], &Device::Cpu).unwrap();
