@@ -184,6 +184,17 @@ fn weights(path: &Path) -> Vec<(String, Vec<u8>)> {
     out
 }
 
+/// The last checkpoints of two runs hold the same bits (wall time aside).
+fn assert_same_last_weights(a: &Path, b: &Path, after: &str) {
+    let a = weights(&a.join("checkpoints/last.safetensors"));
+    let b = weights(&b.join("checkpoints/last.safetensors"));
+    assert_eq!(a.len(), b.len());
+    for ((na, da), (nb, db)) in a.iter().zip(&b) {
+        assert_eq!(na, nb);
+        assert!(da == db, "tensor {na} differs after {after}");
+    }
+}
+
 #[test]
 fn killed_run_resumes_to_the_same_weights() {
     let tmp = tempfile::tempdir().unwrap();
@@ -232,13 +243,7 @@ fn killed_run_resumes_to_the_same_weights() {
     );
     assert_eq!(summary(&killed)["steps"], summary(&straight)["steps"]);
 
-    let a = weights(&straight.join("checkpoints/last.safetensors"));
-    let b = weights(&killed.join("checkpoints/last.safetensors"));
-    assert_eq!(a.len(), b.len());
-    for ((na, da), (nb, db)) in a.iter().zip(&b) {
-        assert_eq!(na, nb);
-        assert!(da == db, "tensor {na} differs after kill and resume");
-    }
+    assert_same_last_weights(&straight, &killed, "kill and resume");
 }
 
 #[test]
@@ -306,13 +311,7 @@ fn sigterm_saves_a_checkpoint_at_the_step_and_resume_matches_a_straight_run() {
         stderr(&out)
     );
     assert_eq!(summary(&stopped)["status"], "finished");
-    let a = weights(&straight.join("checkpoints/last.safetensors"));
-    let b = weights(&stopped.join("checkpoints/last.safetensors"));
-    assert_eq!(a.len(), b.len());
-    for ((na, da), (nb, db)) in a.iter().zip(&b) {
-        assert_eq!(na, nb);
-        assert!(da == db, "tensor {na} differs after stop and resume");
-    }
+    assert_same_last_weights(&straight, &stopped, "stop and resume");
 }
 
 fn assert_clear_failure(out: &Output, needles: &[&str]) {
