@@ -505,4 +505,5 @@ fn fast_dev_run_and_validate_work_on_the_tutorial() {
     assert!(out.status.success(), "{}", stderr(&out));
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("8 batches per epoch, 32 steps"), "{text}");
+    assert!(text.contains("device       cpu, f32, "), "{text}");
 }

@@ -4,6 +4,31 @@ use crate::config::Precision;
 use anyhow::{Result, bail};
 use candle_core::Device;
 
+/// One line saying where and how a model trains, e.g. `cpu, f32, 2
+/// threads, fused CPU kernels (avx512)` or `cuda:0, bf16 mixed precision`.
+pub fn describe(device: &Device, precision: Precision) -> String {
+    let arithmetic = match precision {
+        Precision::F32 => "f32",
+        Precision::Bf16 => "bf16 mixed precision",
+    };
+    match device.location() {
+        candle_core::DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}, {arithmetic}"),
+        candle_core::DeviceLocation::Cpu => {
+            let threads = candle_core::utils::get_num_threads();
+            let ops = if crate::kernels::enabled(device, candle_core::DType::F32) {
+                format!(
+                    "fused CPU kernels ({})",
+                    format!("{:?}", crate::kernels::simd::level()).to_lowercase()
+                )
+            } else {
+                format!("candle ops ({}=off)", crate::kernels::SWITCH)
+            };
+            format!("cpu, {arithmetic}, {threads} thread(s), {ops}")
+        }
+        other => format!("{other:?}, {arithmetic}"),
+    }
+}
+
 /// Refuses a precision the device cannot run: `bf16` mixed precision
 /// needs a CUDA device (candle's CPU matrix products have no bfloat16).
 pub fn check_precision(device: &Device, precision: Precision) -> Result<()> {
@@ -55,6 +80,12 @@ mod tests {
     fn cpu_and_auto_resolve_without_gpu() {
         assert!(resolve("cpu").unwrap().is_cpu());
         assert!(resolve("auto").is_ok());
+    }
+
+    #[test]
+    fn description_names_device_precision_and_threads() {
+        let d = describe(&Device::Cpu, Precision::F32);
+        assert!(d.starts_with("cpu, f32, ") && d.contains("thread"), "{d}");
     }
 
     #[test]

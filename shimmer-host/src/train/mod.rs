@@ -192,6 +192,10 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary> {
     };
     run_dir.write_summary(&summary)?;
     eprintln!("run folder {}", run_dir.path().display());
+    eprintln!(
+        "training on {}",
+        device::describe(task.params().device(), p.exp.precision)
+    );
     let run = Run {
         exp: &p.exp,
         resolved_yaml: &p.resolved_yaml,
@@ -347,10 +351,11 @@ pub fn validate(experiment: &Path, overrides: &[String]) -> Result<String> {
     let (pipeline, task) = build(&exp, &base_dir(Some(experiment)))?;
     let steps = total_steps(&exp.training, pipeline.train.len())?;
     let mut report = format!(
-        "{}: ok\n  domains      {}\n  model        {}\n  training     {} batches per epoch, {steps} steps\n",
+        "{}: ok\n  domains      {}\n  model        {}\n  device       {}\n  training     {} batches per epoch, {steps} steps\n",
         experiment.display(),
         exp.domains.keys().cloned().collect::<Vec<_>>().join(", "),
         task.describe(),
+        device::describe(task.params().device(), exp.precision),
         pipeline.train.len(),
     );
     for (name, loader) in [("validation", &pipeline.val), ("test", &pipeline.test)] {
