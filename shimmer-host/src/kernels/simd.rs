@@ -2,7 +2,7 @@
 //! `exp` and lane-wise sum and max reductions.
 //!
 //! They are plain loops over fixed-size chunks, which LLVM turns into SIMD
-//! code. Kernels built from them are declared with [`simd_fn!`], which
+//! code. Kernels built from them are declared with `simd_fn!`, which
 //! compiles the body for AVX-512, for AVX2+FMA and for the baseline x86-64
 //! and picks the best the CPU has at run time ([`level`]), so the binary
 //! runs on any x86-64 and uses what it finds.
