@@ -115,6 +115,12 @@ impl WatchedRun {
     /// build's latents before swapping it in); `workers`: loader threads
     /// (which prepare batches ahead of the trainer).
     fn start(plugin: &Path, cache: bool, workers: usize) -> Self {
+        Self::start_with_model(plugin, cache, workers, "")
+    }
+
+    /// [`WatchedRun::start`] with `model` (YAML, e.g. `, model: {...}`)
+    /// appended to domain `a`.
+    fn start_with_model(plugin: &Path, cache: bool, workers: usize, model: &str) -> Self {
         let tmp = tempfile::tempdir().unwrap();
         let exp = tmp.path().join("exp.yaml");
         std::fs::write(
@@ -122,7 +128,7 @@ impl WatchedRun {
             format!(
                 "name: hotswap\n\
                  domains:\n  \
-                   a: {{ plugin: {}, config: {{ dim: 4, items: 64, delay_ms: 2 }} }}\n  \
+                   a: {{ plugin: {}, config: {{ dim: 4, items: 64, delay_ms: 2 }}{model} }}\n  \
                    b: {{ plugin: random-vectors, config: {{ dim: 3, train: 64, val: 16, test: 16 }} }}\n\
                  workspace: {{ flavour: two_domains, dim: 4 }}\n\
                  data:\n  batch_size: 8\n  shuffle: false\n  workers: {workers}\n  cache: {{ enabled: {cache} }}\n  \
@@ -308,6 +314,70 @@ fn swap_mid_run(lib_name: &str, cache: bool, workers: usize) {
     eprintln!("swap at step {swap}");
     let generations = run.scalars("plugins/a/generation");
     assert_eq!(generations, [(1, 0.0), (swap as i64, 1.0)], "{stderr}");
+}
+
+/// Domain `a`'s first latent per item, in the steps before and from
+/// `swap`, checking that an item always had the same value within each.
+fn first_latents_around(trace: &[serde_json::Value], swap: u64) -> [Vec<Option<f64>>; 2] {
+    let mut phases = [vec![None; 64], vec![None; 64]];
+    for line in trace {
+        let phase = &mut phases[usize::from(line["step"].as_u64().unwrap() >= swap)];
+        for group in ["a,b", "a"] {
+            let g = &line["groups"][group];
+            let items = g["items"].as_array().unwrap();
+            let firsts = g["first"]["a"].as_array().unwrap();
+            for (i, v) in items.iter().zip(firsts) {
+                let (i, v) = (i.as_u64().unwrap() as usize, v.as_f64().unwrap());
+                let seen = phase[i].get_or_insert(v);
+                assert_eq!(*seen, v, "item {i} changed without a swap: {line}");
+            }
+        }
+    }
+    phases
+}
+
+#[test]
+fn a_frozen_domain_model_keeps_its_outputs_and_follows_a_swap() {
+    // The latent cache is on, so the watched domain's frozen model keeps
+    // its outputs in memory; the swap must drop them.
+    let plugin = TempPlugin::new("versioned_e2e_frozen");
+    plugin.build();
+    let model = ", model: { type: linear, latent_dim: 3, frozen: true }";
+    let mut run = WatchedRun::start_with_model(&plugin.lib_path(), true, 0, model);
+    run.wait_for("30 steps", Duration::from_secs(120), |r| {
+        r.trace().len() >= 30
+    });
+    plugin.set("CONSTANT", "2.0");
+    plugin.set("VERSION", "\"0.1.0+build2\"");
+    plugin.build();
+    run.wait_for("the swap", Duration::from_secs(60), |r| {
+        r.stderr().contains("now loads from")
+    });
+    run.finish();
+    let stderr = run.stderr();
+    let swaps = logged_steps(&stderr, "domain `a` now loads from plugin versioned");
+    assert_eq!(swaps.len(), 1, "{stderr}");
+    let [before, after] = first_latents_around(&run.trace(), swaps[0]);
+    // A linear model of items whose values all moved by +1: every item's
+    // output moved by the same amount.
+    let shifts: Vec<f64> = before
+        .iter()
+        .zip(&after)
+        .filter_map(|(b, a)| Some(a.as_ref()? - b.as_ref()?))
+        .collect();
+    assert!(
+        shifts.len() > 10,
+        "items seen on both sides: {}",
+        shifts.len()
+    );
+    assert!(
+        shifts[0].abs() > 1e-3,
+        "the new build's outputs: {shifts:?}"
+    );
+    assert!(
+        shifts.iter().all(|s| (s - shifts[0]).abs() < 1e-4),
+        "stale outputs after the swap: {shifts:?}"
+    );
 }
 
 #[test]

@@ -49,6 +49,13 @@ pub trait ItemSource: Send + Sync {
     fn loss_spec(&self) -> Option<shimmer_plugin_api::LossSpec> {
         None
     }
+
+    /// Changes whenever the data behind the source changes while it is in
+    /// use (a hot-swapped plugin), so that what was computed from it can be
+    /// dropped; 0 for data that never changes.
+    fn generation(&self) -> u64 {
+        0
+    }
 }
 
 /// Sources keyed by domain name, shared between loader threads.

@@ -134,4 +134,8 @@ impl ItemSource for SwappableSource {
     fn loss_spec(&self) -> Option<LossSpec> {
         self.current().loss_spec()
     }
+
+    fn generation(&self) -> u64 {
+        SwappableSource::generation(self)
+    }
 }

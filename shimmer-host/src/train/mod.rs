@@ -148,7 +148,14 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary> {
         }
         None => &p.exp,
     };
-    let (pipeline, task) = build_from(exp, &base_dir(p.experiment_file.as_deref()), &sources)?;
+    // Watched: frozen domain models keep their outputs themselves.
+    let memoize_frozen = watcher.is_some() && p.exp.data.cache.enabled;
+    let (pipeline, task) = build_from(
+        exp,
+        &base_dir(p.experiment_file.as_deref()),
+        &sources,
+        memoize_frozen,
+    )?;
     let watcher = match watcher {
         Some(mut w) => {
             let loaders = [
@@ -265,15 +272,17 @@ fn domain_specs(
 /// domain model becomes part of its domain's data (so the latent cache holds
 /// its outputs); a trained one runs in the GW's step.
 pub(crate) fn build(exp: &Experiment, base_dir: &Path) -> Result<(DataPipeline, Box<dyn Task>)> {
-    build_from(exp, base_dir, &open_sources(exp)?)
+    build_from(exp, base_dir, &open_sources(exp)?, false)
 }
 
 /// [`build`] over already opened plugin `sources` (watched ones, with
-/// `--watch`).
+/// `--watch`); `memoize_frozen` makes frozen domain models keep their
+/// outputs in memory (when the run's latent cache is off for watching).
 fn build_from(
     exp: &Experiment,
     base_dir: &Path,
     plugin_sources: &crate::data::Sources,
+    memoize_frozen: bool,
 ) -> Result<(DataPipeline, Box<dyn Task>)> {
     let device = device::resolve(&exp.device)?;
     device::check_precision(&device, exp.precision)?;
@@ -324,7 +333,11 @@ fn build_from(
         let inner = plugin_sources.get(name).cloned().with_context(|| {
             format!("domain `{name}` has a model but no plugin to give it data")
         })?;
-        let wrapped = ModelSource::new(inner, model).with_context(|| format!("domain `{name}`"))?;
+        let mut wrapped =
+            ModelSource::new(inner, model).with_context(|| format!("domain `{name}`"))?;
+        if memoize_frozen {
+            wrapped = wrapped.memoized();
+        }
         sources.insert(name.clone(), Arc::new(wrapped));
     }
     let pipeline = DataPipeline::build(&exp.data, &sources, exp.seed, Some(base_dir))
