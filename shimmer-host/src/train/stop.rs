@@ -2,15 +2,16 @@
 //! `kill`, Slurm's time limit (SIGTERM, then SIGKILL after `KillWait`), a
 //! sweep launcher stopping or dying. The run finishes the step in flight,
 //! writes its last checkpoint and ends with an error that says how to
-//! resume; nothing since the last checkpoint is lost. A second signal ends
-//! the process at once.
+//! resume; nothing since the last checkpoint is lost. A second Ctrl-C ends
+//! the process at once; repeated SIGTERMs do not (under Slurm a trial gets
+//! one from Slurm and one from its sweep launcher at the same moment).
 
 use anyhow::{Context, Result};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
-/// Exit status when a second signal ends the process at once (128 + SIGINT,
+/// Exit status when a second Ctrl-C ends the process at once (128 + SIGINT,
 /// the shell's convention).
 const FORCED_EXIT: i32 = 130;
 
@@ -27,17 +28,16 @@ impl StopRequest {
         Self::default()
     }
 
-    /// Handles SIGINT, SIGTERM and SIGHUP for the rest of the process: the
-    /// first sets the request, the next ends the process.
+    /// Handles SIGINT, SIGTERM and SIGHUP for the rest of the process: each
+    /// sets the request; a SIGINT after any of them ends the process.
     pub fn on_signals() -> Result<Self> {
         let stop = Self::default();
+        // Registered before the flag is set, so it sees the flag as an
+        // earlier signal left it: the first Ctrl-C only asks.
+        signal_hook::flag::register_conditional_shutdown(SIGINT, FORCED_EXIT, stop.asked.clone())
+            .context("cannot handle SIGINT")?;
         for sig in [SIGINT, SIGTERM, SIGHUP] {
-            // Registered first, so it sees the flag as the previous signal
-            // left it: the second signal exits, the first only sets it.
-            signal_hook::flag::register_conditional_shutdown(sig, FORCED_EXIT, stop.asked.clone())
-                .and_then(|_| {
-                    signal_hook::flag::register_usize(sig, stop.signal.clone(), sig as usize)
-                })
+            signal_hook::flag::register_usize(sig, stop.signal.clone(), sig as usize)
                 .and_then(|_| signal_hook::flag::register(sig, stop.asked.clone()))
                 .with_context(|| format!("cannot handle signal {sig}"))?;
         }
