@@ -273,10 +273,13 @@ fn a_swap_with_loader_threads_discards_batches_prepared_by_the_old_build() {
     swap_mid_run("versioned_e2e_swap_threads", false, 2);
 }
 
-fn swap_mid_run(lib_name: &str, cache: bool, workers: usize) {
+/// A watched run (domain `a` with `model` appended, see
+/// [`WatchedRun::start_with_model`]) during which the plugin is rebuilt with
+/// `CONSTANT = 2` after 30 steps; returns it finished, once swapped.
+fn rebuilt_mid_run(lib_name: &str, cache: bool, workers: usize, model: &str) -> WatchedRun {
     let plugin = TempPlugin::new(lib_name);
     plugin.build();
-    let mut run = WatchedRun::start(&plugin.lib_path(), cache, workers);
+    let mut run = WatchedRun::start_with_model(&plugin.lib_path(), cache, workers, model);
     run.wait_for("30 steps", Duration::from_secs(120), |r| {
         r.trace().len() >= 30
     });
@@ -287,7 +290,11 @@ fn swap_mid_run(lib_name: &str, cache: bool, workers: usize) {
         r.stderr().contains("now loads from")
     });
     run.finish();
+    run
+}
 
+fn swap_mid_run(lib_name: &str, cache: bool, workers: usize) {
+    let run = rebuilt_mid_run(lib_name, cache, workers, "");
     let stderr = run.stderr();
     let swaps = logged_steps(
         &stderr,
@@ -340,20 +347,8 @@ fn first_latents_around(trace: &[serde_json::Value], swap: u64) -> [Vec<Option<f
 fn a_frozen_domain_model_keeps_its_outputs_and_follows_a_swap() {
     // The latent cache is on, so the watched domain's frozen model keeps
     // its outputs in memory; the swap must drop them.
-    let plugin = TempPlugin::new("versioned_e2e_frozen");
-    plugin.build();
     let model = ", model: { type: linear, latent_dim: 3, frozen: true }";
-    let mut run = WatchedRun::start_with_model(&plugin.lib_path(), true, 0, model);
-    run.wait_for("30 steps", Duration::from_secs(120), |r| {
-        r.trace().len() >= 30
-    });
-    plugin.set("CONSTANT", "2.0");
-    plugin.set("VERSION", "\"0.1.0+build2\"");
-    plugin.build();
-    run.wait_for("the swap", Duration::from_secs(60), |r| {
-        r.stderr().contains("now loads from")
-    });
-    run.finish();
+    let run = rebuilt_mid_run("versioned_e2e_frozen", true, 0, model);
     let stderr = run.stderr();
     let swaps = logged_steps(&stderr, "domain `a` now loads from plugin versioned");
     assert_eq!(swaps.len(), 1, "{stderr}");

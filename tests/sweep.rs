@@ -125,29 +125,20 @@ fn tutorial_sweep_runs_every_trial_and_ranks_them() {
     let ranks: Vec<&str> = lines[1..].iter().map(|l| &l[..1]).collect();
     assert_eq!(ranks, ["1", "2", "3", "4"]);
 
-    let again = sweep(tmp.path())
-        .arg("--summary")
-        .arg(&dir)
-        .output()
-        .unwrap();
-    assert!(again.status.success(), "{}", text(&again));
-    assert!(String::from_utf8_lossy(&again.stdout).contains("4 finished"));
-    let status = sweep(tmp.path())
-        .arg("--status")
-        .arg(&dir)
-        .output()
-        .unwrap();
-    assert!(status.status.success(), "{}", text(&status));
-    assert!(String::from_utf8_lossy(&status.stdout).contains("4 trials: 4 finished"));
-
-    // Nothing left to resume.
-    let resumed = sweep(tmp.path())
-        .arg("--resume")
-        .arg(&dir)
-        .output()
-        .unwrap();
-    assert!(resumed.status.success(), "{}", text(&resumed));
-    assert!(String::from_utf8_lossy(&resumed.stdout).contains("nothing to resume"));
+    // `--summary`, `--status`, and nothing left to `--resume`.
+    for (flag, says) in [
+        ("--summary", "4 finished"),
+        ("--status", "4 trials: 4 finished"),
+        ("--resume", "nothing to resume"),
+    ] {
+        let out = sweep(tmp.path()).arg(flag).arg(&dir).output().unwrap();
+        assert!(out.status.success(), "{flag}: {}", text(&out));
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains(says),
+            "{flag}: {}",
+            text(&out)
+        );
+    }
 }
 
 #[test]
