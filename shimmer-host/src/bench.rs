@@ -245,13 +245,8 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport> {
         implementation: "shimmer-rs".to_string(),
         workload: exp.name.clone(),
         device: device_name,
-        precision: format!("{:?}", exp.precision).to_lowercase(),
-        cpu_kernels: if crate::kernels::enabled(&candle_core::Device::Cpu, candle_core::DType::F32)
-        {
-            format!("{:?}", crate::kernels::simd::level()).to_lowercase()
-        } else {
-            "off".to_string()
-        },
+        precision: exp.precision.name().to_string(),
+        cpu_kernels: crate::kernels::cpu_level().unwrap_or("off").to_string(),
         threads: candle_core::utils::get_num_threads(),
         steps: opts.steps,
         warmup: opts.warmup,

@@ -93,6 +93,14 @@ pub enum Precision {
 }
 
 impl Precision {
+    /// `f32` or `bf16`, as written in the YAML.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::F32 => "f32",
+            Self::Bf16 => "bf16",
+        }
+    }
+
     /// The dtype matrix-product inputs are rounded to; `None` for `f32`.
     pub fn matmul_dtype(self) -> Option<candle_core::DType> {
         match self {

@@ -8,20 +8,16 @@ use candle_core::Device;
 /// threads, fused CPU kernels (avx512)` or `cuda:0, bf16 mixed precision`.
 pub fn describe(device: &Device, precision: Precision) -> String {
     let arithmetic = match precision {
-        Precision::F32 => "f32",
-        Precision::Bf16 => "bf16 mixed precision",
+        Precision::F32 => precision.name().to_string(),
+        Precision::Bf16 => format!("{} mixed precision", precision.name()),
     };
     match device.location() {
         candle_core::DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}, {arithmetic}"),
         candle_core::DeviceLocation::Cpu => {
             let threads = candle_core::utils::get_num_threads();
-            let ops = if crate::kernels::enabled(device, candle_core::DType::F32) {
-                format!(
-                    "fused CPU kernels ({})",
-                    format!("{:?}", crate::kernels::simd::level()).to_lowercase()
-                )
-            } else {
-                format!("candle ops ({}=off)", crate::kernels::SWITCH)
+            let ops = match crate::kernels::cpu_level() {
+                Some(level) => format!("fused CPU kernels ({level})"),
+                None => format!("candle ops ({}=off)", crate::kernels::SWITCH),
             };
             format!("cpu, {arithmetic}, {threads} thread(s), {ops}")
         }

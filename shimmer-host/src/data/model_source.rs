@@ -96,6 +96,7 @@ impl ModelSource {
     /// Copies `indices`' memoized outputs of `generation` into `out`;
     /// `false` (and nothing copied) unless all of them are there.
     fn recall(
+        &self,
         memo: &RwLock<Memo>,
         generation: u64,
         split: Split,
@@ -113,12 +114,7 @@ impl ModelSource {
         {
             return false;
         }
-        let dim = out.len() / indices.len().max(1);
-        for (row, &i) in out.chunks_exact_mut(dim.max(1)).zip(indices) {
-            let i = i as usize;
-            row.copy_from_slice(&s.values[i * dim..(i + 1) * dim]);
-        }
-        true
+        super::source::copy_rows(&s.values, self.latent_dim(), split, indices, out).is_ok()
     }
 
     /// Stores `indices`' outputs (`out`) as those of `generation`, dropping
@@ -174,7 +170,7 @@ impl ItemSource for ModelSource {
         // newer than the data they came from, and any swap since makes the
         // next call drop them.
         let generation = self.inner.generation();
-        if Self::recall(memo, generation, split, indices, out) {
+        if self.recall(memo, generation, split, indices, out) {
             return Ok(());
         }
         self.encode(split, indices, out)?;

@@ -44,6 +44,12 @@ pub fn enabled(device: &Device, dtype: DType) -> bool {
     on && device.is_cpu() && dtype == DType::F32
 }
 
+/// The instruction set the fused kernels use on this CPU (`avx512`,
+/// `avx2`, `baseline`), or `None` when they are switched off.
+pub fn cpu_level() -> Option<&'static str> {
+    enabled(&Device::Cpu, DType::F32).then(|| simd::level().name())
+}
+
 /// Runs `f` on the `f32` contents of a CPU tensor viewed as a matrix.
 fn with_matrix<R>(t: &Tensor, f: impl FnOnce(MatRef<'_>) -> R) -> candle_core::Result<R> {
     let (storage, layout) = t.storage_and_layout();

@@ -72,15 +72,11 @@ pub fn parallel_parts<T: Send, R: Send>(parts: Vec<T>, f: impl Fn(T) -> R + Sync
             }
         }
     });
-    // Every index is some thread's (ids cover 0..n); a part that somehow
-    // did not run runs here.
-    inputs
+    // Thread ids cover 0..n, so every part ran (a panic in one resurfaces
+    // from `execute`).
+    outputs
         .iter()
-        .zip(&outputs)
-        .map(|(input, output)| match take(output) {
-            Some(r) => r,
-            None => f(take(input).expect("a part either ran or is still here")),
-        })
+        .map(|o| take(o).expect("every part ran"))
         .collect()
 }
 
@@ -99,11 +95,10 @@ pub fn join<A: Send, B: Send>(
         1 => *rb.lock().unwrap_or_else(|e| e.into_inner()) = take(&b).map(|f| f()),
         _ => {}
     });
-    let ra = take(&ra).or_else(|| take(&a).map(|f| f()));
-    let rb = take(&rb).or_else(|| take(&b).map(|f| f()));
+    // `can_split` means ids 0 and 1 both exist.
     (
-        ra.expect("`a` ran on thread 0 or here"),
-        rb.expect("`b` ran on thread 1 or here"),
+        take(&ra).expect("`a` ran on thread 0"),
+        take(&rb).expect("`b` ran on thread 1"),
     )
 }
 

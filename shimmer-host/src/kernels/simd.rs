@@ -28,6 +28,17 @@ pub enum Level {
     Avx512 = 2,
 }
 
+impl Level {
+    /// `baseline`, `avx2` or `avx512` (the [`SWITCH`] values).
+    pub fn name(self) -> &'static str {
+        match self {
+            Level::Baseline => "baseline",
+            Level::Avx2 => "avx2",
+            Level::Avx512 => "avx512",
+        }
+    }
+}
+
 /// A cap on [`level`] set by [`cap_level`] (`u8::MAX`: none).
 static CAP: AtomicU8 = AtomicU8::new(u8::MAX);
 
