@@ -34,24 +34,15 @@ fn elements(m: MatRef<'_>) -> Vec<f32> {
 }
 
 /// A tensor's elements in row-major order: borrowed when contiguous, else
-/// copied (rank 1 or 2).
+/// copied (a matrix of any strides).
 fn elements_of<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<Cow<'a, [f32]>> {
-    match (s, l.contiguous_offsets()) {
-        (CpuStorage::F32(v), Some((a, b))) => Ok(Cow::Borrowed(&v[a..b])),
-        _ => Ok(Cow::Owned(storage_elements(s, l)?)),
-    }
-}
-
-/// A tensor's elements (any layout, rank 1 or 2) in row-major order.
-fn storage_elements(s: &CpuStorage, l: &Layout) -> candle_core::Result<Vec<f32>> {
     if let (CpuStorage::F32(v), Some((a, b))) = (s, l.contiguous_offsets()) {
-        return Ok(v[a..b].to_vec());
+        return Ok(Cow::Borrowed(&v[a..b]));
     }
-    let l2 = match l.dims().len() {
-        2 => l.clone(),
-        _ => candle_core::bail!("fused op: expected a matrix, got shape {:?}", l.dims()),
-    };
-    Ok(elements(MatRef::from_storage(s, &l2)?))
+    if l.dims().len() != 2 {
+        candle_core::bail!("fused op: expected a matrix, got shape {:?}", l.dims());
+    }
+    Ok(Cow::Owned(elements(MatRef::from_storage(s, l)?)))
 }
 
 simd_fn! {
@@ -119,7 +110,7 @@ impl CustomOp1 for Tanh {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let mut v = storage_elements(s, l)?;
+        let mut v = elements_of(s, l)?.into_owned();
         tanh_in_place(&mut v);
         Ok((CpuStorage::F32(v), l.shape().clone()))
     }
