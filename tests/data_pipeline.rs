@@ -3,10 +3,10 @@
 
 mod common;
 
-use shimmer_host::config::Experiment;
-use shimmer_host::data::{DataPipeline, HostBatch, open_sources};
-use shimmer_host::plugin::PluginLibrary;
+use shimmer_config::Experiment;
+use shimmer_data::{DataPipeline, HostBatch, open_sources};
 use shimmer_plugin_api::Split;
+use shimmer_plugin_host::PluginLibrary;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -27,7 +27,7 @@ data:
 {data}
 "#
     );
-    Experiment::from_yaml(&yaml, Path::new("data-e2e.yaml")).expect("valid experiment")
+    shimmer_config::parse(&yaml, Path::new("data-e2e.yaml")).expect("valid experiment")
 }
 
 const GROUPS: &str = r#"
@@ -176,7 +176,7 @@ data:
 "#,
         lib.display()
     );
-    Experiment::from_yaml(&yaml, Path::new("faulty.yaml")).unwrap()
+    shimmer_config::parse(&yaml, Path::new("faulty.yaml")).unwrap()
 }
 
 fn first_error(exp: &Experiment) -> String {

@@ -146,7 +146,7 @@ impl WatchedRun {
             .arg(tmp.path().join("run"))
             .arg("--watch")
             .env(
-                shimmer_host::hotswap::TRACE_ENV,
+                shimmer_train::trace::TRACE_ENV,
                 tmp.path().join("trace.jsonl"),
             )
             .stdout(Stdio::null())
@@ -438,11 +438,11 @@ const RELOADS: u64 = 100;
 /// them hitting a panicking item (a plugin's std registers thread-exit
 /// destructors on that path), and the old build must be released.
 fn reload_cycle(
-    watcher: &mut shimmer_host::hotswap::PluginWatcher,
-    src: &std::sync::Arc<shimmer_host::hotswap::SwappableSource>,
+    watcher: &mut shimmer_data::swap::PluginWatcher,
+    src: &std::sync::Arc<shimmer_data::swap::SwappableSource>,
 ) {
-    use shimmer_host::data::ItemSource;
-    use shimmer_host::hotswap::WatchEvent;
+    use shimmer_data::ItemSource;
+    use shimmer_data::swap::WatchEvent;
     use shimmer_plugin_api::Split;
     let events = watcher.reload_now(0, true);
     assert!(
@@ -478,10 +478,10 @@ fn reload_cycle(
 #[test]
 #[ignore = "started by reloading_100_times_keeps_threads_flat_and_memory_bounded"]
 fn reload_cycles_child() {
-    use shimmer_host::data::PluginSource;
-    use shimmer_host::hotswap::{PluginWatcher, ProcessStats, SwappableSource};
-    use shimmer_host::plugin::PluginLibrary;
+    use shimmer_data::PluginSource;
+    use shimmer_data::swap::{PluginWatcher, ProcessStats, SwappableSource};
     use shimmer_plugin_api::Split;
+    use shimmer_plugin_host::PluginLibrary;
     use std::sync::Arc;
     if std::env::var_os(RELOAD_CHILD_ENV).is_none() {
         return;
@@ -594,7 +594,7 @@ fn resume_with_another_plugin_checks_dims_and_records_the_change() {
         common::shimmer()
             .arg("run")
             .args(args)
-            .env(shimmer_host::hotswap::TRACE_ENV, trace)
+            .env(shimmer_train::trace::TRACE_ENV, trace)
             .output()
             .unwrap()
     };

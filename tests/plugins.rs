@@ -3,8 +3,8 @@
 
 mod common;
 
-use shimmer_host::plugin::{PluginError, PluginLibrary};
 use shimmer_plugin_api::Split;
+use shimmer_plugin_host::{PluginError, PluginLibrary};
 use std::process::Output;
 
 fn random_vectors() -> PluginLibrary {

@@ -2,7 +2,7 @@
 
 mod common;
 
-use shimmer_host::tensorboard::{EventWriter, HParam, SessionStatus};
+use shimmer_tensorboard::{EventWriter, HParam, SessionStatus};
 
 #[test]
 fn tensorboard_reads_back_every_scalar_text_and_hparam() {

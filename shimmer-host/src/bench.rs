@@ -12,7 +12,7 @@
 //! checkpointing. The schedule spans `warmup + steps` steps.
 //!
 //! ```no_run
-//! use shimmer_host::bench::{BenchOptions, run};
+//! use crate::bench::{BenchOptions, run};
 //! let report = run(&BenchOptions::new("experiments/bench/w1.yaml", 100, 10))?;
 //! println!("{}", report.to_json());
 //! # Ok::<(), anyhow::Error>(())
@@ -24,13 +24,12 @@
 //! overrides it). `SHIMMER_CPU_KERNELS=off` times candle's composed ops
 //! instead of the fused kernels.
 
-use crate::config::Experiment;
-use crate::data::batch::HostBatch;
-use crate::optim::Optimizer;
-use crate::train::task::Task;
-use crate::{device, yaml};
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
+use shimmer_data::batch::HostBatch;
+use shimmer_nn::device;
+use shimmer_nn::optim::Optimizer;
+use shimmer_train::task::Task;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -47,19 +46,6 @@ pub struct BenchOptions {
     pub warmup: usize,
     /// Distinct training batches loaded before timing (cycled over).
     pub preload: usize,
-}
-
-impl BenchOptions {
-    /// `steps` timed steps after `warmup` untimed ones, on up to 8 batches.
-    pub fn new(experiment: impl Into<PathBuf>, steps: usize, warmup: usize) -> Self {
-        Self {
-            experiment: experiment.into(),
-            overrides: Vec::new(),
-            steps,
-            warmup,
-            preload: 8,
-        }
-    }
 }
 
 /// Timings of one benchmark; [`BenchReport::to_json`] has the same fields
@@ -162,10 +148,7 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport> {
     if opts.steps == 0 {
         bail!("--steps must be at least 1");
     }
-    let loaded = yaml::load::<Experiment>(&opts.experiment, &opts.overrides)?;
-    let exp = loaded.config;
-    exp.check()
-        .with_context(|| format!("invalid experiment {}", opts.experiment.display()))?;
+    let exp = shimmer_config::load(&opts.experiment, &opts.overrides)?.config;
     if exp.pretrain.is_some() {
         bail!(
             "`shimmer bench` times Global Workspace training; this experiment pretrains a domain model"
@@ -179,7 +162,7 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport> {
     let base_dir = opts.experiment.parent().unwrap_or(Path::new("."));
 
     let started = Instant::now();
-    let (pipeline, mut task) = crate::train::build(&exp, base_dir)?;
+    let (pipeline, mut task) = shimmer_train::build(&exp, base_dir)?;
     let total = opts.warmup + opts.steps;
     let mut batches: Vec<HostBatch> = Vec::new();
     let mut epoch = 0;
@@ -246,7 +229,7 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport> {
         workload: exp.name.clone(),
         device: device_name,
         precision: exp.precision.name().to_string(),
-        cpu_kernels: crate::kernels::cpu_level().unwrap_or("off").to_string(),
+        cpu_kernels: shimmer_kernels::cpu_level().unwrap_or("off").to_string(),
         threads: candle_core::utils::get_num_threads(),
         steps: opts.steps,
         warmup: opts.warmup,

@@ -58,14 +58,14 @@ struct BenchArgs {
 
 fn bench(a: BenchArgs) -> Result<()> {
     use anyhow::Context;
-    let opts = shimmer_host::bench::BenchOptions {
+    let opts = crate::bench::BenchOptions {
         experiment: a.experiment,
         overrides: a.overrides,
         steps: a.steps,
         warmup: a.warmup,
         preload: a.preload,
     };
-    let report = shimmer_host::bench::run(&opts)?;
+    let report = crate::bench::run(&opts)?;
     println!("{}", report.describe());
     println!("{}", report.to_json());
     if let Some(path) = &a.json {
@@ -134,8 +134,8 @@ fn parse_split(s: &str) -> Result<shimmer_plugin_api::Split, String> {
 }
 
 impl EvalArgs {
-    fn options(self) -> shimmer_host::train::EvalOptions {
-        shimmer_host::train::EvalOptions {
+    fn options(self) -> shimmer_train::EvalOptions {
+        shimmer_train::EvalOptions {
             run_dir: self.run_dir,
             checkpoint: self.checkpoint,
             split: self.split,
@@ -178,7 +178,7 @@ struct SweepArgs {
     sweep_dir: Option<PathBuf>,
     /// Where trials run (default: `sweep.launcher.kind`, else local).
     #[arg(long, value_enum)]
-    launcher: Option<shimmer_host::sweep::LauncherKind>,
+    launcher: Option<shimmer_sweep::LauncherKind>,
     /// Local launcher: trials at once (default: `sweep.launcher.jobs`, else 1).
     #[arg(long, short = 'j', value_name = "N")]
     jobs: Option<usize>,
@@ -209,8 +209,8 @@ struct SweepArgs {
 }
 
 impl SweepArgs {
-    fn slurm(&self) -> shimmer_host::sweep::SlurmConfig {
-        shimmer_host::sweep::SlurmConfig {
+    fn slurm(&self) -> shimmer_sweep::SlurmConfig {
+        shimmer_sweep::SlurmConfig {
             partition: self.partition.clone(),
             time: self.time.clone(),
             cpus: self.cpus,
@@ -224,7 +224,7 @@ impl SweepArgs {
 }
 
 fn sweep(a: SweepArgs) -> Result<()> {
-    use shimmer_host::sweep;
+    use shimmer_sweep as sweep;
     if let Some(dir) = &a.summary {
         return sweep::summary(dir);
     }
@@ -302,10 +302,10 @@ struct ReplayArgs {
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Plugins(PluginsCommand::Inspect(a)) => {
-            shimmer_host::plugin::inspect::run(&a.plugin, &a.config, a.kind.as_deref(), a.json)
+            shimmer_plugin_host::inspect::run(&a.plugin, &a.config, a.kind.as_deref(), a.json)
         }
         Command::Run(a) => {
-            let opts = shimmer_host::train::RunOptions {
+            let opts = shimmer_train::RunOptions {
                 experiment: a.experiment.unwrap_or_default(),
                 overrides: a.overrides,
                 run_dir: a.run_dir,
@@ -313,28 +313,28 @@ pub fn run(cli: Cli) -> Result<()> {
                 fast_dev_run: a.fast_dev_run,
                 watch: a.watch,
                 set_plugins: a.set_plugins,
-                stop: shimmer_host::train::stop::StopRequest::on_signals()?,
+                stop: shimmer_train::stop::StopRequest::on_signals()?,
             };
-            shimmer_host::train::run(&opts).map(|_| ())
+            shimmer_train::run(&opts).map(|_| ())
         }
         Command::Validate(a) => {
-            let report = shimmer_host::train::validate(&a.experiment, &a.overrides)?;
+            let report = shimmer_train::validate(&a.experiment, &a.overrides)?;
             print!("{report}");
             Ok(())
         }
         Command::Test(a) => {
-            for (name, value) in shimmer_host::train::test(&a.options())? {
+            for (name, value) in shimmer_train::test(&a.options())? {
                 println!("{name:<48} {value:.6}");
             }
             Ok(())
         }
         Command::Predict(a) => {
             let out = a.out.clone();
-            let rows = shimmer_host::train::predict(&a.eval.options(), &out)?;
+            let rows = shimmer_train::predict(&a.eval.options(), &out)?;
             println!("{rows} rows written to {}", out.display());
             Ok(())
         }
-        Command::Replay(a) => shimmer_host::replay::run(&shimmer_host::replay::ReplayOptions {
+        Command::Replay(a) => shimmer_nn::replay::run(&shimmer_nn::replay::ReplayOptions {
             experiment: a.experiment,
             init: a.init,
             batches: a.batches,

@@ -1,5 +1,8 @@
 //! The `shimmer` command line: parses arguments and calls the library.
 
+#![allow(unsafe_code)] // see the SAFETY comment of each block
+
+mod bench;
 mod cli;
 
 use std::process::ExitCode;

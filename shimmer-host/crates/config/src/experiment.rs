@@ -1,0 +1,622 @@
+//! Experiment configuration: the typed form of an experiment YAML file.
+//!
+//! Every section rejects unknown keys, so a typo is an error rather than a
+//! silently ignored setting. Loading reports the file, line and column of a
+//! bad key or value.
+//!
+//! ```yaml
+//! name: p1
+//! seed: 0
+//! domains:
+//!   a: { latent_dim: 8 }
+//!   b: { latent_dim: 16 }
+//! workspace:
+//!   flavour: two_domains
+//!   dim: 16
+//!   encoders: { hidden: 32, n_layers: 1 }
+//!   decoders: { hidden: 32, n_layers: 1 }
+//! loss:
+//!   coefs: { demi_cycles: 1.0, cycles: 1.0, translations: 1.0, contrastives: 0.05 }
+//! optim:
+//!   lr: 1.0e-3
+//!   weight_decay: 0.01
+//!   scheduler: { type: one_cycle, max_lr: 1.0e-3, total_steps: 20 }
+//! ```
+
+use anyhow::Context;
+use indexmap::IndexMap;
+use serde::{Deserialize, Serialize};
+use shimmer_plugin_api::LossSegment;
+use std::path::PathBuf;
+
+/// A whole experiment.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Experiment {
+    /// Experiment name; runs land in `runs/<name>/`.
+    pub name: String,
+    /// Seed of every random draw (weights, selection, data order).
+    #[serde(default)]
+    pub seed: u64,
+    /// Training device: `auto`, `cpu` or `cuda:N`.
+    #[serde(default = "default_device")]
+    pub device: String,
+    /// Arithmetic of the GW's matrix products: `f32`, or `bf16` mixed
+    /// precision (CUDA only).
+    #[serde(default)]
+    pub precision: Precision,
+    /// Where to look for plugins.
+    #[serde(default)]
+    pub plugins: PluginsConfig,
+    /// The domains, in model order (the order shimmer's `domain_mods` has).
+    pub domains: IndexMap<String, DomainConfig>,
+    /// The Global Workspace itself (not needed by a `pretrain` experiment).
+    #[serde(default)]
+    pub workspace: Option<WorkspaceConfig>,
+    /// Makes the experiment pretrain one domain's model instead of a GW.
+    #[serde(default)]
+    pub pretrain: Option<PretrainConfig>,
+    /// Loss coefficients.
+    #[serde(default)]
+    pub loss: LossConfig,
+    /// Optimiser and learning-rate schedule.
+    #[serde(default)]
+    pub optim: OptimConfig,
+    /// Training length, logging, validation and checkpoints.
+    #[serde(default)]
+    pub training: crate::training::TrainingConfig,
+    /// Groups, batches, loader threads and latent cache.
+    #[serde(default)]
+    pub data: crate::data::DataConfig,
+    /// Keys to vary across the trials of `shimmer sweep`; ignored by `shimmer run`.
+    #[serde(default)]
+    pub sweep: Option<crate::sweep::SweepConfig>,
+}
+
+fn default_device() -> String {
+    "auto".to_string()
+}
+
+/// Arithmetic of the GW's matrix products.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// Everything in `f32`.
+    #[default]
+    F32,
+    /// Mixed precision, as PyTorch's `autocast(dtype=torch.bfloat16)` does
+    /// for linear layers: the inputs of every matrix product (encoder,
+    /// decoder, selection and contrastive logits) are rounded to bfloat16
+    /// and the products run on the GPU's tensor cores; weights, optimiser
+    /// state, activations, losses and gradients stay `f32`. CUDA only.
+    Bf16,
+}
+
+impl Precision {
+    /// `f32` or `bf16`, as written in the YAML.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::F32 => "f32",
+            Self::Bf16 => "bf16",
+        }
+    }
+}
+
+impl Experiment {
+    /// Cross-field checks serde cannot express, each failure naming the key
+    /// at fault (so [`crate::load`] can point at its file and line).
+    ///
+    /// # Errors
+    /// The first [`CheckError`] found.
+    pub fn check(&self) -> Result<(), CheckError> {
+        if self.domains.is_empty() {
+            return Err(CheckError::new(
+                "domains",
+                "`domains` is empty: a workspace needs at least one domain",
+            ));
+        }
+        for (name, d) in &self.domains {
+            if d.plugin.is_none() && d.latent_dim.is_none() {
+                return Err(CheckError::new(
+                    format!("domains.{name}"),
+                    format!(
+                        "domain `{name}` has neither `plugin` nor `latent_dim`: \
+                         say which plugin provides its data, or give its latent size"
+                    ),
+                ));
+            }
+        }
+        self.loss.check()?;
+        self.training.check()?;
+        match &self.pretrain {
+            None => {
+                if self.workspace.is_none() {
+                    return Err(CheckError::new("workspace", NO_WORKSPACE));
+                }
+            }
+            Some(p) => {
+                let Some(d) = self.domains.get(&p.domain) else {
+                    return Err(CheckError::new(
+                        "pretrain.domain",
+                        format!(
+                            "`pretrain.domain` is `{}`, which is not among the domains ({})",
+                            p.domain,
+                            self.domains.keys().cloned().collect::<Vec<_>>().join(", ")
+                        ),
+                    ));
+                };
+                if d.model.arch == crate::domain_model::DomainModelConfig::Identity {
+                    return Err(CheckError::new(
+                        "pretrain.domain",
+                        format!(
+                            "domain `{}` has no model to pretrain: set `domains.{}.model` \
+                             (e.g. `{{ type: linear, latent_dim: 32 }}`)",
+                            p.domain, p.domain
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The workspace section, required unless the experiment pretrains a domain.
+    ///
+    /// # Errors
+    /// When the section is missing (a checked GW experiment always has it).
+    pub fn workspace(&self) -> anyhow::Result<&WorkspaceConfig> {
+        self.workspace.as_ref().context(NO_WORKSPACE)
+    }
+}
+
+const NO_WORKSPACE: &str =
+    "the experiment has no `workspace` section (only a `pretrain` experiment may omit it)";
+
+/// A semantic check that failed: the dotted key path at fault
+/// (`pretrain.domain`, `loss.coefs.cycels`) and what is wrong with it.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct CheckError {
+    /// Dotted path of the key at fault, as written in the YAML.
+    pub key: String,
+    /// What is wrong, and what would be right.
+    pub message: String,
+}
+
+impl CheckError {
+    /// A failure of the value at `key`.
+    pub fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// A domain-pretraining experiment: trains `domains.<domain>.model` on its
+/// plugin's data, as shimmer's tutorial does before building the GW, and
+/// saves the best weights where GW experiments load them from.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PretrainConfig {
+    /// The domain whose model is trained.
+    pub domain: String,
+    /// Where the best weights are written (relative to the working folder),
+    /// for `domains.<domain>.model.checkpoint` of GW experiments.
+    pub save_to: PathBuf,
+}
+
+/// Where plugin libraries are searched for, before `SHIMMER_PLUGIN_PATH` and
+/// the folder of the `shimmer` binary.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginsConfig {
+    /// Folders searched first, in order.
+    #[serde(default)]
+    pub paths: Vec<PathBuf>,
+}
+
+/// One domain of the workspace.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DomainConfig {
+    /// Plugin providing the domain's data: a name or a path to the library.
+    #[serde(default)]
+    pub plugin: Option<String>,
+    /// Domain kind inside the plugin; defaults to the plugin's only kind.
+    #[serde(default)]
+    pub kind: Option<String>,
+    /// The plugin's own settings for this domain, handed over as JSON.
+    #[serde(default = "empty_object")]
+    pub config: serde_json::Value,
+    /// Size of the latent vector the GW sees. Required without a plugin
+    /// (latents given directly, as in `shimmer replay`); checked otherwise.
+    #[serde(default)]
+    pub latent_dim: Option<usize>,
+    /// Replaces the plugin's loss spec for this domain.
+    #[serde(default)]
+    pub loss: Option<Vec<LossSegment>>,
+    /// The domain model between the plugin's latents and the GW (default:
+    /// identity).
+    #[serde(default)]
+    pub model: crate::domain_model::DomainModelSpec,
+}
+
+fn empty_object() -> serde_json::Value {
+    serde_json::Value::Object(Default::default())
+}
+
+/// Which GW class and loss family to build.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Flavour {
+    /// shimmer's `GlobalWorkspace2Domains`: SingleDomain selection and
+    /// `GWLosses2Domains` (demi-cycles, cycles, translations, contrastives).
+    TwoDomains,
+    /// shimmer's `GlobalWorkspaceFusion`: any selection and the broadcast loss
+    /// of `GWLosses`.
+    Fusion,
+}
+
+/// Hidden size and depth of the per-domain GW encoders or decoders.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MlpConfig {
+    /// Width of the hidden layers.
+    pub hidden: usize,
+    /// Number of extra `Linear(h, h) ReLU` pairs.
+    #[serde(default = "one")]
+    pub n_layers: usize,
+}
+
+fn one() -> usize {
+    1
+}
+
+impl Default for MlpConfig {
+    fn default() -> Self {
+        Self {
+            hidden: 32,
+            n_layers: 1,
+        }
+    }
+}
+
+/// How domain scores are computed before fusion.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum SelectionConfig {
+    /// One domain per item, drawn uniformly (scores 0/1).
+    SingleDomain,
+    /// Every domain gets `1/n`.
+    FixedShared,
+    /// `softmax(U(0,1) / temperature)` over the group's domains.
+    Random {
+        /// Softmax temperature.
+        #[serde(default = "default_temperature")]
+        temperature: f64,
+    },
+    /// Key/query attention with a fixed learned-free initial query (one pass).
+    KqFixedQ {
+        /// Size of keys and queries.
+        head_size: usize,
+    },
+    /// Key/query attention refined `n_steps` times from the fused state.
+    DynamicQuery {
+        /// Size of keys and queries.
+        head_size: usize,
+        /// Refinement steps.
+        #[serde(default = "one")]
+        n_steps: usize,
+    },
+}
+
+fn default_temperature() -> f64 {
+    0.2
+}
+
+/// Activation applied to the score-weighted sum of encodings.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Activation {
+    /// shimmer's default.
+    #[default]
+    Tanh,
+    /// No activation.
+    Identity,
+    /// Logistic sigmoid.
+    Sigmoid,
+    /// Rectified linear unit.
+    Relu,
+}
+
+/// CLIP-style contrastive loss settings.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContrastiveConfig {
+    /// Initial logit scale (log of the inverse temperature).
+    #[serde(default = "default_logit_scale")]
+    pub logit_scale: f64,
+    /// Whether the logit scale is trained.
+    #[serde(default)]
+    pub learn: bool,
+}
+
+/// `log(1 / 0.07)`, CLIP's and shimmer's initial logit scale.
+pub fn default_logit_scale() -> f64 {
+    (1.0f64 / 0.07).ln()
+}
+
+impl Default for ContrastiveConfig {
+    fn default() -> Self {
+        Self {
+            logit_scale: default_logit_scale(),
+            learn: false,
+        }
+    }
+}
+
+/// The Global Workspace.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkspaceConfig {
+    /// Which GW class and loss family.
+    pub flavour: Flavour,
+    /// Workspace size.
+    pub dim: usize,
+    /// GW encoders (domain latent -> workspace).
+    #[serde(default)]
+    pub encoders: MlpConfig,
+    /// GW decoders (workspace -> domain latent).
+    #[serde(default)]
+    pub decoders: MlpConfig,
+    /// Selection module; defaults to `single_domain` for `two_domains` and
+    /// `random` (temperature 0.2) for `fusion`, as shimmer does.
+    #[serde(default)]
+    pub selection: Option<SelectionConfig>,
+    /// Fusion activation.
+    #[serde(default)]
+    pub activation: Activation,
+    /// Contrastive loss.
+    #[serde(default)]
+    pub contrastive: ContrastiveConfig,
+}
+
+impl WorkspaceConfig {
+    /// The selection actually used (explicit, or the flavour's default).
+    pub fn selection(&self) -> SelectionConfig {
+        self.selection.unwrap_or(match self.flavour {
+            Flavour::TwoDomains => SelectionConfig::SingleDomain,
+            Flavour::Fusion => SelectionConfig::Random {
+                temperature: default_temperature(),
+            },
+        })
+    }
+}
+
+/// Names a loss coefficient may have.
+pub const LOSS_COEF_NAMES: [&str; 5] = [
+    "demi_cycles",
+    "cycles",
+    "translations",
+    "contrastives",
+    "fused",
+];
+
+/// Loss coefficients (shimmer's `loss_coefs`), in the order given.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LossConfig {
+    /// Coefficient per loss family; the total loss is the **mean** of
+    /// `coef * metric` over families with `coef > 0`, as shimmer computes it.
+    pub coefs: IndexMap<String, f64>,
+}
+
+impl Default for LossConfig {
+    fn default() -> Self {
+        let coefs = ["demi_cycles", "cycles", "translations", "contrastives"]
+            .into_iter()
+            .map(|n| (n.to_string(), 1.0))
+            .collect();
+        Self { coefs }
+    }
+}
+
+impl LossConfig {
+    fn check(&self) -> Result<(), CheckError> {
+        for (name, coef) in &self.coefs {
+            let key = format!("loss.coefs.{name}");
+            if !LOSS_COEF_NAMES.contains(&name.as_str()) {
+                let message = format!(
+                    "unknown loss coefficient `{key}`; allowed: {}",
+                    LOSS_COEF_NAMES.join(", ")
+                );
+                return Err(CheckError::new(key, message));
+            }
+            if !coef.is_finite() || *coef < 0.0 {
+                let message = format!("loss coefficient `{key}` must be >= 0, got {coef}");
+                return Err(CheckError::new(key, message));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// AdamW (PyTorch semantics) and its learning-rate schedule.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OptimConfig {
+    /// Base learning rate (the peak for `one_cycle` unless `max_lr` is set).
+    #[serde(default = "default_lr")]
+    pub lr: f64,
+    /// Decoupled weight decay.
+    #[serde(default = "default_weight_decay")]
+    pub weight_decay: f64,
+    /// `(beta1, beta2)`; beta1 is cycled by `one_cycle`.
+    #[serde(default = "default_betas")]
+    pub betas: [f64; 2],
+    /// Denominator epsilon.
+    #[serde(default = "default_eps")]
+    pub eps: f64,
+    /// Learning-rate schedule, stepped after every optimiser step.
+    #[serde(default)]
+    pub scheduler: SchedulerConfig,
+}
+
+fn default_lr() -> f64 {
+    1e-3
+}
+fn default_weight_decay() -> f64 {
+    0.01
+}
+fn default_betas() -> [f64; 2] {
+    [0.9, 0.999]
+}
+fn default_eps() -> f64 {
+    1e-8
+}
+
+impl Default for OptimConfig {
+    fn default() -> Self {
+        Self {
+            lr: default_lr(),
+            weight_decay: default_weight_decay(),
+            betas: default_betas(),
+            eps: default_eps(),
+            scheduler: SchedulerConfig::default(),
+        }
+    }
+}
+
+/// Learning-rate schedules.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum SchedulerConfig {
+    /// Constant learning rate `optim.lr`.
+    #[default]
+    None,
+    /// PyTorch's `OneCycleLR` with its defaults (beta1 cycled too).
+    OneCycle {
+        /// Peak learning rate; defaults to `optim.lr`.
+        #[serde(default)]
+        max_lr: Option<f64>,
+        /// Length of the schedule; defaults to the training length.
+        #[serde(default)]
+        total_steps: Option<usize>,
+        /// Fraction of steps spent increasing the learning rate.
+        #[serde(default = "default_pct_start")]
+        pct_start: f64,
+        /// `initial_lr = max_lr / div_factor`.
+        #[serde(default = "default_div_factor")]
+        div_factor: f64,
+        /// `min_lr = initial_lr / final_div_factor`.
+        #[serde(default = "default_final_div_factor")]
+        final_div_factor: f64,
+        /// Whether beta1 is cycled inversely to the learning rate.
+        #[serde(default = "yes")]
+        cycle_momentum: bool,
+        /// Lowest beta1 (at peak learning rate).
+        #[serde(default = "default_base_momentum")]
+        base_momentum: f64,
+        /// Highest beta1 (at the ends).
+        #[serde(default = "default_max_momentum")]
+        max_momentum: f64,
+    },
+    /// Linear warm-up, then cosine decay from `optim.lr` to `min_lr`.
+    Cosine {
+        /// Length of the schedule; defaults to the training length.
+        #[serde(default)]
+        total_steps: Option<usize>,
+        /// Steps of linear warm-up from 0.
+        #[serde(default)]
+        warmup_steps: usize,
+        /// Final learning rate.
+        #[serde(default)]
+        min_lr: f64,
+    },
+}
+
+fn default_pct_start() -> f64 {
+    0.3
+}
+fn default_div_factor() -> f64 {
+    25.0
+}
+fn default_final_div_factor() -> f64 {
+    1e4
+}
+fn yes() -> bool {
+    true
+}
+fn default_base_momentum() -> f64 {
+    0.85
+}
+fn default_max_momentum() -> f64 {
+    0.95
+}
+
+/// A minimal valid experiment (the parity case P1's shape), for tests.
+#[cfg(test)]
+pub(crate) const P1_TEST_YAML: &str = r#"
+name: p1
+domains:
+  a: { latent_dim: 8 }
+  b: { latent_dim: 16 }
+workspace:
+  flavour: two_domains
+  dim: 16
+loss:
+  coefs: { demi_cycles: 1, cycles: 1.0, translations: 1.0, contrastives: 0.05 }
+optim:
+  scheduler: { type: one_cycle, total_steps: 20 }
+"#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    const P1: &str = P1_TEST_YAML;
+
+    #[test]
+    fn parses_with_defaults_and_integer_coefficients() {
+        let exp = crate::parse(P1, Path::new("p1.yaml")).unwrap();
+        assert_eq!(exp.domains.keys().collect::<Vec<_>>(), ["a", "b"]);
+        assert_eq!(exp.loss.coefs["demi_cycles"], 1.0);
+        assert_eq!(
+            exp.workspace().unwrap().selection(),
+            SelectionConfig::SingleDomain
+        );
+        assert!(matches!(
+            exp.optim.scheduler,
+            SchedulerConfig::OneCycle {
+                total_steps: Some(20),
+                pct_start,
+                ..
+            } if pct_start == 0.3
+        ));
+    }
+
+    #[test]
+    fn unknown_key_names_file_line_and_key() {
+        let bad = P1.replace("dim: 16", "dims: 16");
+        let err = crate::parse(&bad, Path::new("p1.yaml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("p1.yaml:"), "{err}");
+        assert!(err.contains("dims"), "{err}");
+    }
+
+    #[test]
+    fn unknown_coefficient_lists_allowed_names() {
+        let bad = P1.replace("cycles: 1.0,", "cycels: 1.0,");
+        let err = format!(
+            "{:#}",
+            crate::parse(&bad, Path::new("p1.yaml")).unwrap_err()
+        );
+        assert!(
+            err.contains("cycels") && err.contains("demi_cycles"),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,71 @@
+//! Experiment configuration for shimmer-rs: the YAML layer (`extends`,
+//! `local.yaml`, `${}` interpolation, command-line overrides, errors at
+//! file:line:column), every schema type of an experiment file, and the
+//! semantic checks run before anything is built.
+//!
+//! This crate has no tensor library in its dependencies: a tool that only
+//! reads or checks experiments builds it alone.
+//!
+//! ```no_run
+//! let loaded = shimmer_config::load(
+//!     std::path::Path::new("experiments/tutorial/gw.yaml"),
+//!     &["optim.lr=3e-4".to_string()],
+//! )?;
+//! println!("{} domains", loaded.config.domains.len());
+//! # Ok::<(), shimmer_config::yaml::ConfigError>(())
+//! ```
+
+pub mod data;
+pub mod domain_model;
+pub mod experiment;
+pub mod sweep;
+pub mod training;
+pub mod yaml;
+
+pub use data::{
+    CacheConfig, CombineMode, DataConfig, EvalSetConfig, GroupConfig, Items, RepeatMode, Select,
+};
+pub use domain_model::{DomainModelConfig, DomainModelSpec};
+pub use experiment::*;
+pub use sweep::SweepConfig;
+pub use training::{MonitorMode, TrainingConfig};
+pub use yaml::{ConfigError, Document, Loaded};
+
+use std::path::Path;
+
+/// Loads an experiment: `extends` bases, the experiment file, `local.yaml`,
+/// `overrides` (`key.path=value`), `${}` interpolation, the typed schema
+/// and every semantic check ([`Experiment::check`]). Every command loads
+/// experiments through this function.
+///
+/// # Errors
+/// A [`ConfigError`] at the file, line and column of the key at fault.
+pub fn load(path: &Path, overrides: &[String]) -> Result<Loaded<Experiment>, ConfigError> {
+    load_document(&Document::load(path, overrides)?)
+}
+
+/// [`load`] of an already merged document (a sweep's trials share one).
+///
+/// # Errors
+/// As [`load`].
+pub fn load_document(document: &Document) -> Result<Loaded<Experiment>, ConfigError> {
+    let config: Experiment = document.deserialize()?;
+    config
+        .check()
+        .map_err(|e| document.invalid_at(&e.key, e.message))?;
+    Ok(Loaded {
+        config,
+        resolved_yaml: document.to_yaml()?,
+        files: document.files().to_vec(),
+    })
+}
+
+/// An experiment from YAML text (no layers), checked as [`load`] does;
+/// `path` names the text in errors. For experiments written by programs
+/// and tests.
+///
+/// # Errors
+/// As [`load`].
+pub fn parse(text: &str, path: &Path) -> Result<Experiment, ConfigError> {
+    Ok(load_document(&Document::from_text(text, path)?)?.config)
+}

@@ -1,0 +1,360 @@
+//! From an experiment's `data:` section to loaders: opens the plugin
+//! domains ([`open_sources`]), resolves the groups, wraps the training
+//! groups in repeated datasets, caches latents, and builds the training
+//! loader and the validation and test loaders (shimmer's: paired sets with
+//! each domain alone too, `sequential`).
+
+use super::cache::cache_sources;
+use super::combined::CombinedSampler;
+use super::group::{GroupDataset, ResolveItems, default_group_name, selection_seed};
+use super::loader::DataLoader;
+use super::repeated::RepeatedDataset;
+use super::sampler::GroupSampler;
+use super::source::{ItemSource, PluginSource, Sources};
+use anyhow::{Context, Result, bail, ensure};
+use shimmer_config::Experiment;
+use shimmer_config::{CombineMode, DataConfig, EvalSetConfig, RepeatMode};
+use shimmer_plugin_api::Split;
+use shimmer_plugin_host::PluginLibrary;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// The loaders of a run.
+#[derive(Debug)]
+pub struct DataPipeline {
+    /// Training batches (the configured groups and mode).
+    pub train: DataLoader,
+    /// Validation batches, or `None` without validation items.
+    pub val: Option<DataLoader>,
+    /// Test batches, or `None` without test items.
+    pub test: Option<DataLoader>,
+}
+
+impl DataPipeline {
+    /// Builds every loader of `config` over `sources`. `seed` is the
+    /// experiment's (used unless `data.seed` is set); `base_dir` resolves
+    /// relative item-list files.
+    pub fn build(
+        config: &DataConfig,
+        sources: &Sources,
+        seed: u64,
+        base_dir: Option<&Path>,
+    ) -> Result<Self> {
+        let seed = config.seed.unwrap_or(seed);
+        ensure!(
+            !config.groups.is_empty(),
+            "`data.groups` is empty: list the training groups, e.g. \
+             `groups: [{{ domains: [a, b], items: {{ count: 32 }} }}, {{ domains: [a] }}, {{ domains: [b] }}]`"
+        );
+        ensure!(
+            config.batch_size > 0,
+            "`data.batch_size` must be at least 1"
+        );
+
+        let mut train = Vec::with_capacity(config.groups.len());
+        for (i, g) in config.groups.iter().enumerate() {
+            let name = g
+                .name
+                .clone()
+                .unwrap_or_else(|| default_group_name(&g.domains));
+            let at = || format!("data.groups[{i}] (`{name}`)");
+            ensure!(
+                !train.iter().any(|t: &GroupDataset| t.name() == name),
+                "{}: another group has the same name; set `name:`",
+                at()
+            );
+            let size = split_size(sources, &g.domains, g.split).with_context(at)?;
+            let items = g
+                .items
+                .resolve(size, g.select, selection_seed(seed, &name), base_dir)
+                .with_context(at)?;
+            ensure!(!items.is_empty(), "{}: the group has no item", at());
+            train.push(
+                GroupDataset::new(name.clone(), g.domains.clone(), g.split, items)
+                    .with_context(at)?,
+            );
+        }
+
+        let largest = train.iter().map(|g| g.len() as u64).max().unwrap_or(0);
+        let mut samplers = Vec::with_capacity(train.len());
+        for g in &train {
+            let n = g.len() as u64;
+            let repeated = match config.repeat {
+                RepeatMode::None => RepeatedDataset::identity(n),
+                RepeatMode::Largest => RepeatedDataset::new(n, largest, false)?,
+                RepeatMode::LargestExact => RepeatedDataset::new(n, largest, true)?,
+            };
+            let s = GroupSampler::new(
+                repeated,
+                config.batch_size,
+                config.drop_last,
+                config.shuffle,
+            )?;
+            samplers.push((s, g.items_arc()));
+        }
+        let combined = CombinedSampler::new(samplers, config.mode, seed)
+            .with_context(|| format!("data: training groups {}", names(&train)))?;
+
+        let val = eval_groups(&config.val, Split::Val, sources, seed, base_dir, "val")?;
+        let test = eval_groups(&config.test, Split::Test, sources, seed, base_dir, "test")?;
+
+        let sources = if config.cache.enabled {
+            let mut needs: Vec<(String, Vec<Split>)> = Vec::new();
+            for g in train.iter().chain(&val).chain(&test) {
+                for d in g.domains() {
+                    match needs.iter_mut().find(|(n, _)| n == d) {
+                        Some((_, splits)) if !splits.contains(&g.split()) => splits.push(g.split()),
+                        Some(_) => {}
+                        None => needs.push((d.clone(), vec![g.split()])),
+                    }
+                }
+            }
+            cache_sources(
+                sources,
+                &needs,
+                config.cache.dir.as_deref(),
+                config.workers.max(1),
+            )
+            .context("data: building the latent cache")?
+        } else {
+            sources.clone()
+        };
+
+        let eval_loader = |groups: Vec<GroupDataset>| -> Result<Option<DataLoader>> {
+            if groups.is_empty() {
+                return Ok(None);
+            }
+            let mut samplers = Vec::with_capacity(groups.len());
+            for g in &groups {
+                let s = GroupSampler::new(
+                    RepeatedDataset::identity(g.len() as u64),
+                    config.batch_size,
+                    false,
+                    false,
+                )?;
+                samplers.push((s, g.items_arc()));
+            }
+            let combined = CombinedSampler::new(samplers, CombineMode::Sequential, seed)?;
+            let loader = DataLoader::new(
+                groups,
+                sources.clone(),
+                combined,
+                config.workers,
+                config.prefetch,
+            )?;
+            Ok(Some(loader))
+        };
+        Ok(Self {
+            train: DataLoader::new(
+                train,
+                sources.clone(),
+                combined,
+                config.workers,
+                config.prefetch,
+            )?,
+            val: eval_loader(val)?,
+            test: eval_loader(test)?,
+        })
+    }
+}
+
+/// Resolves validation or test sets; sets without items are left out.
+fn eval_groups(
+    sets: &[EvalSetConfig],
+    default_split: Split,
+    sources: &Sources,
+    seed: u64,
+    base_dir: Option<&Path>,
+    section: &str,
+) -> Result<Vec<GroupDataset>> {
+    let mut out: Vec<GroupDataset> = Vec::new();
+    for (i, set) in sets.iter().enumerate() {
+        let domains = set
+            .domains
+            .clone()
+            .unwrap_or_else(|| sources.keys().cloned().collect());
+        let name = set
+            .name
+            .clone()
+            .unwrap_or_else(|| default_group_name(&domains));
+        let at = || format!("data.{section}[{i}] (`{name}`)");
+        let split = set.split.unwrap_or(default_split);
+        let size = split_size(sources, &domains, split).with_context(at)?;
+        let items = set
+            .items
+            .resolve(size, set.select, selection_seed(seed, &name), base_dir)
+            .with_context(at)?;
+        if items.is_empty() {
+            continue;
+        }
+        out.push(
+            GroupDataset::new(name.clone(), domains, split, items)
+                .with_context(at)?
+                .with_singles(),
+        );
+    }
+    Ok(out)
+}
+
+/// Items of `split` the domains share (the smallest of their sizes).
+fn split_size(sources: &Sources, domains: &[String], split: Split) -> Result<u64> {
+    ensure!(!domains.is_empty(), "a group needs at least one domain");
+    let mut size = u64::MAX;
+    for d in domains {
+        let src = sources.get(d).with_context(|| {
+            format!(
+                "unknown domain `{d}` (domains with data: {})",
+                sources.keys().cloned().collect::<Vec<_>>().join(", ")
+            )
+        })?;
+        size = size.min(src.split_size(split));
+    }
+    Ok(size)
+}
+
+fn names(groups: &[GroupDataset]) -> String {
+    groups
+        .iter()
+        .map(|g| format!("`{}`", g.name()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// A plugin domain of an experiment, opened.
+pub struct OpenedDomain {
+    /// Domain name in the experiment.
+    pub name: String,
+    /// The plugin library file it was created from.
+    pub path: PathBuf,
+    /// The config handed to the plugin, as JSON.
+    pub config_json: String,
+    /// Its data.
+    pub source: PluginSource,
+}
+
+/// Opens every plugin domain of the experiment, in domain order, loading
+/// each library file once: resolves the plugin, picks the domain kind
+/// (`kind:`, or the plugin's only one), creates the domain from its config
+/// and checks `latent_dim` when given. Domains without a plugin are left out.
+pub fn open_plugin_domains(exp: &Experiment) -> Result<Vec<OpenedDomain>> {
+    let mut libraries: HashMap<PathBuf, PluginLibrary> = HashMap::new();
+    let mut opened = Vec::new();
+    for (name, d) in &exp.domains {
+        let Some(spec) = d.plugin.as_deref() else {
+            continue;
+        };
+        let at = || format!("domain `{name}` (plugin `{spec}`)");
+        let path = shimmer_plugin_host::resolve(spec, &exp.plugins.paths).with_context(at)?;
+        let lib = match libraries.get(&path) {
+            Some(lib) => lib.clone(),
+            None => {
+                let lib = PluginLibrary::open(&path).with_context(at)?;
+                libraries.insert(path.clone(), lib.clone());
+                lib
+            }
+        };
+        let kind = match (&d.kind, lib.domain_kinds()) {
+            (Some(k), _) => k.clone(),
+            (None, [only]) => only.clone(),
+            (None, kinds) => bail!(
+                "{}: the plugin provides several domain kinds ({}); choose one with `kind:`",
+                at(),
+                kinds.join(", ")
+            ),
+        };
+        let config_json = serde_json::to_string(&d.config).with_context(at)?;
+        let handle = lib.create_domain(&kind, &config_json).with_context(at)?;
+        let source = PluginSource::new(handle, config_json.clone());
+        if let Some(dim) = d.latent_dim {
+            ensure!(
+                dim == source.latent_dim(),
+                "{}: `latent_dim: {dim}` but the plugin's latents have {}",
+                at(),
+                source.latent_dim()
+            );
+        }
+        opened.push(OpenedDomain {
+            name: name.clone(),
+            path,
+            config_json,
+            source,
+        });
+    }
+    Ok(opened)
+}
+
+/// The data sources of every plugin domain of the experiment, in domain
+/// order (see [`open_plugin_domains`]).
+pub fn open_sources(exp: &Experiment) -> Result<Sources> {
+    Ok(open_plugin_domains(exp)?
+        .into_iter()
+        .map(|d| (d.name, Arc::new(d.source) as Arc<dyn ItemSource>))
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::MemorySource;
+
+    fn sources() -> Sources {
+        let mk = |dim, n: u64| -> Arc<dyn ItemSource> {
+            Arc::new(MemorySource::from_fn(dim, [n, 5, 0], |_, i, _| i as f32))
+        };
+        [("a".to_string(), mk(2, 10)), ("b".to_string(), mk(3, 10))]
+            .into_iter()
+            .collect()
+    }
+
+    fn config(yaml: &str) -> DataConfig {
+        serde_norway::from_str(yaml).unwrap()
+    }
+
+    #[test]
+    fn builds_train_and_shimmer_validation() {
+        let c = config(
+            "batch_size: 2\nworkers: 0\ngroups:\n  - { domains: [a, b], items: { count: 3 } }\n  - { domains: [a] }\n",
+        );
+        let p = DataPipeline::build(&c, &sources(), 0, None).unwrap();
+        // Paired group: 3 items repeated to 12 positions (whole copies), 6
+        // batches; the unpaired group: 10 positions, 5 batches -> min 5.
+        assert_eq!(p.train.len(), 5);
+        let b = p.train.epoch(0).unwrap().next().unwrap().unwrap();
+        assert_eq!(b.groups.keys().collect::<Vec<_>>(), ["a,b", "a"]);
+        assert!(b.groups["a,b"].items.iter().all(|&i| i < 3));
+        // Validation: 5 paired items, batches of 2 -> 3, each with a, b alone.
+        let val = p.val.unwrap();
+        let batches: Vec<_> = val.epoch(0).unwrap().map(Result::unwrap).collect();
+        assert_eq!(batches.len(), 3);
+        assert_eq!(
+            batches[2].groups.keys().collect::<Vec<_>>(),
+            ["a,b", "a", "b"]
+        );
+        assert_eq!(&*batches[2].groups["b"].items, [4]);
+        assert!(
+            batches[0].groups["a"].domains["a"]
+                .shares_data_with(&batches[0].groups["a,b"].domains["a"])
+        );
+        // The test split is empty: no test loader.
+        assert!(p.test.is_none());
+    }
+
+    #[test]
+    fn configuration_errors_name_the_group() {
+        let err = |yaml: &str| {
+            format!(
+                "{:#}",
+                DataPipeline::build(&config(yaml), &sources(), 0, None).unwrap_err()
+            )
+        };
+        let e = err("groups: [{ domains: [a, c] }]");
+        assert!(e.contains("data.groups[0]") && e.contains("`c`"), "{e}");
+        let e = err("groups: [{ domains: [a], items: { count: 11 } }]");
+        assert!(e.contains("data.groups[0]") && e.contains("11"), "{e}");
+        let e = err("groups: [{ domains: [a] }, { domains: [a] }]");
+        assert!(e.contains("same name"), "{e}");
+        let e = err("groups: []");
+        assert!(e.contains("data.groups"), "{e}");
+    }
+}

@@ -1,0 +1,25 @@
+//! The neural side of a Global Workspace in candle, number for number
+//! faithful to shimmer: parameters ([`params`]), layers ([`layers`]), the GW
+//! module and selection ([`gw`]), losses ([`losses`]), the model that ties
+//! them together ([`GlobalWorkspace`]), the domain models the host trains
+//! ([`domain_model`]), AdamW and its schedules ([`optim`]), weight files
+//! under shimmer's names ([`checkpoint`]), devices ([`device`]) and the
+//! replay of shimmer's golden data ([`replay`]).
+//!
+//! On the CPU, the hot spots run as the fused kernels of `shimmer-kernels`
+//! (see [`device::fused_kernels`]).
+
+pub mod checkpoint;
+pub mod device;
+pub mod domain_model;
+pub mod gw;
+pub mod layers;
+pub mod losses;
+pub mod optim;
+pub mod params;
+pub mod replay;
+pub mod workspace;
+
+pub use gw::{Batch, DomainSpec, GroupKey, Latents};
+pub use params::ParamStore;
+pub use workspace::{GlobalWorkspace, LossOutput};

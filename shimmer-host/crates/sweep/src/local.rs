@@ -1,0 +1,183 @@
+//! The local launcher: runs a sweep's trials as child processes of this
+//! `shimmer`, `jobs` at a time.
+//!
+//! A failing trial is recorded as failed with its error and the others go
+//! on. Ctrl-C (SIGINT), SIGTERM or SIGHUP stops the sweep cleanly: no new
+//! trial starts, running ones get SIGTERM (SIGKILL after a grace period),
+//! are waited for and recorded as interrupted, so `shimmer sweep --resume <sweep-dir>` picks them up (from
+//! their last checkpoint) with the trials that never started.
+
+#![allow(unsafe_code)] // see the SAFETY comment of each block
+
+use super::manifest::{Manifest, SweepDir, TrialState};
+use super::trial;
+use anyhow::{Context, Result};
+use std::collections::VecDeque;
+use std::process::Child;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+/// How often running trials are polled.
+const POLL: Duration = Duration::from_millis(50);
+
+/// How long a stopped trial may take to exit after SIGTERM before its
+/// process group is killed: enough to finish a step and write a checkpoint
+/// (Slurm's default `KillWait` is the same).
+const GRACE: Duration = Duration::from_secs(30);
+
+/// What happened to the trials a launcher was given.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Outcome {
+    /// Trials that finished.
+    pub finished: usize,
+    /// Trials that failed.
+    pub failed: usize,
+    /// Trials stopped by a signal, or never started because of it.
+    pub interrupted: usize,
+}
+
+struct Running {
+    index: usize,
+    child: Child,
+    record: super::manifest::TrialRecord,
+    started: Instant,
+}
+
+/// A flag set by SIGINT, SIGTERM or SIGHUP from now on.
+pub fn stop_flag() -> Result<Arc<AtomicBool>> {
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGHUP,
+    ] {
+        signal_hook::flag::register(signal, Arc::clone(&stop))
+            .context("cannot install the Ctrl-C handler")?;
+    }
+    Ok(stop)
+}
+
+/// Stops a trial and everything it started: SIGTERM to its process group
+/// (each trial leads its own, see [`trial::spawn`]), SIGKILL after
+/// [`GRACE`], then waits for it.
+fn stop_child(child: &mut Child) {
+    let Ok(group) = libc::pid_t::try_from(child.id()) else {
+        let _ = child.kill();
+        let _ = child.wait();
+        return;
+    };
+    // SAFETY: `killpg` only sends a signal; `group` is our child's own
+    // process group, which lives until we reap the child below.
+    unsafe { libc::killpg(group, libc::SIGTERM) };
+    let start = Instant::now();
+    while start.elapsed() < GRACE {
+        if let Ok(Some(_)) = child.try_wait() {
+            // Reaped: anything left in the group still gets the kill.
+            // SAFETY: as above; a group without members makes it a no-op.
+            unsafe { libc::killpg(group, libc::SIGKILL) };
+            return;
+        }
+        std::thread::sleep(POLL);
+    }
+    // SAFETY: as above.
+    unsafe { libc::killpg(group, libc::SIGKILL) };
+    let _ = child.wait();
+}
+
+/// Runs trials `indices` of the sweep, `jobs` at a time, printing a line
+/// as each ends; stops early when `stop` is set.
+pub fn run(
+    manifest: &Manifest,
+    dir: &SweepDir,
+    indices: &[usize],
+    jobs: usize,
+    stop: &AtomicBool,
+) -> Result<Outcome> {
+    let jobs = jobs.max(1);
+    let total = indices.len();
+    let mut queue: VecDeque<usize> = indices.iter().copied().collect();
+    let mut running: Vec<Running> = Vec::new();
+    let mut outcome = Outcome::default();
+    let mut ended = 0;
+    let mut report = |index: usize, text: String| {
+        ended += 1;
+        println!("[{ended}/{total}] trial {} {text}", dir.trial_name(index));
+    };
+    while !stop.load(Ordering::SeqCst) {
+        while running.len() < jobs {
+            let Some(index) = queue.pop_front() else {
+                break;
+            };
+            match trial::spawn(manifest, dir, index) {
+                Ok((child, record)) => running.push(Running {
+                    index,
+                    child,
+                    record,
+                    started: Instant::now(),
+                }),
+                Err(e) => {
+                    let mut record = dir.record(index).unwrap_or_default();
+                    record.state = TrialState::Failed;
+                    record.error = Some(format!("{e:#}"));
+                    dir.save_record(index, &record)?;
+                    outcome.failed += 1;
+                    report(index, format!("failed to start: {e:#}"));
+                }
+            }
+        }
+        if running.is_empty() {
+            break;
+        }
+        let mut k = 0;
+        while k < running.len() {
+            match running[k].child.try_wait() {
+                Ok(None) => k += 1,
+                Ok(Some(status)) => {
+                    let mut r = running.swap_remove(k);
+                    let secs = r.started.elapsed().as_secs_f64();
+                    trial::finish(dir, r.index, &mut r.record, status, secs)?;
+                    if r.record.state == TrialState::Finished {
+                        outcome.finished += 1;
+                        report(r.index, format!("finished in {secs:.1} s"));
+                    } else {
+                        outcome.failed += 1;
+                        let error = r.record.error.clone().unwrap_or_default();
+                        report(r.index, format!("failed after {secs:.1} s: {error}"));
+                    }
+                }
+                Err(e) => {
+                    let mut r = running.swap_remove(k);
+                    stop_child(&mut r.child);
+                    r.record.state = TrialState::Failed;
+                    r.record.error = Some(format!("cannot wait for the trial: {e}"));
+                    dir.save_record(r.index, &r.record)?;
+                    outcome.failed += 1;
+                    report(r.index, format!("failed: cannot wait for it: {e}"));
+                }
+            }
+        }
+        std::thread::sleep(POLL);
+    }
+    if stop.load(Ordering::SeqCst) {
+        for mut r in running {
+            // A trial that ended on its own just now keeps its result.
+            if let Ok(Some(status)) = r.child.try_wait() {
+                let secs = r.started.elapsed().as_secs_f64();
+                trial::finish(dir, r.index, &mut r.record, status, secs)?;
+                if r.record.state == TrialState::Finished {
+                    outcome.finished += 1;
+                } else {
+                    outcome.failed += 1;
+                }
+                continue;
+            } else {
+                stop_child(&mut r.child);
+            }
+            trial::interrupt(dir, r.index, &mut r.record)?;
+            outcome.interrupted += 1;
+        }
+        outcome.interrupted += queue.len();
+    }
+    Ok(outcome)
+}

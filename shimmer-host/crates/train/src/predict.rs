@@ -1,0 +1,99 @@
+//! `shimmer test` and `shimmer predict`: a finished (or stopped) run's
+//! checkpoint evaluated on, or applied to, its validation or test set.
+
+use super::run_dir::{RunDir, write_atomic};
+use super::task::{Task, fullest_group};
+use super::trainer::evaluate;
+use anyhow::{Context, Result, bail};
+use candle_core::{DType, Tensor};
+use indexmap::IndexMap;
+use shimmer_nn::checkpoint;
+use shimmer_plugin_api::Split;
+use std::path::{Path, PathBuf};
+
+/// Which run, checkpoint and split to evaluate.
+#[derive(Clone, Debug)]
+pub struct EvalOptions {
+    /// The run folder (its `config.yaml` rebuilds the model and data).
+    pub run_dir: PathBuf,
+    /// Weights to use; default: the run's best checkpoint, else its last.
+    pub checkpoint: Option<PathBuf>,
+    /// `val` or `test`.
+    pub split: Split,
+}
+
+/// The run's model with the chosen weights, and the loader of the split.
+fn load(opts: &EvalOptions) -> Result<(Box<dyn Task>, shimmer_data::DataLoader, PathBuf)> {
+    let run = RunDir::open(&opts.run_dir)?;
+    let exp = shimmer_config::load(&run.config_file(), &[])?.config;
+    let experiment_file = run.experiment_file()?;
+    let (pipeline, task) = super::build(&exp, &super::base_dir(experiment_file.as_deref()))?;
+    let checkpoint = match &opts.checkpoint {
+        Some(c) => c.clone(),
+        None if run.best_checkpoint().exists() => run.best_checkpoint(),
+        None if run.last_checkpoint().exists() => run.last_checkpoint(),
+        None => bail!("{} has no checkpoint yet", run.path().display()),
+    };
+    checkpoint::load_weights(&checkpoint, task.params())?;
+    let loader = match opts.split {
+        Split::Val => pipeline.val,
+        Split::Test => pipeline.test,
+        Split::Train => bail!("choose the `val` or `test` split"),
+    }
+    .with_context(|| format!("the run's experiment has no {} items", opts.split))?;
+    Ok((task, loader, checkpoint))
+}
+
+/// Metrics of the checkpoint on the split (`test/*` or `val/*`), also
+/// written to `<run>/eval-<split>.json`.
+pub fn test(opts: &EvalOptions) -> Result<IndexMap<String, f64>> {
+    let (mut task, loader, checkpoint) = load(opts)?;
+    let metrics = evaluate(&mut task, &loader, opts.split.name(), false)?;
+    let report = serde_json::json!({
+        "checkpoint": checkpoint.display().to_string(),
+        "split": opts.split.name(),
+        "metrics": metrics,
+    });
+    let file = opts
+        .run_dir
+        .join(format!("eval-{}.json", opts.split.name()));
+    write_atomic(&file, serde_json::to_string_pretty(&report)?.as_bytes())?;
+    Ok(metrics)
+}
+
+/// Applies the checkpoint to every batch of the split and writes the
+/// outputs, rows in loader order, to a safetensors file (`items` holds the
+/// item indices). Returns the number of rows.
+pub fn predict(opts: &EvalOptions, out: &Path) -> Result<usize> {
+    let (mut task, loader, _) = load(opts)?;
+    let mut parts: IndexMap<String, Vec<Tensor>> = IndexMap::new();
+    let mut items: Vec<i64> = Vec::new();
+    for (k, batch) in loader.epoch(0)?.enumerate() {
+        let batch = batch.with_context(|| format!("{} batch {k}", opts.split))?;
+        let Some((_, group)) = fullest_group(&batch) else {
+            continue;
+        };
+        items.extend(group.items.iter().map(|&i| i as i64));
+        for (name, t) in task.predict(&batch)? {
+            let t = t
+                .detach()
+                .to_dtype(DType::F32)?
+                .to_device(&candle_core::Device::Cpu)?;
+            parts.entry(name).or_default().push(t);
+        }
+    }
+    let rows = items.len();
+    let mut tensors: IndexMap<String, Tensor> = parts
+        .into_iter()
+        .map(|(n, ts)| Ok((n, Tensor::cat(&ts, 0)?)))
+        .collect::<Result<_>>()?;
+    tensors.insert(
+        "items".to_string(),
+        Tensor::from_vec(items, rows, &candle_core::Device::Cpu)?,
+    );
+    let tmp = out.with_extension("safetensors.tmp");
+    candle_core::safetensors::save(&tensors.into_iter().collect(), &tmp)
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, out).with_context(|| format!("cannot write {}", out.display()))?;
+    Ok(rows)
+}

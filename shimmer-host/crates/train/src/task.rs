@@ -1,0 +1,117 @@
+//! What the training loop trains: a Global Workspace, or one domain's model
+//! during pretraining. The loop (logging, validation, checkpoints, resume)
+//! is the same for both.
+
+use anyhow::Result;
+use candle_core::Tensor;
+use indexmap::IndexMap;
+use shimmer_data::batch::HostBatch;
+use shimmer_nn::params::ParamStore;
+use std::collections::HashMap;
+
+/// One step's loss (with its graph) and metric values under their names.
+pub struct StepOutput {
+    /// The loss to minimise.
+    pub loss: Tensor,
+    /// Its value on the host (read back with the metrics, in one transfer).
+    pub loss_value: f32,
+    /// Metric values (without `loss`), in emission order.
+    pub metrics: Vec<(String, f32)>,
+}
+
+/// A trainable model with its losses, fed with host batches.
+pub trait Task {
+    /// Everything checkpointed; its parameters are what the optimiser trains.
+    fn params(&self) -> &ParamStore;
+
+    /// Loss and metrics of a training batch.
+    fn train_step(&mut self, batch: &HostBatch) -> Result<StepOutput>;
+
+    /// Loss and metrics of a validation or test batch.
+    fn eval_step(&mut self, batch: &HostBatch) -> Result<StepOutput>;
+
+    /// Random-generator positions and other state a resumed run needs, as
+    /// `trainer.*` tensors.
+    fn state(&self) -> Result<IndexMap<String, Tensor>>;
+
+    /// Restores [`Task::state`] from a checkpoint's `trainer.*` tensors.
+    fn load_state(&mut self, state: &HashMap<String, Tensor>) -> Result<()>;
+
+    /// One line saying what is trained.
+    fn describe(&self) -> String;
+
+    /// Named outputs for one evaluation batch (`shimmer predict`), one row
+    /// per item of the batch's fullest group.
+    fn predict(&mut self, batch: &HostBatch) -> Result<IndexMap<String, Tensor>>;
+
+    /// Writes what the run produces besides checkpoints (a pretrained domain
+    /// model's weights), once the best weights are loaded; says what it wrote.
+    fn export(&self) -> Result<Option<String>> {
+        Ok(None)
+    }
+}
+
+impl<T: Task + ?Sized> Task for Box<T> {
+    fn params(&self) -> &ParamStore {
+        (**self).params()
+    }
+    fn train_step(&mut self, batch: &HostBatch) -> Result<StepOutput> {
+        (**self).train_step(batch)
+    }
+    fn eval_step(&mut self, batch: &HostBatch) -> Result<StepOutput> {
+        (**self).eval_step(batch)
+    }
+    fn state(&self) -> Result<IndexMap<String, Tensor>> {
+        (**self).state()
+    }
+    fn load_state(&mut self, state: &HashMap<String, Tensor>) -> Result<()> {
+        (**self).load_state(state)
+    }
+    fn describe(&self) -> String {
+        (**self).describe()
+    }
+    fn export(&self) -> Result<Option<String>> {
+        (**self).export()
+    }
+    fn predict(&mut self, batch: &HostBatch) -> Result<IndexMap<String, Tensor>> {
+        (**self).predict(batch)
+    }
+}
+
+/// The batch's group with the most domains (the fully paired one of an
+/// evaluation batch); the first of those on a tie.
+pub fn fullest_group(batch: &HostBatch) -> Option<(&String, &shimmer_data::batch::GroupBatch)> {
+    batch
+        .groups
+        .iter()
+        .rev()
+        .max_by_key(|(_, g)| g.domains.len())
+}
+
+/// Packs a `u128` (an RNG position) into a 2-element `u32`-safe tensor.
+pub fn u128_tensor(v: u128) -> Result<Tensor> {
+    let hi = (v >> 64) as u64 as i64;
+    let lo = v as u64 as i64;
+    Ok(Tensor::new(&[hi, lo], &candle_core::Device::Cpu)?)
+}
+
+/// Reads back a [`u128_tensor`].
+pub fn tensor_u128(t: &Tensor) -> Result<u128> {
+    let v = t.to_device(&candle_core::Device::Cpu)?.to_vec1::<i64>()?;
+    let [hi, lo] = v[..] else {
+        anyhow::bail!("an RNG position must hold 2 values, found {}", v.len());
+    };
+    Ok((u128::from(hi as u64) << 64) | u128::from(lo as u64))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn u128_round_trips() {
+        for v in [0u128, 1, u128::from(u64::MAX) + 7, u128::MAX] {
+            assert_eq!(tensor_u128(&u128_tensor(v).unwrap()).unwrap(), v);
+        }
+    }
+}

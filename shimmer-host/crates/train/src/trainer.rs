@@ -1,0 +1,457 @@
+//! The training loop: steps, logging, validation, checkpoints, resume.
+
+use super::eval::MetricMeans;
+use super::logger::RunLogger;
+use super::progress::Progress;
+use super::run_dir::RunDir;
+use super::task::Task;
+use anyhow::{Context, Result, bail};
+use candle_core::{DType, Tensor, backprop::GradStore};
+use indexmap::IndexMap;
+use shimmer_config::TrainingConfig;
+use shimmer_data::DataLoader;
+use shimmer_data::batch::HostBatch;
+use shimmer_nn::checkpoint;
+use shimmer_nn::optim::Optimizer;
+use std::collections::HashMap;
+use std::time::Instant;
+
+/// Where training stands; saved in every checkpoint as `trainer.*`.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Position {
+    /// Optimiser steps done.
+    pub global_step: u64,
+    /// Current epoch (completed epochs).
+    pub epoch: u64,
+    /// Training batches of the current epoch already used.
+    pub batch_in_epoch: u64,
+    /// Best monitored value so far.
+    pub best_value: Option<f64>,
+    /// Step at which it was reached.
+    pub best_step: Option<u64>,
+    /// Training wall time so far, over all resumes.
+    pub wall_time_s: f64,
+}
+
+impl Position {
+    fn to_tensors(&self) -> Result<IndexMap<String, Tensor>> {
+        let cpu = candle_core::Device::Cpu;
+        let u = |v: u64| Tensor::new(&[v as i64], &cpu);
+        let mut out = IndexMap::new();
+        out.insert("trainer.global_step".into(), u(self.global_step)?);
+        out.insert("trainer.epoch".into(), u(self.epoch)?);
+        out.insert("trainer.batch_in_epoch".into(), u(self.batch_in_epoch)?);
+        out.insert(
+            "trainer.wall_time_s".into(),
+            Tensor::new(&[self.wall_time_s], &cpu)?,
+        );
+        if let (Some(v), Some(s)) = (self.best_value, self.best_step) {
+            out.insert("trainer.best_value".into(), Tensor::new(&[v], &cpu)?);
+            out.insert("trainer.best_step".into(), u(s)?);
+        }
+        Ok(out)
+    }
+
+    fn from_tensors(t: &HashMap<String, Tensor>, origin: &str) -> Result<Self> {
+        let int = |name: &str| -> Result<u64> {
+            let v = t
+                .get(name)
+                .with_context(|| format!("{origin}: missing `{name}`: not a training checkpoint"))?
+                .to_vec1::<i64>()?;
+            Ok(v.first().copied().unwrap_or(0) as u64)
+        };
+        let float = |name: &str| -> Result<Option<f64>> {
+            t.get(name)
+                .map(|x| Ok(x.to_vec1::<f64>()?.first().copied().unwrap_or(0.0)))
+                .transpose()
+        };
+        Ok(Self {
+            global_step: int("trainer.global_step")?,
+            epoch: int("trainer.epoch")?,
+            batch_in_epoch: int("trainer.batch_in_epoch")?,
+            best_value: float("trainer.best_value")?,
+            best_step: t
+                .contains_key("trainer.best_step")
+                .then(|| int("trainer.best_step"))
+                .transpose()?,
+            wall_time_s: float("trainer.wall_time_s")?.unwrap_or(0.0),
+        })
+    }
+}
+
+/// The loaders a loop reads.
+pub struct Loaders<'a> {
+    /// Training batches.
+    pub train: &'a DataLoader,
+    /// Validation batches.
+    pub val: Option<&'a DataLoader>,
+}
+
+/// Runs training of a [`Task`] to the end, logging and checkpointing.
+pub struct Trainer<'a, T: Task> {
+    /// The model and its losses.
+    pub task: T,
+    /// Optimiser over the task's parameters.
+    pub optimizer: Optimizer,
+    /// Training settings.
+    pub cfg: &'a TrainingConfig,
+    /// Where checkpoints go.
+    pub run_dir: &'a RunDir,
+    /// TensorBoard and `scalars.jsonl` output.
+    pub tb: RunLogger,
+    /// Where training stands.
+    pub position: Position,
+    /// One training batch, one validation batch, then stop.
+    pub fast_dev_run: bool,
+    /// Last validation metrics.
+    pub last_val: IndexMap<String, f64>,
+    /// Called around each step: batch trace, plugin hot-swap.
+    pub hooks: crate::hooks::StepHooks,
+    /// Stops the run at the next step boundary when asked.
+    pub stop: super::stop::StopRequest,
+}
+
+/// Number of optimiser steps of a run.
+pub fn total_steps(cfg: &TrainingConfig, steps_per_epoch: usize) -> Result<u64> {
+    let per_epoch = steps_per_epoch as u64;
+    let from_epochs = cfg.max_epochs.map(|e| e as u64 * per_epoch);
+    let total = match (cfg.max_steps.map(|s| s as u64), from_epochs) {
+        (Some(s), Some(e)) => s.min(e),
+        (Some(s), None) => s,
+        (None, Some(e)) => e,
+        (None, None) => {
+            bail!("`training` sets neither `max_steps` nor `max_epochs`: say how long to train")
+        }
+    };
+    if total == 0 {
+        bail!("the run has no training step (an epoch has {per_epoch} batches)");
+    }
+    Ok(total)
+}
+
+impl<'a, T: Task> Trainer<'a, T> {
+    /// Restores weights, optimiser and loop position from the run's last
+    /// checkpoint.
+    pub fn resume(&mut self) -> Result<()> {
+        let path = self.run_dir.last_checkpoint();
+        if !path.exists() {
+            bail!(
+                "{} has no checkpoint to resume from ({} is missing)",
+                self.run_dir.path().display(),
+                path.display()
+            );
+        }
+        let state = checkpoint::load_training(&path, self.task.params(), &mut self.optimizer)?;
+        self.position = Position::from_tensors(&state, &path.display().to_string())?;
+        self.task.load_state(&state)?;
+        Ok(())
+    }
+
+    fn save(&self, path: &std::path::Path) -> Result<()> {
+        let mut extra = self.position.to_tensors()?;
+        extra.extend(self.task.state()?);
+        checkpoint::save_training(path, self.task.params(), Some(&self.optimizer), &extra)
+    }
+
+    /// Trains until `total` steps are done.
+    pub fn fit(&mut self, loaders: &Loaders<'_>, total: u64) -> Result<()> {
+        if loaders.train.is_empty() {
+            bail!(
+                "an epoch of the training set has no batch: every group needs at least \
+                 `data.batch_size` items (or `data.drop_last: false`)"
+            );
+        }
+        let started = Instant::now();
+        let wall_before = self.position.wall_time_s;
+        let mut progress = Progress::new(total, self.position.global_step);
+        let mut validated_at = None;
+        'epochs: while self.position.global_step < total {
+            let epoch = self.position.epoch;
+            let start = self.position.batch_in_epoch as usize;
+            let batches = loaders.train.epoch_from(epoch, start)?;
+            let n_batches = start + batches.len();
+            for (k, batch) in (start..).zip(batches) {
+                let batch = batch.with_context(|| format!("training epoch {epoch}, batch {k}"))?;
+                self.hooks
+                    .before_step(self.position.global_step, epoch, k, &batch)?;
+                self.train_step(&batch, &mut progress, k)?;
+                self.position.batch_in_epoch = k as u64 + 1;
+                self.position.wall_time_s = wall_before + started.elapsed().as_secs_f64();
+                let step = self.position.global_step;
+                let done = step >= total || self.fast_dev_run;
+                if self
+                    .cfg
+                    .val_every_n_steps
+                    .is_some_and(|n| n > 0 && step.is_multiple_of(n as u64))
+                    && !done
+                {
+                    self.validate(loaders, &progress)?;
+                    validated_at = Some(step);
+                } else if self
+                    .cfg
+                    .checkpoint_every_n_steps
+                    .is_some_and(|n| n > 0 && step.is_multiple_of(n as u64))
+                {
+                    self.save(&self.run_dir.last_checkpoint())?;
+                }
+                for line in self.hooks.after_step(step, &mut self.tb)? {
+                    progress.println(&line);
+                }
+                if let Some(signal) = self.stop.asked()
+                    && !done
+                {
+                    self.save(&self.run_dir.last_checkpoint())?;
+                    self.tb.flush()?;
+                    progress.finish();
+                    return Err(super::stop::Stopped {
+                        signal,
+                        step,
+                        run_dir: self.run_dir.path().display().to_string(),
+                    }
+                    .into());
+                }
+                let at_epoch_end = self.position.batch_in_epoch as usize == n_batches;
+                if done {
+                    if at_epoch_end {
+                        self.position.epoch += 1;
+                        self.position.batch_in_epoch = 0;
+                    }
+                    break 'epochs;
+                }
+                if self.hooks.take_swap() && !at_epoch_end {
+                    // Batches prepared ahead came from the old plugin: load
+                    // the rest of the epoch anew, from the next batch on.
+                    continue 'epochs;
+                }
+            }
+            self.position.epoch += 1;
+            self.position.batch_in_epoch = 0;
+            let every = self.cfg.val_every_n_epochs as u64;
+            if every > 0
+                && self.position.epoch.is_multiple_of(every)
+                && self.position.global_step < total
+            {
+                self.validate(loaders, &progress)?;
+                validated_at = Some(self.position.global_step);
+            }
+        }
+        self.position.wall_time_s = wall_before + started.elapsed().as_secs_f64();
+        if validated_at != Some(self.position.global_step) {
+            self.validate(loaders, &progress)?;
+        }
+        progress.finish();
+        Ok(())
+    }
+
+    fn train_step(&mut self, batch: &HostBatch, progress: &mut Progress, k: usize) -> Result<()> {
+        let step = self.position.global_step;
+        let out = self.task.train_step(batch)?;
+        let loss = out.loss_value;
+        if !loss.is_finite() {
+            let last = self.run_dir.last_checkpoint();
+            bail!(
+                "the training loss became {loss} at step {step} (epoch {}, batch {k}); \
+                 training stopped. {} Metrics of that step: {}",
+                self.position.epoch,
+                if last.exists() {
+                    format!("The last good checkpoint is kept at {}.", last.display())
+                } else {
+                    "No checkpoint was written before it.".to_string()
+                },
+                out.metrics
+                    .iter()
+                    .map(|(n, v)| format!("{n}={v}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+        let (lr, _beta1) = self.optimizer.current()?;
+        let mut grads = out.loss.backward()?;
+        if let Some(max_norm) = self.cfg.gradient_clip {
+            clip_grad_norm(&mut grads, self.task.params(), max_norm)?;
+        }
+        self.optimizer.step(&grads)?;
+        self.position.global_step += 1;
+        let every = self.cfg.log_every_n_steps.max(1) as u64;
+        if (step + 1).is_multiple_of(every) || self.fast_dev_run {
+            let s = step as i64;
+            self.tb.scalar("train/loss", s, loss)?;
+            for (name, v) in &out.metrics {
+                self.tb.scalar(&format!("train/{name}"), s, *v)?;
+            }
+            self.tb.scalar("lr-AdamW", s, lr as f32)?;
+        }
+        let rows = batch.groups.values().map(|g| g.rows()).sum();
+        progress.step(self.position.global_step, loss, rows);
+        Ok(())
+    }
+
+    /// Runs the validation set, logs `val/*`, and writes `last` (and `best`
+    /// when the monitored metric improved).
+    pub fn validate(&mut self, loaders: &Loaders<'_>, progress: &Progress) -> Result<()> {
+        let Some(val) = loaders.val else {
+            self.save(&self.run_dir.last_checkpoint())?;
+            return Ok(());
+        };
+        let means = evaluate(&mut self.task, val, "val", self.fast_dev_run)?;
+        let step = self.position.global_step as i64;
+        for (name, v) in &means {
+            self.tb.scalar(name, step, *v as f32)?;
+        }
+        self.tb.flush()?;
+        let monitor = &self.cfg.monitor;
+        let value = *means.get(monitor).with_context(|| {
+            format!(
+                "the monitored metric `{monitor}` (training.monitor) is not among the validation \
+                 metrics: {}",
+                means
+                    .keys()
+                    .map(String::as_str)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        })?;
+        if self.cfg.mode.improves(value, self.position.best_value) {
+            self.position.best_value = Some(value);
+            self.position.best_step = Some(self.position.global_step);
+            self.save(&self.run_dir.best_checkpoint())?;
+        }
+        progress.println(&format!(
+            "step {}  {monitor} {value:.5}  (best {:.5} at step {})",
+            self.position.global_step,
+            self.position.best_value.unwrap_or(f64::NAN),
+            self.position.best_step.unwrap_or(0)
+        ));
+        self.last_val = means;
+        self.save(&self.run_dir.last_checkpoint())
+    }
+}
+
+/// Means of `loss` and every metric over one pass of `loader`, weighted by
+/// batch size, named `{prefix}/{name}`.
+pub fn evaluate<T: Task>(
+    task: &mut T,
+    loader: &DataLoader,
+    prefix: &str,
+    one_batch: bool,
+) -> Result<IndexMap<String, f64>> {
+    let mut means = MetricMeans::default();
+    for (k, batch) in loader.epoch(0)?.enumerate() {
+        let batch = batch.with_context(|| format!("{prefix} batch {k}"))?;
+        let out = task.eval_step(&batch)?;
+        let loss = out.loss_value;
+        let rows = batch.groups.values().map(|g| g.rows()).max().unwrap_or(0);
+        means.add(
+            std::iter::once(("loss", loss))
+                .chain(out.metrics.iter().map(|(n, v)| (n.as_str(), *v))),
+            rows,
+        );
+        if one_batch {
+            break;
+        }
+    }
+    Ok(means.means(prefix))
+}
+
+/// Scales gradients so their global L2 norm is at most `max_norm`, as
+/// PyTorch's `clip_grad_norm_` (with its `1e-6` guard).
+fn clip_grad_norm(
+    grads: &mut GradStore,
+    params: &shimmer_nn::params::ParamStore,
+    max_norm: f64,
+) -> Result<()> {
+    // Squared norms summed on the device: one read back per step, not one
+    // per parameter.
+    let mut squares: Option<Tensor> = None;
+    for var in params.params().values() {
+        if let Some(g) = grads.get(var.as_tensor()) {
+            let s = g.to_dtype(DType::F64)?.sqr()?.sum_all()?;
+            squares = Some(match squares {
+                None => s,
+                Some(acc) => (acc + s)?,
+            });
+        }
+    }
+    let Some(squares) = squares else {
+        return Ok(());
+    };
+    let total = squares.to_scalar::<f64>()?;
+    let coef = max_norm / (total.sqrt() + 1e-6);
+    if coef < 1.0 {
+        for var in params.params().values() {
+            if let Some(g) = grads.remove(var.as_tensor()) {
+                grads.insert(var.as_tensor(), (g * coef)?);
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn total_steps_takes_the_shorter_limit() {
+        let mut cfg = TrainingConfig::default();
+        assert!(total_steps(&cfg, 10).is_err());
+        cfg.max_epochs = Some(3);
+        assert_eq!(total_steps(&cfg, 10).unwrap(), 30);
+        cfg.max_steps = Some(25);
+        assert_eq!(total_steps(&cfg, 10).unwrap(), 25);
+        cfg.max_steps = Some(100);
+        assert_eq!(total_steps(&cfg, 10).unwrap(), 30);
+    }
+
+    #[test]
+    fn gradient_clipping_scales_to_the_global_norm() {
+        use candle_core::Device;
+        use shimmer_nn::params::ParamStore;
+        let mut store = ParamStore::new(&Device::Cpu, DType::F32);
+        let a = store
+            .add_param("a", Tensor::new(&[1f32, 2.0], &Device::Cpu).unwrap())
+            .unwrap();
+        let b = store
+            .add_param("b", Tensor::new(&[1f32], &Device::Cpu).unwrap())
+            .unwrap();
+        // loss = 3 a0 + 4 a1 + 12 b: gradients (3, 4) and (12), global norm 13.
+        let loss = || {
+            let w = Tensor::new(&[3f32, 4.0], &Device::Cpu).unwrap();
+            let l = (a.as_tensor() * &w).unwrap().sum_all().unwrap();
+            (l + (b.as_tensor() * 12.0).unwrap().sum_all().unwrap()).unwrap()
+        };
+        let grad = |g: &GradStore, v: &candle_core::Var| {
+            g.get(v.as_tensor()).unwrap().to_vec1::<f32>().unwrap()
+        };
+        let mut grads = loss().backward().unwrap();
+        clip_grad_norm(&mut grads, &store, 1.3).unwrap();
+        let coef = 1.3 / (13.0 + 1e-6);
+        let (ga, gb) = (grad(&grads, &a), grad(&grads, &b));
+        for (got, want) in ga.iter().chain(&gb).zip([3.0, 4.0, 12.0]) {
+            assert!(
+                (f64::from(*got) - want * coef).abs() < 1e-6,
+                "{got} vs {}",
+                want * coef
+            );
+        }
+        // Below the bound nothing changes.
+        let mut grads = loss().backward().unwrap();
+        clip_grad_norm(&mut grads, &store, 100.0).unwrap();
+        assert_eq!(grad(&grads, &a), [3.0, 4.0]);
+        assert_eq!(grad(&grads, &b), [12.0]);
+    }
+
+    #[test]
+    fn positions_round_trip() {
+        let p = Position {
+            global_step: 17,
+            epoch: 2,
+            batch_in_epoch: 3,
+            best_value: Some(0.25),
+            best_step: Some(16),
+            wall_time_s: 1.5,
+        };
+        let t: HashMap<_, _> = p.to_tensors().unwrap().into_iter().collect();
+        assert_eq!(Position::from_tensors(&t, "x").unwrap(), p);
+    }
+}
