@@ -23,6 +23,7 @@
 //!   scheduler: { type: one_cycle, max_lr: 1.0e-3, total_steps: 20 }
 //! ```
 
+pub use crate::check::CheckError;
 use anyhow::Context;
 use indexmap::IndexMap;
 use serde::{Deserialize, Serialize};
@@ -171,27 +172,6 @@ impl Experiment {
 
 const NO_WORKSPACE: &str =
     "the experiment has no `workspace` section (only a `pretrain` experiment may omit it)";
-
-/// A semantic check that failed: the dotted key path at fault
-/// (`pretrain.domain`, `loss.coefs.cycels`) and what is wrong with it.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("{message}")]
-pub struct CheckError {
-    /// Dotted path of the key at fault, as written in the YAML.
-    pub key: String,
-    /// What is wrong, and what would be right.
-    pub message: String,
-}
-
-impl CheckError {
-    /// A failure of the value at `key`.
-    pub fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
-        Self {
-            key: key.into(),
-            message: message.into(),
-        }
-    }
-}
 
 /// A domain-pretraining experiment: trains `domains.<domain>.model` on its
 /// plugin's data, as shimmer's tutorial does before building the GW, and

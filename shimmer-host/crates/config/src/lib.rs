@@ -15,6 +15,7 @@
 //! # Ok::<(), shimmer_config::yaml::ConfigError>(())
 //! ```
 
+pub mod check;
 pub mod data;
 pub mod domain_model;
 pub mod experiment;
@@ -28,7 +29,7 @@ pub use data::{
 pub use domain_model::{DomainModelConfig, DomainModelSpec};
 pub use experiment::*;
 pub use sweep::SweepConfig;
-pub use training::{MonitorMode, TrainingConfig};
+pub use training::{CheckpointPolicy, EarlyStopping, MonitorMode, TrainingConfig};
 pub use yaml::{ConfigError, Document, Loaded};
 
 use std::path::Path;

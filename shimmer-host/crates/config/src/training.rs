@@ -11,7 +11,7 @@
 //!   gradient_clip: 1.0
 //! ```
 
-use crate::experiment::CheckError;
+use crate::check::CheckError;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 

@@ -2,6 +2,7 @@
 //! split, so item `k` of the group pairs item `items[k]` of every domain.
 //!
 //! ```
+//! use shimmer_data::group::ResolveItems;
 //! use shimmer_data::{GroupDataset, Items, Select};
 //! use shimmer_plugin_api::Split;
 //!

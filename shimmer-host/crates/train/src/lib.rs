@@ -9,9 +9,10 @@
 //! # Ok::<(), anyhow::Error>(())
 //! ```
 
+pub mod callback;
+pub mod callbacks;
 mod eval;
 mod gw_task;
-pub mod hooks;
 mod hparams;
 pub mod logger;
 mod predict;
@@ -21,7 +22,6 @@ pub mod resume;
 pub mod run_dir;
 pub mod stop;
 pub mod task;
-pub mod trace;
 mod trainer;
 
 pub use gw_task::{AttachedModel, GwTask};
@@ -169,7 +169,6 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary> {
         }
         None => None,
     };
-    let hooks = crate::hooks::StepHooks::new(watcher)?;
     let (run_dir, resuming) = match &p.run_dir {
         Some(dir) => (dir.clone(), true),
         None => {
@@ -186,13 +185,16 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary> {
         status: RunStatus::Running,
         error: None,
         monitor: p.exp.training.monitor.clone(),
-        mode: p.exp.training.mode.name().to_string(),
+        mode: p.exp.training.mode,
         best_value: None,
         best_step: None,
         steps: 0,
         epochs: 0,
         wall_time_s: 0.0,
         metrics: Default::default(),
+        top_k: Vec::new(),
+        stop_reason: None,
+        stopped_at_step: None,
     };
     run_dir.write_summary(&summary)?;
     eprintln!("run folder {}", run_dir.path().display());
@@ -207,7 +209,7 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary> {
         resuming,
         fast_dev_run: opts.fast_dev_run,
     };
-    let result = run.train(&pipeline, task, &mut summary, hooks, &opts.stop);
+    let result = run.train(&pipeline, task, &mut summary, watcher, &opts.stop);
     match &result {
         Ok(()) => summary.status = RunStatus::Finished,
         Err(e) => {
@@ -388,7 +390,7 @@ impl Run<'_> {
         pipeline: &DataPipeline,
         task: Box<dyn Task>,
         summary: &mut RunSummary,
-        hooks: crate::hooks::StepHooks,
+        watcher: Option<shimmer_data::swap::PluginWatcher>,
         stop: &stop::StopRequest,
     ) -> Result<()> {
         let (exp, fast_dev_run) = (self.exp, self.fast_dev_run);
@@ -398,18 +400,10 @@ impl Run<'_> {
             total_steps(&exp.training, pipeline.train.len())?
         };
         let optimizer = Optimizer::new(task.params().params(), &exp.optim, Some(total as usize))?;
-        let mut trainer = Trainer {
-            task,
-            optimizer,
-            cfg: &exp.training,
-            run_dir: self.run_dir,
-            tb: RunLogger::create(self.run_dir.path())?,
-            position: Position::default(),
-            fast_dev_run,
-            last_val: Default::default(),
-            hooks,
-            stop: stop.clone(),
-        };
+        let callbacks = callbacks::standard(&exp.training, watcher, stop.clone())?;
+        let tb = RunLogger::create(self.run_dir.path())?;
+        let mut trainer = Trainer::new(task, optimizer, &exp.training, self.run_dir, tb, callbacks);
+        trainer.fast_dev_run = fast_dev_run;
         if self.resuming {
             trainer.resume()?;
             trainer.tb.restart_at(trainer.position.global_step as i64)?;
@@ -443,6 +437,9 @@ impl Run<'_> {
         summary.best_value = trainer.position.best_value;
         summary.best_step = trainer.position.best_step;
         summary.metrics = trainer.last_val.clone().into_iter().collect();
+        summary.top_k = trainer.report.top_k.clone();
+        summary.stop_reason = trainer.report.stop_reason.clone();
+        summary.stopped_at_step = trainer.report.stopped_at_step;
         if let Err(e) = fitted {
             let _ = trainer.tb.session_end(SessionStatus::Failure);
             let _ = trainer.tb.flush();

@@ -154,8 +154,8 @@ pub struct RunSummary {
     pub error: Option<String>,
     /// Monitored metric.
     pub monitor: String,
-    /// `min` or `max`.
-    pub mode: String,
+    /// Whether lower (`min`) or higher (`max`) is better.
+    pub mode: shimmer_config::MonitorMode,
     /// Best monitored value.
     pub best_value: Option<f64>,
     /// Step of the best value.
@@ -169,6 +169,27 @@ pub struct RunSummary {
     /// Last validation metrics, then `best/val/*` and `test/*` of the best
     /// checkpoint when the run finished.
     pub metrics: BTreeMap<String, f64>,
+    /// The best checkpoints kept (`training.checkpoints.save_top_k`), best
+    /// first, with their step and monitored value.
+    #[serde(default)]
+    pub top_k: Vec<KeptCheckpoint>,
+    /// Why training stopped before its last step (early stopping), if it did.
+    #[serde(default)]
+    pub stop_reason: Option<String>,
+    /// The step it stopped at.
+    #[serde(default)]
+    pub stopped_at_step: Option<u64>,
+}
+
+/// One of the best checkpoints kept by `training.checkpoints.save_top_k`.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct KeptCheckpoint {
+    /// Step it was written at.
+    pub step: u64,
+    /// Value of the monitored metric there.
+    pub value: f64,
+    /// Its file, relative to the run folder.
+    pub file: String,
 }
 
 fn timestamp() -> String {

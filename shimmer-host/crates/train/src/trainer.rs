@@ -1,10 +1,13 @@
-//! The training loop: steps, logging, validation, checkpoints, resume.
+//! The training loop: steps, validation cadence and the loop position.
+//! Everything else (logging, checkpoints, early stopping, hot-swap, the
+//! batch trace, stopping on a signal) is a [`Callback`].
 
-use super::eval::MetricMeans;
-use super::logger::RunLogger;
-use super::progress::Progress;
-use super::run_dir::RunDir;
-use super::task::Task;
+use crate::callback::{Callback, FitContext, FitEnd, FitReport, Flow, StepOutcome, StopReason};
+use crate::eval::MetricMeans;
+use crate::logger::RunLogger;
+use crate::progress::Progress;
+use crate::run_dir::RunDir;
+use crate::task::Task;
 use anyhow::{Context, Result, bail};
 use candle_core::{DType, Tensor, backprop::GradStore};
 use indexmap::IndexMap;
@@ -87,7 +90,7 @@ pub struct Loaders<'a> {
     pub val: Option<&'a DataLoader>,
 }
 
-/// Runs training of a [`Task`] to the end, logging and checkpointing.
+/// Runs training of a [`Task`] to the end, calling its callbacks.
 pub struct Trainer<'a, T: Task> {
     /// The model and its losses.
     pub task: T,
@@ -105,10 +108,10 @@ pub struct Trainer<'a, T: Task> {
     pub fast_dev_run: bool,
     /// Last validation metrics.
     pub last_val: IndexMap<String, f64>,
-    /// Called around each step: batch trace, plugin hot-swap.
-    pub hooks: crate::hooks::StepHooks,
-    /// Stops the run at the next step boundary when asked.
-    pub stop: super::stop::StopRequest,
+    /// Called at each point of the loop, in order.
+    pub callbacks: Vec<Box<dyn Callback>>,
+    /// What the callbacks reported, for the run summary.
+    pub report: FitReport,
 }
 
 /// Number of optimiser steps of a run.
@@ -130,8 +133,31 @@ pub fn total_steps(cfg: &TrainingConfig, steps_per_epoch: usize) -> Result<u64> 
 }
 
 impl<'a, T: Task> Trainer<'a, T> {
-    /// Restores weights, optimiser and loop position from the run's last
-    /// checkpoint.
+    /// A trainer at step 0 with these callbacks.
+    pub fn new(
+        task: T,
+        optimizer: Optimizer,
+        cfg: &'a TrainingConfig,
+        run_dir: &'a RunDir,
+        tb: RunLogger,
+        callbacks: Vec<Box<dyn Callback>>,
+    ) -> Self {
+        Self {
+            task,
+            optimizer,
+            cfg,
+            run_dir,
+            tb,
+            position: Position::default(),
+            fast_dev_run: false,
+            last_val: IndexMap::new(),
+            callbacks,
+            report: FitReport::default(),
+        }
+    }
+
+    /// Restores weights, optimiser, loop position and callback state from
+    /// the run's last checkpoint.
     pub fn resume(&mut self) -> Result<()> {
         let path = self.run_dir.last_checkpoint();
         if !path.exists() {
@@ -144,17 +170,59 @@ impl<'a, T: Task> Trainer<'a, T> {
         let state = checkpoint::load_training(&path, self.task.params(), &mut self.optimizer)?;
         self.position = Position::from_tensors(&state, &path.display().to_string())?;
         self.task.load_state(&state)?;
+        for cb in &mut self.callbacks {
+            cb.load_state(&state)
+                .with_context(|| format!("{}: state of `{}`", path.display(), cb.name()))?;
+        }
         Ok(())
     }
 
     fn save(&self, path: &std::path::Path) -> Result<()> {
         let mut extra = self.position.to_tensors()?;
         extra.extend(self.task.state()?);
+        for cb in &self.callbacks {
+            extra.extend(cb.state()?);
+        }
         checkpoint::save_training(path, self.task.params(), Some(&self.optimizer), &extra)
     }
 
-    /// Trains until `total` steps are done.
-    pub fn fit(&mut self, loaders: &Loaders<'_>, total: u64) -> Result<()> {
+    /// Calls `hook` on every callback with one context, then writes the
+    /// checkpoints they asked for; returns the strongest [`Flow`] asked.
+    fn dispatch(
+        &mut self,
+        progress: &Progress,
+        total_steps: u64,
+        mut hook: impl FnMut(&mut dyn Callback, &mut FitContext<'_>) -> Result<Flow>,
+    ) -> Result<Flow> {
+        let mut saves = Vec::new();
+        let mut flow = Flow::Continue;
+        let mut ctx = FitContext {
+            position: &self.position,
+            total_steps,
+            cfg: self.cfg,
+            run_dir: self.run_dir,
+            logger: &mut self.tb,
+            fast_dev_run: self.fast_dev_run,
+            progress,
+            saves: &mut saves,
+            report: &mut self.report,
+        };
+        for cb in &mut self.callbacks {
+            flow = flow.and(hook(cb.as_mut(), &mut ctx)?);
+        }
+        for path in &saves {
+            self.save(path)?;
+        }
+        Ok(flow)
+    }
+
+    /// Trains until `total` steps are done or a callback stops the fit.
+    ///
+    /// # Errors
+    /// A failed step (a non-finite loss among them) or callback; a stop
+    /// asked by a signal is the error [`crate::stop::Stopped`], after the
+    /// last checkpoint is saved.
+    pub fn fit(&mut self, loaders: &Loaders<'_>, total: u64) -> Result<FitEnd> {
         if loaders.train.is_empty() {
             bail!(
                 "an epoch of the training set has no batch: every group needs at least \
@@ -164,86 +232,106 @@ impl<'a, T: Task> Trainer<'a, T> {
         let started = Instant::now();
         let wall_before = self.position.wall_time_s;
         let mut progress = Progress::new(total, self.position.global_step);
+        self.dispatch(&progress, total, |cb, ctx| {
+            cb.on_fit_start(ctx).map(|()| Flow::Continue)
+        })?;
         let mut validated_at = None;
-        'epochs: while self.position.global_step < total {
+        let end = 'epochs: loop {
+            if self.position.global_step >= total {
+                break FitEnd::Completed;
+            }
             let epoch = self.position.epoch;
             let start = self.position.batch_in_epoch as usize;
             let batches = loaders.train.epoch_from(epoch, start)?;
             let n_batches = start + batches.len();
             for (k, batch) in (start..).zip(batches) {
                 let batch = batch.with_context(|| format!("training epoch {epoch}, batch {k}"))?;
-                self.hooks
-                    .before_step(self.position.global_step, epoch, k, &batch)?;
-                self.train_step(&batch, &mut progress, k)?;
+                self.dispatch(&progress, total, |cb, ctx| {
+                    cb.on_batch_start(ctx, &batch, k).map(|()| Flow::Continue)
+                })?;
+                let mut outcome = self.train_step(&batch, k)?;
+                progress.step(self.position.global_step, outcome.loss, outcome.rows);
                 self.position.batch_in_epoch = k as u64 + 1;
                 self.position.wall_time_s = wall_before + started.elapsed().as_secs_f64();
                 let step = self.position.global_step;
                 let done = step >= total || self.fast_dev_run;
-                if self
-                    .cfg
-                    .val_every_n_steps
-                    .is_some_and(|n| n > 0 && step.is_multiple_of(n as u64))
-                    && !done
-                {
-                    self.validate(loaders, &progress)?;
+                let mut flow = Flow::Continue;
+                if !done && super::callbacks::every_n(step, self.cfg.val_every_n_steps) {
+                    flow = self.validate(loaders, &progress, total)?;
                     validated_at = Some(step);
-                } else if self
-                    .cfg
-                    .checkpoint_every_n_steps
-                    .is_some_and(|n| n > 0 && step.is_multiple_of(n as u64))
-                {
-                    self.save(&self.run_dir.last_checkpoint())?;
+                    outcome.validated = true;
                 }
-                for line in self.hooks.after_step(step, &mut self.tb)? {
-                    progress.println(&line);
-                }
-                if let Some(signal) = self.stop.asked()
-                    && !done
-                {
-                    self.save(&self.run_dir.last_checkpoint())?;
-                    self.tb.flush()?;
-                    progress.finish();
-                    return Err(super::stop::Stopped {
-                        signal,
-                        step,
-                        run_dir: self.run_dir.path().display().to_string(),
-                    }
-                    .into());
-                }
+                flow = flow
+                    .and(self.dispatch(&progress, total, |cb, ctx| cb.on_step_end(ctx, &outcome))?);
                 let at_epoch_end = self.position.batch_in_epoch as usize == n_batches;
-                if done {
-                    if at_epoch_end {
-                        self.position.epoch += 1;
-                        self.position.batch_in_epoch = 0;
+                match flow {
+                    // A signal's stop keeps the position mid-epoch, as saved.
+                    Flow::Stop(reason @ StopReason::Interrupted { .. }) => {
+                        break 'epochs FitEnd::Stopped(reason);
                     }
-                    break 'epochs;
-                }
-                if self.hooks.take_swap() && !at_epoch_end {
-                    // Batches prepared ahead came from the old plugin: load
-                    // the rest of the epoch anew, from the next batch on.
-                    continue 'epochs;
+                    Flow::Stop(reason) => {
+                        self.end_epoch_if(at_epoch_end);
+                        break 'epochs FitEnd::Stopped(reason);
+                    }
+                    _ if done => {
+                        self.end_epoch_if(at_epoch_end);
+                        break 'epochs FitEnd::Completed;
+                    }
+                    Flow::ReloadEpoch if !at_epoch_end => continue 'epochs,
+                    _ => {}
                 }
             }
-            self.position.epoch += 1;
-            self.position.batch_in_epoch = 0;
+            self.end_epoch_if(true);
             let every = self.cfg.val_every_n_epochs as u64;
             if every > 0
                 && self.position.epoch.is_multiple_of(every)
                 && self.position.global_step < total
             {
-                self.validate(loaders, &progress)?;
+                let flow = self.validate(loaders, &progress, total)?;
                 validated_at = Some(self.position.global_step);
+                if let Flow::Stop(reason) = flow {
+                    break 'epochs FitEnd::Stopped(reason);
+                }
             }
-        }
+        };
         self.position.wall_time_s = wall_before + started.elapsed().as_secs_f64();
-        if validated_at != Some(self.position.global_step) {
-            self.validate(loaders, &progress)?;
+        if let FitEnd::Stopped(StopReason::Interrupted { signal }) = &end {
+            let signal = *signal;
+            self.dispatch(&progress, total, |cb, ctx| {
+                cb.on_fit_end(ctx, &end).map(|()| Flow::Continue)
+            })?;
+            self.tb.flush()?;
+            progress.finish();
+            return Err(crate::stop::Stopped {
+                signal,
+                step: self.position.global_step,
+                run_dir: self.run_dir.path().display().to_string(),
+            }
+            .into());
         }
+        if let FitEnd::Stopped(StopReason::Finished(reason)) = &end {
+            progress.println(&format!("step {}: {reason}", self.position.global_step));
+            self.report.stop_reason = Some(reason.clone());
+            self.report.stopped_at_step = Some(self.position.global_step);
+        }
+        if validated_at != Some(self.position.global_step) {
+            self.validate(loaders, &progress, total)?;
+        }
+        self.dispatch(&progress, total, |cb, ctx| {
+            cb.on_fit_end(ctx, &end).map(|()| Flow::Continue)
+        })?;
         progress.finish();
-        Ok(())
+        Ok(end)
     }
 
-    fn train_step(&mut self, batch: &HostBatch, progress: &mut Progress, k: usize) -> Result<()> {
+    fn end_epoch_if(&mut self, at_epoch_end: bool) {
+        if at_epoch_end {
+            self.position.epoch += 1;
+            self.position.batch_in_epoch = 0;
+        }
+    }
+
+    fn train_step(&mut self, batch: &HostBatch, k: usize) -> Result<StepOutcome> {
         let step = self.position.global_step;
         let out = self.task.train_step(batch)?;
         let loss = out.loss_value;
@@ -272,58 +360,52 @@ impl<'a, T: Task> Trainer<'a, T> {
         }
         self.optimizer.step(&grads)?;
         self.position.global_step += 1;
-        let every = self.cfg.log_every_n_steps.max(1) as u64;
-        if (step + 1).is_multiple_of(every) || self.fast_dev_run {
-            let s = step as i64;
-            self.tb.scalar("train/loss", s, loss)?;
-            for (name, v) in &out.metrics {
-                self.tb.scalar(&format!("train/{name}"), s, *v)?;
-            }
-            self.tb.scalar("lr-AdamW", s, lr as f32)?;
-        }
-        let rows = batch.groups.values().map(|g| g.rows()).sum();
-        progress.step(self.position.global_step, loss, rows);
-        Ok(())
+        Ok(StepOutcome {
+            loss,
+            metrics: out.metrics,
+            lr,
+            rows: batch.groups.values().map(|g| g.rows()).sum(),
+            validated: false,
+        })
     }
 
-    /// Runs the validation set, logs `val/*`, and writes `last` (and `best`
-    /// when the monitored metric improved).
-    pub fn validate(&mut self, loaders: &Loaders<'_>, progress: &Progress) -> Result<()> {
-        let Some(val) = loaders.val else {
-            self.save(&self.run_dir.last_checkpoint())?;
-            return Ok(());
+    /// Runs the validation set, tracks the best monitored value, and calls
+    /// the callbacks' [`Callback::on_validation_end`] (which log `val/*` and
+    /// write `last` and `best`).
+    fn validate(&mut self, loaders: &Loaders<'_>, progress: &Progress, total: u64) -> Result<Flow> {
+        let means = match loaders.val {
+            None => IndexMap::new(),
+            Some(val) => evaluate(&mut self.task, val, "val", self.fast_dev_run)?,
         };
-        let means = evaluate(&mut self.task, val, "val", self.fast_dev_run)?;
-        let step = self.position.global_step as i64;
-        for (name, v) in &means {
-            self.tb.scalar(name, step, *v as f32)?;
+        if !means.is_empty() {
+            let monitor = &self.cfg.monitor;
+            let value = *means.get(monitor).with_context(|| {
+                format!(
+                    "the monitored metric `{monitor}` (training.monitor) is not among the \
+                     validation metrics: {}",
+                    means
+                        .keys()
+                        .map(String::as_str)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            })?;
+            if self.cfg.mode.improves(value, self.position.best_value) {
+                self.position.best_value = Some(value);
+                self.position.best_step = Some(self.position.global_step);
+            }
+            progress.println(&format!(
+                "step {}  {monitor} {value:.5}  (best {:.5} at step {})",
+                self.position.global_step,
+                self.position.best_value.unwrap_or(f64::NAN),
+                self.position.best_step.unwrap_or(0)
+            ));
         }
-        self.tb.flush()?;
-        let monitor = &self.cfg.monitor;
-        let value = *means.get(monitor).with_context(|| {
-            format!(
-                "the monitored metric `{monitor}` (training.monitor) is not among the validation \
-                 metrics: {}",
-                means
-                    .keys()
-                    .map(String::as_str)
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )
-        })?;
-        if self.cfg.mode.improves(value, self.position.best_value) {
-            self.position.best_value = Some(value);
-            self.position.best_step = Some(self.position.global_step);
-            self.save(&self.run_dir.best_checkpoint())?;
+        let flow = self.dispatch(progress, total, |cb, ctx| cb.on_validation_end(ctx, &means))?;
+        if !means.is_empty() {
+            self.last_val = means;
         }
-        progress.println(&format!(
-            "step {}  {monitor} {value:.5}  (best {:.5} at step {})",
-            self.position.global_step,
-            self.position.best_value.unwrap_or(f64::NAN),
-            self.position.best_step.unwrap_or(0)
-        ));
-        self.last_val = means;
-        self.save(&self.run_dir.last_checkpoint())
+        Ok(flow)
     }
 }
 

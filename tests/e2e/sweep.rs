@@ -6,7 +6,7 @@
 //! named by `SHIMMER_SWEEP_RUNNER`, the launcher's testing hook) so that a
 //! trial is reliably mid-run when the sweep is interrupted.
 
-mod common;
+use crate::common;
 
 use serde_json::Value;
 use std::os::unix::fs::PermissionsExt;

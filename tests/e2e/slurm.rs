@@ -8,7 +8,7 @@
 //! `SHIMMER_REQUIRE_SLURM=1` (set by `.ci/run`), which turns that into a
 //! failure.
 
-mod common;
+use crate::common;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;

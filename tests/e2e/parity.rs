@@ -3,7 +3,7 @@
 //! the broadcast loss and FixedShared selection) must reproduce every metric
 //! of every step and the final weights to float32 precision.
 
-mod common;
+use crate::common;
 
 use safetensors::{Dtype, SafeTensors};
 use serde_json::Value;

@@ -1,7 +1,7 @@
 //! End-to-end: the data pipeline over real plugin libraries, loaded through
 //! the real plugin loader from an experiment's YAML.
 
-mod common;
+use crate::common;
 
 use shimmer_config::Experiment;
 use shimmer_data::{DataPipeline, HostBatch, open_sources};

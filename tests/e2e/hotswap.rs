@@ -6,7 +6,7 @@
 //! within the library's mapped size per reload. Also: `--resume` with
 //! `--set-plugin` records the new plugin in the run's config.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -146,7 +146,7 @@ impl WatchedRun {
             .arg(tmp.path().join("run"))
             .arg("--watch")
             .env(
-                shimmer_train::trace::TRACE_ENV,
+                shimmer_train::callbacks::TRACE_ENV,
                 tmp.path().join("trace.jsonl"),
             )
             .stdout(Stdio::null())
@@ -594,7 +594,7 @@ fn resume_with_another_plugin_checks_dims_and_records_the_change() {
         common::shimmer()
             .arg("run")
             .args(args)
-            .env(shimmer_train::trace::TRACE_ENV, trace)
+            .env(shimmer_train::callbacks::TRACE_ENV, trace)
             .output()
             .unwrap()
     };

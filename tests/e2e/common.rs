@@ -1,8 +1,6 @@
 //! Shared harness of the end-to-end tests: builds the `shimmer` binary and
 //! the plugins once, and finds them in the target folder.
 
-#![allow(dead_code)]
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;

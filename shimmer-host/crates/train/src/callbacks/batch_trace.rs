@@ -1,6 +1,7 @@
 //! A per-step record of the batches the trainer used, for tests and
 //! debugging: which items, and the first value of each row of each domain.
 
+use crate::callback::{Callback, FitContext};
 use anyhow::{Context, Result};
 use shimmer_data::HostBatch;
 use std::fs::File;
@@ -12,7 +13,8 @@ use std::path::{Path, PathBuf};
 /// {group: {"items": [...], "first": {domain: [first value of each row]}}}}`.
 pub const TRACE_ENV: &str = "SHIMMER_TRACE_BATCHES";
 
-/// Appends one JSON line per training batch to a file.
+/// Appends one JSON line per training batch to a file (a callback: before
+/// each step, the batch it uses).
 pub struct BatchTrace {
     out: BufWriter<File>,
     path: PathBuf,
@@ -79,6 +81,22 @@ impl BatchTrace {
         writeln!(self.out, "{line}")
             .and_then(|()| self.out.flush())
             .with_context(|| format!("cannot write the batch trace {}", self.path.display()))
+    }
+}
+
+impl Callback for BatchTrace {
+    fn name(&self) -> &'static str {
+        "batch-trace"
+    }
+
+    fn on_batch_start(
+        &mut self,
+        ctx: &mut FitContext<'_>,
+        batch: &HostBatch,
+        batch_in_epoch: usize,
+    ) -> Result<()> {
+        let (step, epoch) = (ctx.position.global_step, ctx.position.epoch);
+        self.record(step, epoch, batch_in_epoch, batch)
     }
 }
 

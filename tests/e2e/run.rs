@@ -2,7 +2,7 @@
 //! plugin and binary; TensorBoard reads back what it logged; a killed run
 //! resumes to the same weights; bad input gives one clear error.
 
-mod common;
+use crate::common;
 
 use safetensors::SafeTensors;
 use std::path::{Path, PathBuf};
@@ -42,7 +42,7 @@ fn pretrained() -> &'static [String] {
 }
 
 /// Arguments of a tutorial GW run in `dir`, on the pretrained domains.
-fn tutorial_args<'a>(dir: &'a Path, extra: &[&'a str]) -> Vec<String> {
+pub(crate) fn tutorial_args<'a>(dir: &'a Path, extra: &[&'a str]) -> Vec<String> {
     let mut args = vec![
         tutorial().display().to_string(),
         "--run-dir".to_string(),
@@ -53,7 +53,7 @@ fn tutorial_args<'a>(dir: &'a Path, extra: &[&'a str]) -> Vec<String> {
     args
 }
 
-fn run_args(args: &[String]) -> Output {
+pub(crate) fn run_args(args: &[String]) -> Output {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     run(&args)
 }
@@ -67,17 +67,17 @@ fn run(args: &[&str]) -> Output {
         .expect("run shimmer")
 }
 
-fn stderr(out: &Output) -> String {
+pub(crate) fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
-fn summary(dir: &Path) -> serde_json::Value {
+pub(crate) fn summary(dir: &Path) -> serde_json::Value {
     let text = std::fs::read_to_string(dir.join("summary.json")).expect("summary.json");
     serde_json::from_str(&text).expect("summary is JSON")
 }
 
 /// `(step, tag, value)` of every scalar in `scalars.jsonl`.
-fn logged_scalars(dir: &Path) -> Vec<(i64, String, f32)> {
+pub(crate) fn logged_scalars(dir: &Path) -> Vec<(i64, String, f32)> {
     std::fs::read_to_string(dir.join("scalars.jsonl"))
         .expect("scalars.jsonl")
         .lines()

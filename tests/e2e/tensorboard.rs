@@ -1,6 +1,6 @@
 //! Event files written by shimmer, read back by TensorBoard's own reader.
 
-mod common;
+use crate::common;
 
 use shimmer_tensorboard::{EventWriter, HParam, SessionStatus};
 

@@ -1,7 +1,7 @@
 //! End-to-end: real plugin libraries built by cargo, loaded through the real
 //! loader and driven through the `shimmer` binary.
 
-mod common;
+use crate::common;
 
 use shimmer_plugin_api::Split;
 use shimmer_plugin_host::{PluginError, PluginLibrary};

@@ -2,7 +2,7 @@
 //! against candle's composed ops over a whole training run, and the
 //! refusal of bf16 on the CPU.
 
-mod common;
+use crate::common;
 
 use serde_json::Value;
 use std::path::Path;

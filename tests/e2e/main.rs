@@ -1,0 +1,16 @@
+//! The end-to-end tests: one test binary that builds the `shimmer` binary
+//! and the plugins once, then drives them as a user would. One module per
+//! theme.
+
+mod bench;
+mod callbacks;
+mod common;
+mod data_pipeline;
+mod hotswap;
+mod parity;
+mod plugins;
+mod run;
+mod slurm;
+mod smoke;
+mod sweep;
+mod tensorboard;
