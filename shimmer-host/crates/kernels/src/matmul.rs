@@ -96,6 +96,7 @@ struct Dst(*mut f32);
 // SAFETY: each thread writes a disjoint block of rows through it, and the
 // caller outlives the threads (`pool::parallel_parts` joins them).
 unsafe impl Send for Dst {}
+// SAFETY: as for `Send`: shared only to hand each thread its own rows.
 unsafe impl Sync for Dst {}
 
 impl Dst {

@@ -116,6 +116,8 @@ impl PluginLibrary {
         // SAFETY: the header (first four fields) has the same layout in
         // every ABI version, so reading it is valid before the check.
         let header = unsafe { &*descriptor };
+        // SAFETY: the header's strings point into the plugin's static data
+        // (`descriptor_str` checks null and bounds the length).
         let (name, version) =
             unsafe { (descriptor_str(header.name), descriptor_str(header.version)) };
         if header.abi_version != abi::ABI_VERSION {
