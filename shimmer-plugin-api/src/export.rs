@@ -10,19 +10,38 @@ use crate::abi::{
 };
 use crate::plugin::{Domain, Plugin, PluginError};
 use crate::types::Split;
-use std::collections::HashMap;
+use std::cell::Cell;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::{Mutex, OnceLock};
-use std::thread::ThreadId;
+use std::sync::OnceLock;
 
-/// Threads currently inside a shim, with the location of a panic they raised.
-/// A plain static (no thread-locals), so the library stays unloadable.
-static IN_SHIM: Mutex<Option<HashMap<ThreadId, Option<String>>>> = Mutex::new(None);
+// Per-thread state of a shim call. `const`-initialised `Cell`s of types
+// without `Drop` register no thread-exit destructor, so the library stays
+// unloadable, and no call takes a lock.
+thread_local! {
+    /// Whether this thread is inside a shim (its panics are reported to the
+    /// host, not printed).
+    static IN_SHIM: Cell<bool> = const { Cell::new(false) };
+    /// Where a panic inside the current shim call was raised (`file:line`,
+    /// cut to the buffer), as bytes and their length.
+    static PANIC_AT: Cell<([u8; PANIC_AT_CAP], usize)> = const { Cell::new(([0; PANIC_AT_CAP], 0)) };
+}
 
-fn lock_in_shim() -> std::sync::MutexGuard<'static, Option<HashMap<ThreadId, Option<String>>>> {
-    IN_SHIM
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
+/// Room for a panic's `file:line`.
+const PANIC_AT_CAP: usize = 240;
+
+fn set_panic_at(text: &str) {
+    let mut buf = [0u8; PANIC_AT_CAP];
+    let mut n = text.len().min(PANIC_AT_CAP);
+    while !text.is_char_boundary(n) {
+        n -= 1;
+    }
+    buf[..n].copy_from_slice(&text.as_bytes()[..n]);
+    PANIC_AT.set((buf, n));
+}
+
+fn take_panic_at() -> Option<String> {
+    let (buf, n) = PANIC_AT.replace(([0; PANIC_AT_CAP], 0));
+    (n > 0).then(|| String::from_utf8_lossy(&buf[..n]).into_owned())
 }
 
 /// Installs (once) a panic hook in the plugin's own copy of std: panics
@@ -33,14 +52,11 @@ fn install_quiet_panic_hook() {
     ONCE.get_or_init(|| {
         let previous = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
-            let id = std::thread::current().id();
-            let mut guard = lock_in_shim();
-            if let Some(slot) = guard.as_mut().and_then(|m| m.get_mut(&id)) {
-                *slot = info
-                    .location()
-                    .map(|l| format!("{}:{}", l.file(), l.line()));
+            if IN_SHIM.get() {
+                if let Some(l) = info.location() {
+                    set_panic_at(&format!("{}:{}", l.file(), l.line()));
+                }
             } else {
-                drop(guard);
                 previous(info);
             }
         }));
@@ -78,15 +94,11 @@ fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
 
 /// Runs `f`, catching panics; errors and panics go into `msg`.
 fn guard(msg: *mut MsgBuf, f: impl FnOnce() -> Result<Status, PluginError>) -> Status {
-    let id = std::thread::current().id();
-    lock_in_shim()
-        .get_or_insert_with(HashMap::new)
-        .insert(id, None);
+    let outer = IN_SHIM.replace(true);
+    take_panic_at();
     let result = catch_unwind(AssertUnwindSafe(f));
-    let location = lock_in_shim()
-        .as_mut()
-        .and_then(|m| m.remove(&id))
-        .flatten();
+    let location = take_panic_at();
+    IN_SHIM.set(outer);
     match result {
         Ok(Ok(status)) => status,
         Ok(Err(e)) => {
@@ -110,14 +122,62 @@ fn read_str<'a>(s: StrRef, what: &str) -> Result<&'a str, PluginError> {
     unsafe { s.as_str() }.map_err(|e| PluginError::new(format!("{what} is not UTF-8: {e}")))
 }
 
+/// A domain as the host holds it: the plugin's object and what it
+/// implements, found out when it was created.
+struct Hosted {
+    domain: Box<dyn Domain>,
+    has_encode: bool,
+    has_decode: bool,
+}
+
+impl Hosted {
+    /// Wraps `domain`, calling its `encode` and `decode` once with no items
+    /// to learn whether they are its own or the identity defaults (a
+    /// failing or panicking call counts as its own).
+    fn new(domain: Box<dyn Domain>) -> Self {
+        let probe = |encoding: bool| {
+            !crate::plugin::ran_identity(|| {
+                let _ = catch_unwind(AssertUnwindSafe(|| {
+                    if encoding {
+                        domain.encode(&[], &mut [])
+                    } else {
+                        domain.decode(&[], &mut [])
+                    }
+                }));
+            })
+        };
+        let (has_encode, has_decode) = (probe(true), probe(false));
+        Self {
+            domain,
+            has_encode,
+            has_decode,
+        }
+    }
+
+    /// The domain's info, with the flags of what it implements.
+    fn info(&self) -> crate::types::DomainInfo {
+        let mut info = self.domain.info();
+        info.has_encode |= self.has_encode;
+        info.has_decode |= self.has_decode;
+        info
+    }
+}
+
 /// # Safety
 /// `domain` must come from `create_domain` of this library and not be destroyed.
-unsafe fn domain_ref<'a>(domain: DomainPtr) -> Result<&'a dyn Domain, PluginError> {
+unsafe fn hosted<'a>(domain: DomainPtr) -> Result<&'a Hosted, PluginError> {
     if domain.is_null() {
         return Err(PluginError::new("null domain handle"));
     }
-    // SAFETY: created by `create_domain::<P>` as a `Box<Box<dyn Domain>>`.
-    Ok(unsafe { &**(domain as *const Box<dyn Domain>) })
+    // SAFETY: created by `create_domain::<P>` as a `Box<Hosted>`.
+    Ok(unsafe { &*(domain as *const Hosted) })
+}
+
+/// # Safety
+/// As [`hosted`].
+unsafe fn domain_ref<'a>(domain: DomainPtr) -> Result<&'a dyn Domain, PluginError> {
+    // SAFETY: guaranteed by the caller.
+    Ok(unsafe { hosted(domain)? }.domain.as_ref())
 }
 
 /// # Safety
@@ -177,8 +237,9 @@ unsafe extern "C" fn create_domain<P: Plugin>(
         let spec = domain.loss_spec();
         spec.validate(domain.info().latent_dim)
             .map_err(|e| PluginError::new(format!("invalid loss spec: {e}")))?;
+        let hosted = Hosted::new(domain);
         // SAFETY: `out` is a valid host pointer for the call.
-        unsafe { *out = Box::into_raw(Box::new(domain)) as DomainPtr };
+        unsafe { *out = Box::into_raw(Box::new(hosted)) as DomainPtr };
         Ok(abi::STATUS_OK)
     })
 }
@@ -189,9 +250,9 @@ unsafe extern "C" fn destroy_domain(domain: DomainPtr) {
     }
     // A panicking destructor must not unwind into the host.
     let _ = catch_unwind(AssertUnwindSafe(|| {
-        // SAFETY: created by `create_domain` as a `Box<Box<dyn Domain>>`,
-        // and the host destroys each domain exactly once.
-        drop(unsafe { Box::from_raw(domain as *mut Box<dyn Domain>) });
+        // SAFETY: created by `create_domain` as a `Box<Hosted>`, and the
+        // host destroys each domain exactly once.
+        drop(unsafe { Box::from_raw(domain as *mut Hosted) });
     }));
 }
 
@@ -202,7 +263,7 @@ unsafe extern "C" fn domain_info(
 ) -> Status {
     guard(msg, || {
         // SAFETY: the host passes a live domain and a valid output pointer.
-        let d = unsafe { domain_ref(domain)? };
+        let d = unsafe { hosted(domain)? };
         let out = unsafe { slice_out(out, 1)? };
         out[0] = d.info().to_c();
         Ok(abi::STATUS_OK)
@@ -427,7 +488,68 @@ mod tests {
             if config.contains("bad") {
                 return Err("bad config".into());
             }
+            if config.contains("doubling") {
+                return Ok(Box::new(Doubling));
+            }
             Ok(Box::new(Ones))
+        }
+    }
+
+    /// Implements `encode` but leaves the flags at `false`, as `Ones` does.
+    struct Doubling;
+    impl Domain for Doubling {
+        fn info(&self) -> DomainInfo {
+            Ones.info()
+        }
+        fn load(&self, split: Split, indices: &[u64], out: &mut [f32]) -> Result<(), PluginError> {
+            Ones.load(split, indices, out)
+        }
+        fn encode(&self, raw: &[f32], latents: &mut [f32]) -> Result<(), PluginError> {
+            for (l, r) in latents.iter_mut().zip(raw) {
+                *l = 2.0 * r;
+            }
+            Ok(())
+        }
+    }
+
+    fn info_flags(ptr: DomainPtr) -> u32 {
+        let mut info = DomainInfoC::default();
+        let mut bytes = [0u8; 64];
+        let mut msg = msg_buf(&mut bytes);
+        // SAFETY: live domain, valid output.
+        assert_eq!(
+            unsafe { domain_info(ptr, &mut info, &mut msg) },
+            abi::STATUS_OK
+        );
+        info.flags
+    }
+
+    #[test]
+    fn the_flags_say_what_a_domain_implements() {
+        let (_, ones, _) = create("{}");
+        assert_eq!(info_flags(ones), 0);
+        let (_, doubling, _) = create("doubling");
+        assert_eq!(info_flags(doubling), abi::DOMAIN_HAS_ENCODE);
+        let mut out = [0f32; 2];
+        let mut bytes = [0u8; 64];
+        let mut msg = msg_buf(&mut bytes);
+        // SAFETY: live domain, valid buffers.
+        let status = unsafe {
+            encode(
+                doubling,
+                [1.0f32, 3.0].as_ptr(),
+                2,
+                1,
+                out.as_mut_ptr(),
+                2,
+                &mut msg,
+            )
+        };
+        assert_eq!((status, out), (abi::STATUS_OK, [2.0, 6.0]));
+        // SAFETY: each destroyed once.
+        unsafe {
+            destroy_domain(ones);
+            destroy_domain(doubling);
         }
     }
 

@@ -63,12 +63,15 @@ pub trait Domain: Send + Sync + 'static {
 
     /// Encodes raw items into latents (`raw` holds whole items; `latents`
     /// has room for as many latent vectors). Default: latents are the raw
-    /// items (requires `item_len == latent_dim`).
+    /// items (requires `item_len == latent_dim`). A domain that implements
+    /// it is always called: the host learns so when the domain is created
+    /// (by one call with no items), whatever [`DomainInfo::has_encode`] says.
     fn encode(&self, raw: &[f32], latents: &mut [f32]) -> Result<(), PluginError> {
         copy_identity(raw, latents)
     }
 
-    /// Decodes latents back into raw items. Default: the identity.
+    /// Decodes latents back into raw items. Default: the identity. As for
+    /// [`Domain::encode`], an implementation is always used.
     fn decode(&self, latents: &[f32], raw: &mut [f32]) -> Result<(), PluginError> {
         copy_identity(latents, raw)
     }
@@ -80,7 +83,23 @@ pub trait Domain: Send + Sync + 'static {
     }
 }
 
+thread_local! {
+    /// Set when a default (identity) `encode` or `decode` runs on this
+    /// thread: how the export shim tells which of the two a domain
+    /// implements itself. No `Drop`, so no thread-exit destructor.
+    static IDENTITY_RAN: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether the calls in `f` ran a default `encode`/`decode` (for the
+/// export shim).
+pub(crate) fn ran_identity(f: impl FnOnce()) -> bool {
+    let before = IDENTITY_RAN.replace(false);
+    f();
+    IDENTITY_RAN.replace(before)
+}
+
 fn copy_identity(from: &[f32], to: &mut [f32]) -> Result<(), PluginError> {
+    IDENTITY_RAN.set(true);
     if from.len() != to.len() {
         return Err(PluginError::new(format!(
             "identity encode/decode needs item_len == latent_dim (got {} values for {})",

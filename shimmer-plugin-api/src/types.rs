@@ -82,9 +82,12 @@ pub struct DomainInfo {
     pub item_len: usize,
     /// Items per split.
     pub split_sizes: SplitSizes,
-    /// Whether the plugin has its own `encode` (otherwise latents = raw items).
+    /// Whether the plugin has its own `encode` (otherwise latents = raw
+    /// items). Plugins may leave it `false`: the export macro sets it when
+    /// the domain implements [`Domain::encode`](crate::Domain::encode).
     pub has_encode: bool,
-    /// Whether the plugin has its own `decode` (otherwise raw items = latents).
+    /// Whether the plugin has its own `decode` (otherwise raw items =
+    /// latents); set by the export macro as `has_encode` is.
     pub has_decode: bool,
 }
 

@@ -281,3 +281,24 @@ fn inspect_other_abi_and_bad_config_are_one_line_errors() {
     ]);
     assert_one_line_error(&out, "create panicked");
 }
+
+#[test]
+fn a_domain_that_implements_encode_is_encoded_through_it() {
+    // `item_len == latent_dim` and `has_encode: false` in its info: the
+    // host must call the plugin's `encode`, not copy the raw items.
+    let lib = faulty();
+    let handle = lib
+        .create_domain("faulty", r#"{"dim": 3, "items": 4, "encode_scale": 2.0}"#)
+        .expect("create");
+    assert!(handle.info().has_encode, "{:?}", handle.info());
+    assert!(!handle.info().has_decode, "{:?}", handle.info());
+    let mut raw = vec![0f32; 6];
+    handle.load(Split::Train, &[1, 2], &mut raw).expect("load");
+    let source = shimmer_data::PluginSource::new(handle, "{}".to_string());
+    let mut latents = vec![0f32; 6];
+    shimmer_data::ItemSource::load_latents(&source, Split::Train, &[1, 2], &mut latents)
+        .expect("load latents");
+    let doubled: Vec<f32> = raw.iter().map(|r| 2.0 * r).collect();
+    assert_eq!(latents, doubled);
+    assert!(raw.iter().any(|&r| r != 0.0), "{raw:?}");
+}
