@@ -261,9 +261,8 @@ fn write_cache_file(path: &Path, key: &str, dim: usize, table: &[f32]) -> Result
         .parent()
         .with_context(|| format!("{} has no parent folder", path.display()))?;
     std::fs::create_dir_all(dir)?;
-    let tmp = tempfile::NamedTempFile::new_in(dir)?;
-    {
-        let mut w = BufWriter::new(tmp.as_file());
+    shimmer_sys::fs::write_atomic_with(path, |_, file| {
+        let mut w = BufWriter::new(file);
         w.write_all(MAGIC)?;
         w.write_all(&(key.len() as u64).to_le_bytes())?;
         w.write_all(key.as_bytes())?;
@@ -278,8 +277,8 @@ fn write_cache_file(path: &Path, key: &str, dim: usize, table: &[f32]) -> Result
             w.write_all(&bytes)?;
         }
         w.flush()?;
-    }
-    tmp.persist(path)?;
+        Ok(())
+    })?;
     if !path.exists() {
         bail!("{} vanished after writing", path.display());
     }

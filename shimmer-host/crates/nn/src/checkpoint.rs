@@ -101,21 +101,11 @@ pub fn load_weights(path: &Path, params: &ParamStore) -> Result<()> {
 }
 
 fn write_atomic(path: &Path, tensors: &HashMap<String, Tensor>) -> Result<()> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let tmp = tempfile::Builder::new()
-        .prefix(".checkpoint-")
-        .suffix(".tmp")
-        .tempfile_in(dir)
-        .with_context(|| format!("cannot create a temporary file in {}", dir.display()))?;
     // candle moves tensors to the host itself while serialising.
-    candle_core::safetensors::save(tensors, tmp.path())
-        .with_context(|| format!("cannot write {}", tmp.path().display()))?;
-    tmp.persist(path)
-        .with_context(|| format!("cannot write checkpoint {}", path.display()))?;
-    Ok(())
+    shimmer_sys::fs::write_atomic_with(path, |tmp, _| {
+        Ok(candle_core::safetensors::save(tensors, tmp)?)
+    })
+    .with_context(|| format!("cannot write checkpoint {}", path.display()))
 }
 
 #[cfg(test)]

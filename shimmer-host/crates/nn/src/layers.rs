@@ -6,7 +6,7 @@
 //! ```
 //! use candle_core::{DType, Device, Tensor};
 //! use rand::SeedableRng;
-//! use shimmer_nn::{mlp::gw_mlp, params::ParamStore};
+//! use shimmer_nn::{layers::gw_mlp, params::ParamStore};
 //!
 //! let mut store = ParamStore::new(&Device::Cpu, DType::F32);
 //! let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);

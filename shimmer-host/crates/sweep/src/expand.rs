@@ -7,7 +7,7 @@
 //! `sweep.seed`, so the same section always gives the same trials.
 //!
 //! ```
-//! use shimmer_sweep::config::SweepConfig;
+//! use shimmer_sweep::SweepConfig;
 //! use shimmer_sweep::expand::expand;
 //!
 //! let section: SweepConfig = serde_norway::from_str(

@@ -7,8 +7,6 @@
 //! are waited for and recorded as interrupted, so `shimmer sweep --resume <sweep-dir>` picks them up (from
 //! their last checkpoint) with the trials that never started.
 
-#![allow(unsafe_code)] // see the SAFETY comment of each block
-
 use super::manifest::{Manifest, SweepDir, TrialState};
 use super::trial;
 use anyhow::{Context, Result};
@@ -62,26 +60,17 @@ pub fn stop_flag() -> Result<Arc<AtomicBool>> {
 /// (each trial leads its own, see [`trial::spawn`]), SIGKILL after
 /// [`GRACE`], then waits for it.
 fn stop_child(child: &mut Child) {
-    let Ok(group) = libc::pid_t::try_from(child.id()) else {
-        let _ = child.kill();
-        let _ = child.wait();
-        return;
-    };
-    // SAFETY: `killpg` only sends a signal; `group` is our child's own
-    // process group, which lives until we reap the child below.
-    unsafe { libc::killpg(group, libc::SIGTERM) };
+    shimmer_sys::process::signal_group(child, false);
     let start = Instant::now();
     while start.elapsed() < GRACE {
         if let Ok(Some(_)) = child.try_wait() {
             // Reaped: anything left in the group still gets the kill.
-            // SAFETY: as above; a group without members makes it a no-op.
-            unsafe { libc::killpg(group, libc::SIGKILL) };
+            shimmer_sys::process::signal_group(child, true);
             return;
         }
         std::thread::sleep(POLL);
     }
-    // SAFETY: as above.
-    unsafe { libc::killpg(group, libc::SIGKILL) };
+    shimmer_sys::process::signal_group(child, true);
     let _ = child.wait();
 }
 

@@ -211,13 +211,17 @@ impl Table {
                 .enumerate()
                 .map(|(i, r)| self.cells(i, r, true)),
         );
-        let mut out = String::new();
-        for line in lines {
-            let cells: Vec<String> = line.iter().map(|c| csv_cell(c)).collect();
-            out.push_str(&cells.join(","));
-            out.push('\n');
+        // Quoting as RFC 4180 (the `csv` crate): cells with commas, quotes
+        // or line breaks are quoted, quotes doubled.
+        let mut out = csv::WriterBuilder::new()
+            .terminator(csv::Terminator::Any(b'\n'))
+            .from_writer(Vec::new());
+        for line in &lines {
+            // Writing to memory cannot fail.
+            let _ = out.write_record(line);
         }
-        out
+        let bytes = out.into_inner().unwrap_or_default();
+        String::from_utf8_lossy(&bytes).into_owned()
     }
 
     /// Counts of trials per state, e.g. `3 finished, 1 failed`.
@@ -236,14 +240,6 @@ impl Table {
             }
         }
         parts.join(", ")
-    }
-}
-
-fn csv_cell(cell: &str) -> String {
-    if cell.contains([',', '"', '\n', '\r']) {
-        format!("\"{}\"", cell.replace('"', "\"\""))
-    } else {
-        cell.to_string()
     }
 }
 

@@ -1,8 +1,6 @@
 //! Starting one trial as a child `shimmer run` and reading how it ended;
 //! shared by the local launcher and the Slurm array tasks.
 
-#![allow(unsafe_code)] // see the SAFETY comment of each block
-
 use super::manifest::{Manifest, SweepDir, TrialRecord, TrialState};
 use anyhow::{Context, Result};
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -127,7 +125,7 @@ pub fn spawn(manifest: &Manifest, dir: &SweepDir, index: usize) -> Result<(Child
         .stdout(log)
         .stderr(err_log)
         .process_group(0);
-    end_with_launcher(&mut command);
+    shimmer_sys::process::end_with_parent(&mut command);
     let child = command
         .spawn()
         .with_context(|| format!("cannot start trial {index} with {}", program.display()))?;
@@ -138,32 +136,6 @@ pub fn spawn(manifest: &Manifest, dir: &SweepDir, index: usize) -> Result<(Child
     record.wall_time_s = None;
     dir.save_record(index, &record)?;
     Ok((child, record))
-}
-
-/// Asks the kernel to send the child SIGTERM when this process dies, so no
-/// trial outlives a killed launcher (Linux; elsewhere a no-op).
-fn end_with_launcher(command: &mut Command) {
-    #[cfg(target_os = "linux")]
-    {
-        use std::os::unix::process::CommandExt;
-        let launcher = std::process::id();
-        // SAFETY: the closure runs between fork and exec and only makes the
-        // async-signal-safe calls `prctl` and `getppid`.
-        unsafe {
-            command.pre_exec(move || {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                // The launcher died before the request took effect.
-                if libc::getppid() as u32 != launcher {
-                    return Err(std::io::Error::other("the sweep launcher is gone"));
-                }
-                Ok(())
-            });
-        }
-    }
-    #[cfg(not(target_os = "linux"))]
-    let _ = command;
 }
 
 /// Records how trial `index` ended.

@@ -28,9 +28,9 @@
 //! ```
 
 use crate::logger::RunLogger;
+use crate::position::Position;
 use crate::progress::Progress;
 use crate::run_dir::{KeptCheckpoint, RunDir};
-use crate::trainer::Position;
 use anyhow::Result;
 use candle_core::Tensor;
 use indexmap::IndexMap;

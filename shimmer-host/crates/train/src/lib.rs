@@ -15,6 +15,7 @@ mod eval;
 mod gw_task;
 mod hparams;
 pub mod logger;
+mod position;
 mod predict;
 mod pretrain_task;
 mod progress;

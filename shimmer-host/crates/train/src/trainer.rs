@@ -5,6 +5,7 @@
 use crate::callback::{Callback, FitContext, FitEnd, FitReport, Flow, StepOutcome, StopReason};
 use crate::eval::MetricMeans;
 use crate::logger::RunLogger;
+pub use crate::position::Position;
 use crate::progress::Progress;
 use crate::run_dir::RunDir;
 use crate::task::Task;
@@ -16,71 +17,7 @@ use shimmer_data::DataLoader;
 use shimmer_data::batch::HostBatch;
 use shimmer_nn::checkpoint;
 use shimmer_nn::optim::Optimizer;
-use std::collections::HashMap;
 use std::time::Instant;
-
-/// Where training stands; saved in every checkpoint as `trainer.*`.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct Position {
-    /// Optimiser steps done.
-    pub global_step: u64,
-    /// Current epoch (completed epochs).
-    pub epoch: u64,
-    /// Training batches of the current epoch already used.
-    pub batch_in_epoch: u64,
-    /// Best monitored value so far.
-    pub best_value: Option<f64>,
-    /// Step at which it was reached.
-    pub best_step: Option<u64>,
-    /// Training wall time so far, over all resumes.
-    pub wall_time_s: f64,
-}
-
-impl Position {
-    fn to_tensors(&self) -> Result<IndexMap<String, Tensor>> {
-        let cpu = candle_core::Device::Cpu;
-        let u = |v: u64| Tensor::new(&[v as i64], &cpu);
-        let mut out = IndexMap::new();
-        out.insert("trainer.global_step".into(), u(self.global_step)?);
-        out.insert("trainer.epoch".into(), u(self.epoch)?);
-        out.insert("trainer.batch_in_epoch".into(), u(self.batch_in_epoch)?);
-        out.insert(
-            "trainer.wall_time_s".into(),
-            Tensor::new(&[self.wall_time_s], &cpu)?,
-        );
-        if let (Some(v), Some(s)) = (self.best_value, self.best_step) {
-            out.insert("trainer.best_value".into(), Tensor::new(&[v], &cpu)?);
-            out.insert("trainer.best_step".into(), u(s)?);
-        }
-        Ok(out)
-    }
-
-    fn from_tensors(t: &HashMap<String, Tensor>, origin: &str) -> Result<Self> {
-        let int = |name: &str| -> Result<u64> {
-            let v = t
-                .get(name)
-                .with_context(|| format!("{origin}: missing `{name}`: not a training checkpoint"))?
-                .to_vec1::<i64>()?;
-            Ok(v.first().copied().unwrap_or(0) as u64)
-        };
-        let float = |name: &str| -> Result<Option<f64>> {
-            t.get(name)
-                .map(|x| Ok(x.to_vec1::<f64>()?.first().copied().unwrap_or(0.0)))
-                .transpose()
-        };
-        Ok(Self {
-            global_step: int("trainer.global_step")?,
-            epoch: int("trainer.epoch")?,
-            batch_in_epoch: int("trainer.batch_in_epoch")?,
-            best_value: float("trainer.best_value")?,
-            best_step: t
-                .contains_key("trainer.best_step")
-                .then(|| int("trainer.best_step"))
-                .transpose()?,
-            wall_time_s: float("trainer.wall_time_s")?.unwrap_or(0.0),
-        })
-    }
-}
 
 /// The loaders a loop reads.
 pub struct Loaders<'a> {
@@ -521,19 +458,5 @@ mod tests {
         clip_grad_norm(&mut grads, &store, 100.0).unwrap();
         assert_eq!(grad(&grads, &a), [3.0, 4.0]);
         assert_eq!(grad(&grads, &b), [12.0]);
-    }
-
-    #[test]
-    fn positions_round_trip() {
-        let p = Position {
-            global_step: 17,
-            epoch: 2,
-            batch_in_epoch: 3,
-            best_value: Some(0.25),
-            best_step: Some(16),
-            wall_time_s: 1.5,
-        };
-        let t: HashMap<_, _> = p.to_tensors().unwrap().into_iter().collect();
-        assert_eq!(Position::from_tensors(&t, "x").unwrap(), p);
     }
 }

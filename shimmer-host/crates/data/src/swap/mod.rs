@@ -29,14 +29,14 @@
 //! # The old build
 //! The old build is dropped when the last load using it returns: its
 //! domain is destroyed and its private file copy deleted (logged as
-//! "released"), and its clean pages are given back ([`trim`]). Its mapping
+//! "released"), and its clean pages are given back ([`shimmer_sys::proc::trim_released_plugin_copies`]). Its mapping
 //! stays until the process exits, on purpose: a Rust `cdylib` is not
 //! `NODELETE`, so `dlclose` would unmap it, but its std registers
 //! thread-exit destructors (pthread keys) inside it that glibc does not
 //! track, and a thread exiting afterwards would crash. Measured over 100
 //! reloads (`tests/hotswap.rs`): threads flat, resident memory about
 //! 35 KiB per reload for a library mapping 624 KiB (626 KiB per reload
-//! without [`trim`]).
+//! without that trim).
 //!
 //! # Latent cache
 //! With `data.cache.enabled` (the default), a watched domain's latents are
@@ -47,12 +47,10 @@
 //! refuses the build). Watched domains do not use the file cache
 //! (`data.cache.dir`): their data is not fixed by plugin name and version.
 
-pub mod procstats;
 mod source;
-pub mod trim;
 mod watcher;
 
-pub use procstats::ProcessStats;
+pub use shimmer_sys::proc::ProcessStats;
 pub use source::{CachedTables, SwappableSource, encode_tables};
 pub use watcher::{DEFAULT_DEBOUNCE, PluginWatcher, WatchEvent, check_compatible};
 

@@ -368,7 +368,7 @@ impl PluginWatcher {
             }
         });
         if !events.is_empty() {
-            super::trim::trim_released_copies();
+            shimmer_sys::proc::trim_released_plugin_copies();
         }
         events
     }
@@ -378,7 +378,7 @@ impl PluginWatcher {
         let before = self.retiring.len();
         self.retiring.retain(|r| r.old.strong_count() > 0);
         if self.retiring.len() < before {
-            super::trim::trim_released_copies();
+            shimmer_sys::proc::trim_released_plugin_copies();
         }
         self.retiring.is_empty()
     }
