@@ -532,7 +532,7 @@ fn reloading_100_times_keeps_threads_flat_and_memory_bounded() {
     let out = Command::new(std::env::current_exe().unwrap())
         .args([
             "--exact",
-            "reload_cycles_child",
+            "hotswap::reload_cycles_child",
             "--ignored",
             "--nocapture",
             "--test-threads=1",
