@@ -128,13 +128,14 @@ impl WatchedRun {
             format!(
                 "name: hotswap\n\
                  domains:\n  \
-                   a: {{ plugin: {}, config: {{ dim: 4, items: 64, delay_ms: 2 }}{model} }}\n  \
+                   a: {{ plugin: {}, config: {{ dim: 4, items: 64, delay_ms: 2, hold_file: {} }}{model} }}\n  \
                    b: {{ plugin: random-vectors, config: {{ dim: 3, train: 64, val: 16, test: 16 }} }}\n\
                  workspace: {{ flavour: two_domains, dim: 4 }}\n\
                  data:\n  batch_size: 8\n  shuffle: false\n  workers: {workers}\n  cache: {{ enabled: {cache} }}\n  \
                    groups: [ {{ domains: [a, b] }}, {{ domains: [a] }}, {{ domains: [b] }} ]\n\
                  training: {{ max_steps: {STEPS}, val_every_n_epochs: 50, log_every_n_steps: 100 }}\n",
-                plugin.display()
+                plugin.display(),
+                tmp.path().join("hold").display()
             ),
         )
         .unwrap();
@@ -154,6 +155,18 @@ impl WatchedRun {
             .spawn()
             .expect("start shimmer run");
         Self { tmp, child }
+    }
+
+    /// Holds the run still (the plugin's loads wait) until [`Self::release`]:
+    /// however long a rebuild takes, the run cannot end before it.
+    fn hold(&self) {
+        std::fs::write(self.tmp.path().join("hold"), b"").unwrap();
+    }
+
+    /// Lets the run go on; the rebuilt file is already in place and stable,
+    /// so the watcher takes it at one of the next step boundaries.
+    fn release(&self) {
+        std::fs::remove_file(self.tmp.path().join("hold")).unwrap();
     }
 
     fn stderr(&self) -> String {
@@ -283,9 +296,11 @@ fn rebuilt_mid_run(lib_name: &str, cache: bool, workers: usize, model: &str) -> 
     run.wait_for("30 steps", Duration::from_secs(120), |r| {
         r.trace().len() >= 30
     });
+    run.hold();
     plugin.set("CONSTANT", "2.0");
     plugin.set("VERSION", "\"0.1.0+build2\"");
     plugin.build();
+    run.release();
     run.wait_for("the swap", Duration::from_secs(60), |r| {
         r.stderr().contains("now loads from")
     });
@@ -384,16 +399,20 @@ fn broken_rebuilds_are_refused_and_the_run_finishes_on_the_old_build() {
         r.trace().len() >= 30
     });
     // Wrong dimensions.
+    run.hold();
     plugin.set("DIM_OFFSET", "1");
     plugin.set("CONSTANT", "3.0");
     plugin.build();
+    run.release();
     run.wait_for("the first refusal", Duration::from_secs(60), |r| {
         r.stderr().contains("refused")
     });
     // A build whose `load` panics.
     plugin.set("DIM_OFFSET", "0");
     plugin.set("PANIC_IN_LOAD", "true");
+    run.hold();
     plugin.build();
+    run.release();
     run.wait_for("the second refusal", Duration::from_secs(60), |r| {
         r.stderr().matches("refused").count() >= 2
     });

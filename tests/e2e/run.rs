@@ -225,7 +225,8 @@ fn killed_run_resumes_to_the_same_weights() {
         );
         std::thread::sleep(Duration::from_millis(5));
     }
-    std::thread::sleep(Duration::from_millis(300));
+    // Killed as soon as a periodic checkpoint exists (1 200 steps remain:
+    // it cannot have finished), so the resume starts mid-run.
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
     let at_kill = summary(&killed);
