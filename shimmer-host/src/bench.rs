@@ -229,7 +229,7 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport> {
         workload: exp.name.clone(),
         device: device_name,
         precision: exp.precision.name().to_string(),
-        cpu_kernels: shimmer_kernels::cpu_level().unwrap_or("off").to_string(),
+        cpu_kernels: shimmer_nn::ops::Ops::cpu_level().to_string(),
         threads: candle_core::utils::get_num_threads(),
         steps: opts.steps,
         warmup: opts.warmup,

@@ -15,10 +15,7 @@ pub fn describe(device: &Device, precision: Precision) -> String {
         candle_core::DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}, {arithmetic}"),
         candle_core::DeviceLocation::Cpu => {
             let threads = candle_core::utils::get_num_threads();
-            let ops = match shimmer_kernels::cpu_level() {
-                Some(level) => format!("fused CPU kernels ({level})"),
-                None => format!("candle ops ({}=off)", shimmer_kernels::SWITCH),
-            };
+            let ops = crate::ops::Ops::describe_cpu();
             format!("cpu, {arithmetic}, {threads} thread(s), {ops}")
         }
         other => format!("{other:?}, {arithmetic}"),

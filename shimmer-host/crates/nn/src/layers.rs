@@ -28,6 +28,9 @@ pub struct Linear {
     bias: Var,
     /// Mixed precision: the dtype the product's inputs are rounded to.
     matmul_dtype: Option<candle_core::DType>,
+    /// Whether the product runs as a fused kernel (from the store).
+    #[cfg_attr(not(feature = "fused-kernels"), allow(dead_code))]
+    ops: crate::ops::Ops,
 }
 
 impl Linear {
@@ -47,6 +50,7 @@ impl Linear {
             weight,
             bias,
             matmul_dtype: store.matmul_dtype(),
+            ops: store.ops(),
         })
     }
 
@@ -60,10 +64,8 @@ impl Linear {
     /// (the product in the mixed-precision dtype when one is set).
     pub fn forward_act(&self, x: &Tensor, relu: bool) -> Result<Tensor> {
         let (w, b) = (self.weight.as_tensor(), self.bias.as_tensor());
-        if self.matmul_dtype.is_none()
-            && shimmer_kernels::enabled(x.device(), x.dtype())
-            && x.rank() == 2
-        {
+        #[cfg(feature = "fused-kernels")]
+        if self.ops == crate::ops::Ops::Fused && self.matmul_dtype.is_none() && x.rank() == 2 {
             return Ok(shimmer_kernels::linear::linear(x, w, b, relu)?);
         }
         let y = mixed_matmul(x, &w.t()?, self.matmul_dtype)?.broadcast_add(b)?;

@@ -7,7 +7,7 @@
 //! replay of shimmer's golden data ([`replay`]).
 //!
 //! On the CPU, the hot spots run as the fused kernels of `shimmer-kernels`
-//! (see [`device::fused_kernels`]).
+//! (see [`ops`]).
 
 pub mod checkpoint;
 pub mod device;
@@ -15,6 +15,7 @@ pub mod domain_model;
 pub mod gw;
 pub mod layers;
 pub mod losses;
+pub mod ops;
 pub mod optim;
 pub mod params;
 pub mod replay;

@@ -6,6 +6,7 @@
 //! saved and loaded with the weights but never trained (shimmer's
 //! non-learned `loss_mod.contrastive_fn.logit_scale`).
 
+use crate::ops::Ops;
 use anyhow::{Context, Result, bail};
 use candle_core::{DType, Device, Tensor, Var};
 use indexmap::IndexMap;
@@ -24,6 +25,7 @@ pub struct ParamStore {
     device: Device,
     dtype: DType,
     matmul_dtype: Option<DType>,
+    ops: Ops,
 }
 
 impl ParamStore {
@@ -35,7 +37,14 @@ impl ParamStore {
             device: device.clone(),
             dtype,
             matmul_dtype: None,
+            ops: Ops::choose(device, dtype),
         }
+    }
+
+    /// The implementation of the hot spots every layer built from this
+    /// store uses (chosen once, from its device and dtype).
+    pub fn ops(&self) -> Ops {
+        self.ops
     }
 
     /// Makes the layers built from this store round their matrix-product

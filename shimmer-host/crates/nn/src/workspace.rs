@@ -195,6 +195,7 @@ impl GlobalWorkspace {
             gw: &self.gw,
             selection: &self.selection,
             specs: &self.specs,
+            ops: self.store.ops(),
         };
         let encoded = encode_batch(&ctx, batch)?;
         let mut metrics = match self.flavour {

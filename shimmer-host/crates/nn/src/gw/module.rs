@@ -21,6 +21,8 @@ pub struct GwModule {
     latent_dims: IndexMap<String, usize>,
     workspace_dim: usize,
     activation: Activation,
+    #[cfg_attr(not(feature = "fused-kernels"), allow(dead_code))]
+    ops: crate::ops::Ops,
 }
 
 impl GwModule {
@@ -69,6 +71,7 @@ impl GwModule {
             latent_dims: domains.iter().cloned().collect(),
             workspace_dim,
             activation,
+            ops: store.ops(),
         })
     }
 
@@ -168,7 +171,8 @@ impl GwModule {
 
     fn activate(&self, sum: &Tensor) -> Result<Tensor> {
         Ok(match self.activation {
-            Activation::Tanh if shimmer_kernels::enabled(sum.device(), sum.dtype()) => {
+            #[cfg(feature = "fused-kernels")]
+            Activation::Tanh if self.ops == crate::ops::Ops::Fused => {
                 shimmer_kernels::elementwise::tanh(sum)?
             }
             Activation::Tanh => sum.tanh()?,

@@ -23,6 +23,8 @@ pub struct ContrastiveLoss {
     logit_scale: Var,
     learned: bool,
     matmul_dtype: Option<candle_core::DType>,
+    #[cfg_attr(not(feature = "fused-kernels"), allow(dead_code))]
+    ops: crate::ops::Ops,
     /// `arange(B)` on the device for the last batch size (composed path).
     labels: std::sync::Arc<std::sync::Mutex<Option<Tensor>>>,
 }
@@ -42,6 +44,7 @@ impl ContrastiveLoss {
             logit_scale,
             learned,
             matmul_dtype: store.matmul_dtype(),
+            ops: store.ops(),
             labels: Default::default(),
         })
     }
@@ -75,16 +78,16 @@ impl ContrastiveLoss {
         let clamped = exp.minimum(100.0)?;
         let xs = normalize(x)?.broadcast_mul(&clamped)?;
         let yn = normalize(y)?;
-        let loss =
-            if self.matmul_dtype.is_none() && shimmer_kernels::enabled(xs.device(), xs.dtype()) {
-                shimmer_kernels::clip::clip_loss(&xs, &yn)?
-            } else {
-                let logits = crate::layers::mixed_matmul(&xs, &yn.t()?, self.matmul_dtype)?;
-                let labels = self.labels(b, x.device())?;
-                let ce = candle_nn::loss::cross_entropy(&logits, &labels)?;
-                let ce_t = candle_nn::loss::cross_entropy(&logits.t()?, &labels)?;
-                ((ce + ce_t)? * 0.5)?
-            };
+        #[cfg(feature = "fused-kernels")]
+        if self.ops == crate::ops::Ops::Fused && self.matmul_dtype.is_none() {
+            let loss = shimmer_kernels::clip::clip_loss(&xs, &yn)?;
+            return Ok((loss, exp.reshape(())?));
+        }
+        let logits = crate::layers::mixed_matmul(&xs, &yn.t()?, self.matmul_dtype)?;
+        let labels = self.labels(b, x.device())?;
+        let ce = candle_nn::loss::cross_entropy(&logits, &labels)?;
+        let ce_t = candle_nn::loss::cross_entropy(&logits.t()?, &labels)?;
+        let loss = ((ce + ce_t)? * 0.5)?;
         Ok((loss, exp.reshape(())?))
     }
 }

@@ -9,12 +9,14 @@
 //! `cosine` is `1 - cos(pred, target)` averaged over items (norms clamped at
 //! 1e-8, as PyTorch's `cosine_similarity`).
 
+use crate::ops::Ops;
 use anyhow::{Result, bail};
 use candle_core::{D, Tensor};
 use shimmer_plugin_api::{LossKind, LossSpec, LossUse};
 
 /// Evaluates `spec` for `use_`; `None` when the use is disabled.
 pub fn domain_loss(
+    ops: Ops,
     spec: &LossSpec,
     use_: LossUse,
     pred: &Tensor,
@@ -48,7 +50,7 @@ pub fn domain_loss(
                 target.narrow(1, seg.start, seg.len)?,
             )
         };
-        let l = segment_loss(seg.kind, &p, &t)?;
+        let l = segment_loss(ops, seg.kind, &p, &t)?;
         let l = if w == 1.0 { l } else { (l * f64::from(w))? };
         total = Some(match total {
             None => l,
@@ -59,9 +61,11 @@ pub fn domain_loss(
 }
 
 /// One elementary loss, reduced to a scalar.
-pub fn segment_loss(kind: LossKind, p: &Tensor, t: &Tensor) -> Result<Tensor> {
+pub fn segment_loss(ops: Ops, kind: LossKind, p: &Tensor, t: &Tensor) -> Result<Tensor> {
+    let _ = ops;
     Ok(match kind {
-        LossKind::Mse if shimmer_kernels::enabled(p.device(), p.dtype()) && p.rank() == 2 => {
+        #[cfg(feature = "fused-kernels")]
+        LossKind::Mse if ops == Ops::Fused && p.rank() == 2 => {
             shimmer_kernels::elementwise::mse(p, t)?
         }
         LossKind::Mse => (p - t)?.sqr()?.mean_all()?,
@@ -104,18 +108,53 @@ mod tests {
         let p = t(&[[1.0, 2.0], [0.0, -1.0]]);
         let q = t(&[[0.0, 2.0], [1.0, 1.0]]);
         // mse: (1 + 0 + 1 + 4) / 4
-        assert_eq!(val(segment_loss(LossKind::Mse, &p, &q).unwrap()), 1.5);
+        assert_eq!(
+            val(segment_loss(
+                Ops::choose(&candle_core::Device::Cpu, candle_core::DType::F32),
+                LossKind::Mse,
+                &p,
+                &q
+            )
+            .unwrap()),
+            1.5
+        );
         // l1: (1 + 0 + 1 + 2) / 4
-        assert_eq!(val(segment_loss(LossKind::L1, &p, &q).unwrap()), 1.0);
+        assert_eq!(
+            val(segment_loss(
+                Ops::choose(&candle_core::Device::Cpu, candle_core::DType::F32),
+                LossKind::L1,
+                &p,
+                &q
+            )
+            .unwrap()),
+            1.0
+        );
         // ce: targets argmax -> [1, 0]; item0 -log softmax([1,2])[1], item1 -log softmax([0,-1])[0]
         let classes = t(&[[0.0, 1.0], [1.0, 0.0]]);
         let ce0 = -(2f32.exp() / (1f32.exp() + 2f32.exp())).ln();
         let ce1 = -(1.0 / (1.0 + (-1f32).exp())).ln();
-        let got = val(segment_loss(LossKind::CrossEntropy, &p, &classes).unwrap());
+        let got = val(segment_loss(
+            Ops::choose(&candle_core::Device::Cpu, candle_core::DType::F32),
+            LossKind::CrossEntropy,
+            &p,
+            &classes,
+        )
+        .unwrap());
         assert!((got - (ce0 + ce1) / 2.0).abs() < 1e-6);
         // cosine: item0 cos = 4 / (sqrt5 * 2), item1 cos = -1 / (1 * sqrt2)
         let want = ((1.0 - 2.0 / 5f32.sqrt()) + (1.0 + 1.0 / 2f32.sqrt())) / 2.0;
-        assert!((val(segment_loss(LossKind::Cosine, &p, &q).unwrap()) - want).abs() < 1e-6);
+        assert!(
+            (val(segment_loss(
+                Ops::choose(&candle_core::Device::Cpu, candle_core::DType::F32),
+                LossKind::Cosine,
+                &p,
+                &q
+            )
+            .unwrap())
+                - want)
+                .abs()
+                < 1e-6
+        );
         // bce with logits against t in [0,1]
         let tt = t(&[[0.0, 1.0], [1.0, 0.5]]);
         let bce = |x: f32, y: f32| {
@@ -123,7 +162,18 @@ mod tests {
                 + (1.0 - y) * (1.0 - 1.0 / (1.0 + (-x).exp())).ln())
         };
         let want = (bce(1.0, 0.0) + bce(2.0, 1.0) + bce(0.0, 1.0) + bce(-1.0, 0.5)) / 4.0;
-        assert!((val(segment_loss(LossKind::Bce, &p, &tt).unwrap()) - want).abs() < 1e-6);
+        assert!(
+            (val(segment_loss(
+                Ops::choose(&candle_core::Device::Cpu, candle_core::DType::F32),
+                LossKind::Bce,
+                &p,
+                &tt
+            )
+            .unwrap())
+                - want)
+                .abs()
+                < 1e-6
+        );
     }
 
     #[test]
@@ -157,19 +207,46 @@ mod tests {
             ],
         };
         // col0 mse = (1 + 1) / 2 = 1; col1 l1 = (0 + 2) / 2 = 1
-        let dcy = domain_loss(&spec, LossUse::DemiCycle, &p, &q)
-            .unwrap()
-            .unwrap();
+        let dcy = domain_loss(
+            Ops::choose(&candle_core::Device::Cpu, candle_core::DType::F32),
+            &spec,
+            LossUse::DemiCycle,
+            &p,
+            &q,
+        )
+        .unwrap()
+        .unwrap();
         assert_eq!(val(dcy), 3.0);
-        let tr = domain_loss(&spec, LossUse::Translation, &p, &q)
-            .unwrap()
-            .unwrap();
+        let tr = domain_loss(
+            Ops::choose(&candle_core::Device::Cpu, candle_core::DType::F32),
+            &spec,
+            LossUse::Translation,
+            &p,
+            &q,
+        )
+        .unwrap()
+        .unwrap();
         assert_eq!(val(tr), 1.0);
         assert!(
-            domain_loss(&spec, LossUse::Cycle, &p, &q)
-                .unwrap()
-                .is_none()
+            domain_loss(
+                Ops::choose(&candle_core::Device::Cpu, candle_core::DType::F32),
+                &spec,
+                LossUse::Cycle,
+                &p,
+                &q
+            )
+            .unwrap()
+            .is_none()
         );
-        assert!(domain_loss(&LossSpec::mse(3), LossUse::Cycle, &p, &q).is_err());
+        assert!(
+            domain_loss(
+                Ops::choose(&candle_core::Device::Cpu, candle_core::DType::F32),
+                &LossSpec::mse(3),
+                LossUse::Cycle,
+                &p,
+                &q
+            )
+            .is_err()
+        );
     }
 }

@@ -36,6 +36,8 @@ pub struct LossContext<'a> {
     pub selection: &'a Selection,
     /// Each model domain's loss spec.
     pub specs: &'a IndexMap<String, LossSpec>,
+    /// The model's implementation of the hot spots.
+    pub ops: crate::ops::Ops,
 }
 
 impl LossContext<'_> {
@@ -51,7 +53,7 @@ impl LossContext<'_> {
             .specs
             .get(domain)
             .with_context(|| format!("no loss spec for domain `{domain}`"))?;
-        domain_loss::domain_loss(spec, use_, pred, target)
+        domain_loss::domain_loss(self.ops, spec, use_, pred, target)
             .with_context(|| format!("loss of domain `{domain}`"))
     }
 }

@@ -23,6 +23,8 @@ struct State {
     exp_avg: Tensor,
     exp_avg_sq: Tensor,
     step: u64,
+    /// Fused in-place update or candle's ops, chosen when built.
+    ops: crate::ops::Ops,
 }
 
 /// AdamW over named parameters.
@@ -53,6 +55,7 @@ impl AdamW {
                         exp_avg: v.zeros_like()?,
                         exp_avg_sq: v.zeros_like()?,
                         step: 0,
+                        ops: crate::ops::Ops::choose(v.device(), v.dtype()),
                     },
                 ))
             })
@@ -80,7 +83,8 @@ impl AdamW {
             let step_size = lr / bc1;
             let dev = var.device();
             let dtype = var.dtype();
-            if shimmer_kernels::enabled(dev, dtype) {
+            #[cfg(feature = "fused-kernels")]
+            if st.ops == crate::ops::Ops::Fused {
                 let h = shimmer_kernels::adamw::AdamWStep {
                     one_minus_beta1: (1.0 - beta1) as f32,
                     beta2: self.beta2 as f32,
@@ -174,6 +178,7 @@ impl AdamW {
                 exp_avg_sq: v,
                 step: u64::try_from(step)
                     .with_context(|| format!("{origin}: negative step count"))?,
+                ops: st.ops,
             };
         }
         Ok(())
