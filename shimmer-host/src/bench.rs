@@ -154,9 +154,9 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport> {
             "`shimmer bench` times Global Workspace training; this experiment pretrains a domain model"
         );
     }
-    let device_name = match device::resolve(&exp.device)? {
-        candle_core::Device::Cpu => "cpu".to_string(),
-        candle_core::Device::Cuda(_) => exp.device.trim().replace("auto", "cuda:0"),
+    let device_name = match device::resolve(exp.device)?.location() {
+        candle_core::DeviceLocation::Cpu => "cpu".to_string(),
+        candle_core::DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),
         other => format!("{other:?}"),
     };
     let base_dir = opts.experiment.parent().unwrap_or(Path::new("."));

@@ -40,8 +40,8 @@ pub struct Experiment {
     #[serde(default)]
     pub seed: u64,
     /// Training device: `auto`, `cpu` or `cuda:N`.
-    #[serde(default = "default_device")]
-    pub device: String,
+    #[serde(default)]
+    pub device: DeviceSpec,
     /// Arithmetic of the GW's matrix products: `f32`, or `bf16` mixed
     /// precision (CUDA only).
     #[serde(default)]
@@ -74,8 +74,61 @@ pub struct Experiment {
     pub sweep: Option<crate::sweep::SweepConfig>,
 }
 
-fn default_device() -> String {
-    "auto".to_string()
+/// Where an experiment trains, as written in its YAML: `auto` (the first
+/// GPU when there is one, else the CPU), `cpu`, or `cuda:N` (`cuda` is
+/// `cuda:0`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum DeviceSpec {
+    /// The first GPU if the binary and machine have one, else the CPU.
+    #[default]
+    Auto,
+    /// The CPU.
+    Cpu,
+    /// The CUDA device of this ordinal.
+    Cuda(usize),
+}
+
+impl std::str::FromStr for DeviceSpec {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let unknown = || format!("unknown device `{s}`; allowed: auto, cpu, cuda, cuda:N");
+        match s.trim() {
+            "auto" => Ok(Self::Auto),
+            "cpu" => Ok(Self::Cpu),
+            "cuda" => Ok(Self::Cuda(0)),
+            other => {
+                let n = other.strip_prefix("cuda:").ok_or_else(unknown)?;
+                n.parse()
+                    .map(Self::Cuda)
+                    .map_err(|_| format!("bad GPU index in device `{s}`: expected cuda:N, N >= 0"))
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for DeviceSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Auto => f.write_str("auto"),
+            Self::Cpu => f.write_str("cpu"),
+            Self::Cuda(n) => write!(f, "cuda:{n}"),
+        }
+    }
+}
+
+impl Serialize for DeviceSpec {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for DeviceSpec {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
 }
 
 /// Arithmetic of the GW's matrix products.
@@ -374,14 +427,49 @@ impl WorkspaceConfig {
     }
 }
 
-/// Names a loss coefficient may have.
-pub const LOSS_COEF_NAMES: [&str; 5] = [
-    "demi_cycles",
-    "cycles",
-    "translations",
-    "contrastives",
-    "fused",
-];
+/// A family of GW losses, as `loss.coefs` names it (shimmer's names).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LossFamily {
+    /// Encode then decode each domain alone.
+    DemiCycles,
+    /// Translate to another domain and back.
+    Cycles,
+    /// Translate between paired domains.
+    Translations,
+    /// CLIP-style contrastive loss between paired domains' states.
+    Contrastives,
+    /// The fusion flavour's broadcast loss.
+    Fused,
+}
+
+impl LossFamily {
+    /// Every family, in shimmer's order.
+    pub const ALL: [LossFamily; 5] = [
+        LossFamily::DemiCycles,
+        LossFamily::Cycles,
+        LossFamily::Translations,
+        LossFamily::Contrastives,
+        LossFamily::Fused,
+    ];
+
+    /// Its name in `loss.coefs` and in the metrics (`demi_cycles`, ...).
+    pub fn name(self) -> &'static str {
+        match self {
+            LossFamily::DemiCycles => "demi_cycles",
+            LossFamily::Cycles => "cycles",
+            LossFamily::Translations => "translations",
+            LossFamily::Contrastives => "contrastives",
+            LossFamily::Fused => "fused",
+        }
+    }
+}
+
+impl std::fmt::Display for LossFamily {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
 
 /// Loss coefficients (shimmer's `loss_coefs`), in the order given.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -389,32 +477,23 @@ pub const LOSS_COEF_NAMES: [&str; 5] = [
 pub struct LossConfig {
     /// Coefficient per loss family; the total loss is the **mean** of
     /// `coef * metric` over families with `coef > 0`, as shimmer computes it.
-    pub coefs: IndexMap<String, f64>,
+    pub coefs: IndexMap<LossFamily, f64>,
 }
 
 impl Default for LossConfig {
     fn default() -> Self {
-        let coefs = ["demi_cycles", "cycles", "translations", "contrastives"]
-            .into_iter()
-            .map(|n| (n.to_string(), 1.0))
-            .collect();
+        let coefs = LossFamily::ALL[..4].iter().map(|&f| (f, 1.0)).collect();
         Self { coefs }
     }
 }
 
 impl LossConfig {
     fn check(&self) -> Result<(), CheckError> {
-        for (name, coef) in &self.coefs {
-            let key = format!("loss.coefs.{name}");
-            if !LOSS_COEF_NAMES.contains(&name.as_str()) {
-                let message = format!(
-                    "unknown loss coefficient `{key}`; allowed: {}",
-                    LOSS_COEF_NAMES.join(", ")
-                );
-                return Err(CheckError::new(key, message));
-            }
+        for (family, coef) in &self.coefs {
             if !coef.is_finite() || *coef < 0.0 {
-                let message = format!("loss coefficient `{key}` must be >= 0, got {coef}");
+                let key = format!("loss.coefs.{family}");
+                let message =
+                    format!("loss coefficient `{key}` must be a finite number >= 0, got {coef}");
                 return Err(CheckError::new(key, message));
             }
         }
@@ -562,7 +641,7 @@ mod tests {
     fn parses_with_defaults_and_integer_coefficients() {
         let exp = crate::parse(P1, Path::new("p1.yaml")).unwrap();
         assert_eq!(exp.domains.keys().collect::<Vec<_>>(), ["a", "b"]);
-        assert_eq!(exp.loss.coefs["demi_cycles"], 1.0);
+        assert_eq!(exp.loss.coefs[&LossFamily::DemiCycles], 1.0);
         assert_eq!(
             exp.workspace().unwrap().selection(),
             SelectionConfig::SingleDomain
@@ -575,6 +654,53 @@ mod tests {
                 ..
             } if pct_start == 0.3
         ));
+    }
+
+    #[test]
+    fn devices_are_typed_and_bad_ones_point_at_their_line() {
+        for (text, want) in [
+            ("auto", DeviceSpec::Auto),
+            ("cpu", DeviceSpec::Cpu),
+            ("cuda", DeviceSpec::Cuda(0)),
+            ("cuda:3", DeviceSpec::Cuda(3)),
+        ] {
+            assert_eq!(text.parse::<DeviceSpec>().unwrap(), want);
+            assert_eq!(want.to_string().parse::<DeviceSpec>().unwrap(), want);
+        }
+        let bad = format!("device: tpu\n{P1}");
+        let err = crate::parse(&bad, Path::new("p1.yaml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("p1.yaml:1:"), "{err}");
+        assert!(err.contains("tpu") && err.contains("cuda:N"), "{err}");
+        let bad = format!("device: cuda:x\n{P1}");
+        let err = crate::parse(&bad, Path::new("p1.yaml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("bad GPU index"), "{err}");
+    }
+
+    #[test]
+    fn a_failed_check_points_at_the_key() {
+        let bad = P1.replace("contrastives: 0.05", "contrastives: -1");
+        let err = crate::parse(&bad, Path::new("p1.yaml"))
+            .unwrap_err()
+            .to_string();
+        // `contrastives` sits on line 10 of the test experiment.
+        assert!(err.starts_with("p1.yaml:10:"), "{err}");
+        assert!(
+            err.contains("loss.coefs.contrastives") && err.contains(">= 0"),
+            "{err}"
+        );
+        let bad = format!("{P1}pretrain: {{ domain: c, save_to: x.safetensors }}\n");
+        let err = crate::parse(&bad, Path::new("p1.yaml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("pretrain.domain") && err.contains("`c`"),
+            "{err}"
+        );
+        assert!(err.starts_with("p1.yaml:13:"), "{err}");
     }
 
     #[test]

@@ -41,7 +41,7 @@ pub struct ReplayOptions {
 /// Runs the replay.
 pub fn run(options: &ReplayOptions) -> Result<()> {
     let exp = shimmer_config::load(&options.experiment, &[])?.config;
-    let device = device::resolve(&exp.device)?;
+    let device = device::resolve(exp.device)?;
     let domains = domain_specs(&exp)?;
     let gw = GlobalWorkspace::with_precision(
         exp.workspace()?,

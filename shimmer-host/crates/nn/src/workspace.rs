@@ -65,7 +65,7 @@ pub struct GlobalWorkspace {
     contrastive: ContrastiveLoss,
     specs: IndexMap<String, LossSpec>,
     flavour: Flavour,
-    coefs: IndexMap<String, f64>,
+    coefs: IndexMap<shimmer_config::LossFamily, f64>,
 }
 
 impl GlobalWorkspace {
@@ -226,7 +226,7 @@ impl GlobalWorkspace {
                 self.coefs
                     .iter()
                     .filter(|(_, c)| **c > 0.0)
-                    .map(|(n, _)| n.as_str())
+                    .map(|(n, _)| n.name())
                     .collect::<Vec<_>>()
                     .join(", ")
             )

@@ -284,7 +284,7 @@ fn build_from(
     plugin_sources: &shimmer_data::Sources,
     memoize_frozen: bool,
 ) -> Result<(DataPipeline, Box<dyn Task>)> {
-    let device = device::resolve(&exp.device)?;
+    let device = device::resolve(exp.device)?;
     device::check_precision(&device, exp.precision)?;
     let mut sources = plugin_sources.clone();
     let input_dim = |name: &str| -> Result<usize> {

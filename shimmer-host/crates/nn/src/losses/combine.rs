@@ -10,25 +10,32 @@ use super::{Metrics, mean};
 use anyhow::Result;
 use candle_core::Tensor;
 use indexmap::IndexMap;
+use shimmer_config::LossFamily;
 
 /// `mean(coef * metrics[name])` over coefficients > 0 whose metric exists;
 /// `None` when there is no such term.
-pub fn combine_loss(metrics: &Metrics, coefs: &IndexMap<String, f64>) -> Result<Option<Tensor>> {
+pub fn combine_loss(
+    metrics: &Metrics,
+    coefs: &IndexMap<LossFamily, f64>,
+) -> Result<Option<Tensor>> {
     let terms = coefs
         .iter()
         .filter(|(_, c)| **c > 0.0)
-        .filter_map(|(name, c)| metrics.get(name).map(|m| m * *c))
+        .filter_map(|(family, c)| metrics.get(family.name()).map(|m| m * *c))
         .collect::<candle_core::Result<Vec<_>>>()?;
     mean_or_none(&terms)
 }
 
 /// `mean(metrics[name])` over coefficients > 0 other than `contrastives`
 /// whose metric exists; `None` when there is none.
-pub fn broadcast_loss(metrics: &Metrics, coefs: &IndexMap<String, f64>) -> Result<Option<Tensor>> {
+pub fn broadcast_loss(
+    metrics: &Metrics,
+    coefs: &IndexMap<LossFamily, f64>,
+) -> Result<Option<Tensor>> {
     let terms: Vec<Tensor> = coefs
         .iter()
-        .filter(|(name, c)| **c > 0.0 && name.as_str() != "contrastives")
-        .filter_map(|(name, _)| metrics.get(name).cloned())
+        .filter(|(family, c)| **c > 0.0 && **family != LossFamily::Contrastives)
+        .filter_map(|(family, _)| metrics.get(family.name()).cloned())
         .collect();
     mean_or_none(&terms)
 }
@@ -56,14 +63,13 @@ mod tests {
             .into_iter()
             .map(|(k, v)| (k.to_string(), s(v)))
             .collect();
-        let coefs: IndexMap<String, f64> = [
-            ("demi_cycles", 1.0),
-            ("cycles", 0.0),
-            ("translations", 1.0),
-            ("contrastives", 0.5),
+        let coefs: IndexMap<LossFamily, f64> = [
+            (LossFamily::DemiCycles, 1.0),
+            (LossFamily::Cycles, 0.0),
+            (LossFamily::Translations, 1.0),
+            (LossFamily::Contrastives, 0.5),
         ]
         .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
         .collect();
         // (1*1 + 0.5*4) / 2
         let total = combine_loss(&metrics, &coefs).unwrap().unwrap();
