@@ -323,3 +323,23 @@ fn read_loss_spec(
         return Ok(LossSpec { segments });
     }
 }
+
+impl PluginLibrary {
+    /// Creates a domain of `kind` from its config (a JSON object as text).
+    pub fn create_domain(
+        &self,
+        kind: &str,
+        config_json: &str,
+    ) -> Result<DomainHandle, PluginError> {
+        if !self.kinds().iter().any(|k| k == kind) {
+            return Err(PluginError::Invalid {
+                plugin: self.name().to_string(),
+                message: format!(
+                    "it has no domain kind `{kind}`; it provides: {}",
+                    self.kinds().join(", ")
+                ),
+            });
+        }
+        DomainHandle::create(self.clone(), kind, config_json)
+    }
+}

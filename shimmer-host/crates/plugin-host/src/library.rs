@@ -3,7 +3,7 @@
 
 #![allow(unsafe_code)] // see the SAFETY comment of each block
 
-use super::{DomainHandle, PluginError, search};
+use super::{PluginError, search};
 use shimmer_plugin_api::abi::{self, EntryFn, PluginDescriptor, StrRef};
 use std::mem::ManuallyDrop;
 use std::path::{Path, PathBuf};
@@ -189,22 +189,9 @@ impl PluginLibrary {
         unsafe { &(*self.inner.descriptor).functions }
     }
 
-    /// Creates a domain of `kind` from its config (a JSON object as text).
-    pub fn create_domain(
-        &self,
-        kind: &str,
-        config_json: &str,
-    ) -> Result<DomainHandle, PluginError> {
-        if !self.inner.kinds.iter().any(|k| k == kind) {
-            return Err(PluginError::Invalid {
-                plugin: self.inner.name.clone(),
-                message: format!(
-                    "it has no domain kind `{kind}`; it provides: {}",
-                    self.inner.kinds.join(", ")
-                ),
-            });
-        }
-        DomainHandle::create(self.clone(), kind, config_json)
+    /// The domain kinds the plugin provides.
+    pub fn kinds(&self) -> &[String] {
+        &self.inner.kinds
     }
 }
 

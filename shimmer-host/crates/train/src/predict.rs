@@ -27,7 +27,8 @@ fn load(opts: &EvalOptions) -> Result<(Box<dyn Task>, shimmer_data::DataLoader, 
     let run = RunDir::open(&opts.run_dir)?;
     let exp = shimmer_config::load(&run.config_file(), &[])?.config;
     let experiment_file = run.experiment_file()?;
-    let (pipeline, task) = super::build(&exp, &super::base_dir(experiment_file.as_deref()))?;
+    let (pipeline, task) =
+        crate::build::build(&exp, &crate::build::base_dir(experiment_file.as_deref()))?;
     let checkpoint = match &opts.checkpoint {
         Some(c) => c.clone(),
         None if run.best_checkpoint().exists() => run.best_checkpoint(),

@@ -192,6 +192,30 @@ pub struct KeptCheckpoint {
     pub file: String,
 }
 
+impl RunSummary {
+    /// The summary of a run starting (or resuming) in `dir`.
+    pub fn start(exp: &shimmer_config::Experiment, file: Option<&Path>, dir: &RunDir) -> Self {
+        Self {
+            experiment: exp.name.clone(),
+            experiment_file: file.map(|f| f.display().to_string()),
+            run_dir: Some(dir.path().display().to_string()),
+            status: RunStatus::Running,
+            error: None,
+            monitor: exp.training.monitor.clone(),
+            mode: exp.training.mode,
+            best_value: None,
+            best_step: None,
+            steps: 0,
+            epochs: 0,
+            wall_time_s: 0.0,
+            metrics: Default::default(),
+            top_k: Vec::new(),
+            stop_reason: None,
+            stopped_at_step: None,
+        }
+    }
+}
+
 fn timestamp() -> String {
     utc_stamp(std::time::SystemTime::now())
 }

@@ -51,6 +51,24 @@ pub struct Trainer<'a, T: Task> {
     pub report: FitReport,
 }
 
+/// The state of one [`Trainer::fit`] call.
+struct Fit<'l, 'a> {
+    loaders: &'l Loaders<'a>,
+    total: u64,
+    started: Instant,
+    wall_before: f64,
+    progress: Progress,
+    /// Step of the last validation.
+    validated_at: Option<u64>,
+}
+
+impl Fit<'_, '_> {
+    /// Training wall time over all resumes.
+    fn wall_time(&self) -> f64 {
+        self.wall_before + self.started.elapsed().as_secs_f64()
+    }
+}
+
 /// Number of optimiser steps of a run.
 pub fn total_steps(cfg: &TrainingConfig, steps_per_epoch: usize) -> Result<u64> {
     let per_epoch = steps_per_epoch as u64;
@@ -166,79 +184,112 @@ impl<'a, T: Task> Trainer<'a, T> {
                  `data.batch_size` items (or `data.drop_last: false`)"
             );
         }
-        let started = Instant::now();
-        let wall_before = self.position.wall_time_s;
-        let mut progress = Progress::new(total, self.position.global_step);
-        self.dispatch(&progress, total, |cb, ctx| {
+        let mut fit = Fit {
+            loaders,
+            total,
+            started: Instant::now(),
+            wall_before: self.position.wall_time_s,
+            progress: Progress::new(total, self.position.global_step),
+            validated_at: None,
+        };
+        self.dispatch(&fit.progress, total, |cb, ctx| {
             cb.on_fit_start(ctx).map(|()| Flow::Continue)
         })?;
-        let mut validated_at = None;
-        let end = 'epochs: loop {
+        let end = loop {
             if self.position.global_step >= total {
                 break FitEnd::Completed;
             }
-            let epoch = self.position.epoch;
-            let start = self.position.batch_in_epoch as usize;
-            let batches = loaders.train.epoch_from(epoch, start)?;
-            let n_batches = start + batches.len();
-            for (k, batch) in (start..).zip(batches) {
-                let batch = batch.with_context(|| format!("training epoch {epoch}, batch {k}"))?;
-                self.dispatch(&progress, total, |cb, ctx| {
-                    cb.on_batch_start(ctx, &batch, k).map(|()| Flow::Continue)
-                })?;
-                let mut outcome = self.train_step(&batch, k)?;
-                progress.step(self.position.global_step, outcome.loss, outcome.rows);
-                self.position.batch_in_epoch = k as u64 + 1;
-                self.position.wall_time_s = wall_before + started.elapsed().as_secs_f64();
-                let step = self.position.global_step;
-                let done = step >= total || self.fast_dev_run;
-                let mut flow = Flow::Continue;
-                if !done && super::callbacks::every_n(step, self.cfg.val_every_n_steps) {
-                    flow = self.validate(loaders, &progress, total)?;
-                    validated_at = Some(step);
-                    outcome.validated = true;
-                }
-                flow = flow
-                    .and(self.dispatch(&progress, total, |cb, ctx| cb.on_step_end(ctx, &outcome))?);
-                let at_epoch_end = self.position.batch_in_epoch as usize == n_batches;
-                match flow {
-                    // A signal's stop keeps the position mid-epoch, as saved.
-                    Flow::Stop(reason @ StopReason::Interrupted { .. }) => {
-                        break 'epochs FitEnd::Stopped(reason);
-                    }
-                    Flow::Stop(reason) => {
-                        self.end_epoch_if(at_epoch_end);
-                        break 'epochs FitEnd::Stopped(reason);
-                    }
-                    _ if done => {
-                        self.end_epoch_if(at_epoch_end);
-                        break 'epochs FitEnd::Completed;
-                    }
-                    Flow::ReloadEpoch if !at_epoch_end => continue 'epochs,
-                    _ => {}
-                }
-            }
-            self.end_epoch_if(true);
-            let every = self.cfg.val_every_n_epochs as u64;
-            if every > 0
-                && self.position.epoch.is_multiple_of(every)
-                && self.position.global_step < total
-            {
-                let flow = self.validate(loaders, &progress, total)?;
-                validated_at = Some(self.position.global_step);
-                if let Flow::Stop(reason) = flow {
-                    break 'epochs FitEnd::Stopped(reason);
-                }
+            if let Some(end) = self.run_epoch(&mut fit)? {
+                break end;
             }
         };
-        self.position.wall_time_s = wall_before + started.elapsed().as_secs_f64();
+        self.finish(&mut fit, end)
+    }
+
+    /// Trains the rest of the current epoch. `Some` when the fit ends in
+    /// it; `None` at the epoch's end, or when a callback asked to reload
+    /// the rest of the epoch.
+    fn run_epoch(&mut self, fit: &mut Fit<'_, '_>) -> Result<Option<FitEnd>> {
+        let epoch = self.position.epoch;
+        let start = self.position.batch_in_epoch as usize;
+        let batches = fit.loaders.train.epoch_from(epoch, start)?;
+        let n_batches = start + batches.len();
+        for (k, batch) in (start..).zip(batches) {
+            let batch = batch.with_context(|| format!("training epoch {epoch}, batch {k}"))?;
+            let (flow, done) = self.step(fit, &batch, k)?;
+            let at_epoch_end = self.position.batch_in_epoch as usize == n_batches;
+            match flow {
+                // A signal's stop keeps the position mid-epoch, as saved.
+                Flow::Stop(reason @ StopReason::Interrupted { .. }) => {
+                    return Ok(Some(FitEnd::Stopped(reason)));
+                }
+                Flow::Stop(reason) => {
+                    self.end_epoch_if(at_epoch_end);
+                    return Ok(Some(FitEnd::Stopped(reason)));
+                }
+                _ if done => {
+                    self.end_epoch_if(at_epoch_end);
+                    return Ok(Some(FitEnd::Completed));
+                }
+                Flow::ReloadEpoch if !at_epoch_end => return Ok(None),
+                _ => {}
+            }
+        }
+        self.end_epoch_if(true);
+        let every = self.cfg.val_every_n_epochs as u64;
+        if every > 0
+            && self.position.epoch.is_multiple_of(every)
+            && self.position.global_step < fit.total
+        {
+            let flow = self.validate(fit.loaders, &fit.progress, fit.total)?;
+            fit.validated_at = Some(self.position.global_step);
+            if let Flow::Stop(reason) = flow {
+                return Ok(Some(FitEnd::Stopped(reason)));
+            }
+        }
+        Ok(None)
+    }
+
+    /// One optimiser step on `batch` (the `k`-th of its epoch) with the
+    /// validation it is due and every callback; returns what they asked and
+    /// whether it was the fit's last step.
+    fn step(&mut self, fit: &mut Fit<'_, '_>, batch: &HostBatch, k: usize) -> Result<(Flow, bool)> {
+        let total = fit.total;
+        self.dispatch(&fit.progress, total, |cb, ctx| {
+            cb.on_batch_start(ctx, batch, k).map(|()| Flow::Continue)
+        })?;
+        let mut outcome = self.train_step(batch, k)?;
+        fit.progress
+            .step(self.position.global_step, outcome.loss, outcome.rows);
+        self.position.batch_in_epoch = k as u64 + 1;
+        self.position.wall_time_s = fit.wall_time();
+        let step = self.position.global_step;
+        let done = step >= total || self.fast_dev_run;
+        let mut flow = Flow::Continue;
+        if !done && super::callbacks::every_n(step, self.cfg.val_every_n_steps) {
+            flow = self.validate(fit.loaders, &fit.progress, total)?;
+            fit.validated_at = Some(step);
+            outcome.validated = true;
+        }
+        let after = self.dispatch(&fit.progress, total, |cb, ctx| {
+            cb.on_step_end(ctx, &outcome)
+        })?;
+        Ok((flow.and(after), done))
+    }
+
+    /// Ends a fit: after a signal, saves and returns [`crate::stop::Stopped`];
+    /// otherwise validates the final weights (unless that step was just
+    /// validated) and calls the callbacks' [`Callback::on_fit_end`].
+    fn finish(&mut self, fit: &mut Fit<'_, '_>, end: FitEnd) -> Result<FitEnd> {
+        self.position.wall_time_s = fit.wall_time();
+        let total = fit.total;
         if let FitEnd::Stopped(StopReason::Interrupted { signal }) = &end {
             let signal = *signal;
-            self.dispatch(&progress, total, |cb, ctx| {
+            self.dispatch(&fit.progress, total, |cb, ctx| {
                 cb.on_fit_end(ctx, &end).map(|()| Flow::Continue)
             })?;
             self.tb.flush()?;
-            progress.finish();
+            fit.progress.finish();
             return Err(crate::stop::Stopped {
                 signal,
                 step: self.position.global_step,
@@ -247,17 +298,18 @@ impl<'a, T: Task> Trainer<'a, T> {
             .into());
         }
         if let FitEnd::Stopped(StopReason::Finished(reason)) = &end {
-            progress.println(&format!("step {}: {reason}", self.position.global_step));
+            let step = self.position.global_step;
+            fit.progress.println(&format!("step {step}: {reason}"));
             self.report.stop_reason = Some(reason.clone());
-            self.report.stopped_at_step = Some(self.position.global_step);
+            self.report.stopped_at_step = Some(step);
         }
-        if validated_at != Some(self.position.global_step) {
-            self.validate(loaders, &progress, total)?;
+        if fit.validated_at != Some(self.position.global_step) {
+            self.validate(fit.loaders, &fit.progress, total)?;
         }
-        self.dispatch(&progress, total, |cb, ctx| {
+        self.dispatch(&fit.progress, total, |cb, ctx| {
             cb.on_fit_end(ctx, &end).map(|()| Flow::Continue)
         })?;
-        progress.finish();
+        fit.progress.finish();
         Ok(end)
     }
 

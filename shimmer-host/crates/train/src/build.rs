@@ -1,0 +1,174 @@
+//! From a checked experiment to what trains: its plugins opened, the data
+//! loaders built, and a GW with its domain models (or one domain model to
+//! pretrain); `shimmer validate` stops there.
+
+use crate::gw_task::{AttachedModel, GwTask};
+use crate::pretrain_task::PretrainTask;
+use crate::task::Task;
+use crate::trainer::total_steps;
+use anyhow::{Context, Result, bail};
+use indexmap::IndexMap;
+use shimmer_config::Experiment;
+use shimmer_data::{DataPipeline, ModelSource, open_sources};
+use shimmer_nn::device;
+use shimmer_nn::domain_model::{DomainModel, DomainModelConfig};
+use shimmer_nn::{DomainSpec, GlobalWorkspace};
+use shimmer_plugin_api::LossSpec;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Folder that relative item-list files of an experiment are taken from.
+pub(crate) fn base_dir(experiment_file: Option<&Path>) -> PathBuf {
+    experiment_file
+        .and_then(Path::parent)
+        .filter(|d| !d.as_os_str().is_empty())
+        .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+}
+
+/// Builds the GW's domain list: latent sizes (the domain model's, else the
+/// plugin's) and loss specs (the YAML's, else the plugin's for a domain
+/// without model, else MSE), in model order.
+fn domain_specs(
+    exp: &Experiment,
+    sources: &shimmer_data::Sources,
+    models: &IndexMap<String, AttachedModel>,
+) -> Result<Vec<DomainSpec>> {
+    exp.domains
+        .iter()
+        .map(|(name, d)| {
+            let source = sources.get(name);
+            let latent_dim = match (models.get(name), source, d.latent_dim) {
+                (Some(m), _, _) => m.model.latent_dim(),
+                (None, Some(s), _) => s.latent_dim(),
+                (None, None, Some(dim)) => dim,
+                (None, None, None) => bail!("domain `{name}` has no plugin and no `latent_dim`"),
+            };
+            let plugin_spec = if models.contains_key(name) {
+                None
+            } else {
+                source.and_then(|s| s.loss_spec())
+            };
+            let loss = match (&d.loss, plugin_spec) {
+                (Some(segments), _) => LossSpec {
+                    segments: segments.clone(),
+                },
+                (None, Some(spec)) => spec,
+                (None, None) => LossSpec::mse(latent_dim),
+            };
+            Ok(DomainSpec {
+                name: name.clone(),
+                latent_dim,
+                loss,
+            })
+        })
+        .collect()
+}
+
+/// Opens the plugins, builds the loaders and what the experiment trains: a
+/// GW with its domain models, or one domain model to pretrain. A frozen
+/// domain model becomes part of its domain's data (so the latent cache holds
+/// its outputs); a trained one runs in the GW's step.
+pub fn build(exp: &Experiment, base_dir: &Path) -> Result<(DataPipeline, Box<dyn Task>)> {
+    build_from(exp, base_dir, &open_sources(exp)?, false)
+}
+
+/// [`build`] over already opened plugin `sources` (watched ones, with
+/// `--watch`); `memoize_frozen` makes frozen domain models keep their
+/// outputs in memory (when the run's latent cache is off for watching).
+pub(crate) fn build_from(
+    exp: &Experiment,
+    base_dir: &Path,
+    plugin_sources: &shimmer_data::Sources,
+    memoize_frozen: bool,
+) -> Result<(DataPipeline, Box<dyn Task>)> {
+    let device = device::resolve(exp.device)?;
+    device::check_precision(&device, exp.precision)?;
+    let mut sources = plugin_sources.clone();
+    let input_dim = |name: &str| -> Result<usize> {
+        match (
+            plugin_sources.get(name),
+            exp.domains.get(name).and_then(|d| d.latent_dim),
+        ) {
+            (Some(s), _) => Ok(s.latent_dim()),
+            (None, Some(dim)) => Ok(dim),
+            (None, None) => bail!("domain `{name}` has no plugin and no `latent_dim`"),
+        }
+    };
+    if let Some(p) = &exp.pretrain {
+        let d = &exp.domains[&p.domain];
+        let model = DomainModel::new(&d.model.arch, input_dim(&p.domain)?, &device, exp.seed)
+            .with_context(|| format!("domain `{}`", p.domain))?;
+        let pipeline = DataPipeline::build(&exp.data, &sources, exp.seed, Some(base_dir))
+            .context("cannot build the data loaders")?;
+        let task = PretrainTask::new(&p.domain, model, device, exp.seed, p.save_to.clone());
+        return Ok((pipeline, Box::new(task)));
+    }
+    let mut trained = IndexMap::new();
+    for (i, (name, d)) in exp.domains.iter().enumerate() {
+        if d.model.arch == DomainModelConfig::Identity {
+            continue;
+        }
+        let seed = exp.seed.wrapping_add(i as u64 + 1);
+        let model = DomainModel::from_spec(&d.model, input_dim(name)?, &device, seed)
+            .with_context(|| format!("domain `{name}`"))?;
+        if !d.model.frozen {
+            trained.insert(
+                name.clone(),
+                AttachedModel {
+                    model,
+                    frozen: false,
+                },
+            );
+            continue;
+        }
+        if d.model.checkpoint.is_none() {
+            eprintln!(
+                "warning: domain `{name}`'s model is frozen and has no `checkpoint`: \
+                 it stays a random projection"
+            );
+        }
+        let inner = plugin_sources.get(name).cloned().with_context(|| {
+            format!("domain `{name}` has a model but no plugin to give it data")
+        })?;
+        let mut wrapped =
+            ModelSource::new(inner, model).with_context(|| format!("domain `{name}`"))?;
+        if memoize_frozen {
+            wrapped = wrapped.memoized();
+        }
+        sources.insert(name.clone(), Arc::new(wrapped));
+    }
+    let pipeline = DataPipeline::build(&exp.data, &sources, exp.seed, Some(base_dir))
+        .context("cannot build the data loaders")?;
+    let specs = domain_specs(exp, &sources, &trained)?;
+    let gw = GlobalWorkspace::with_precision(
+        exp.workspace()?,
+        &exp.loss,
+        &specs,
+        &device,
+        exp.precision,
+        exp.seed,
+    )?;
+    Ok((pipeline, Box::new(GwTask::new(gw, trained, device)?)))
+}
+
+/// `shimmer validate`: loads an experiment, its plugins, data and model as
+/// `shimmer run` would, without training; returns a short report.
+pub fn validate(experiment: &Path, overrides: &[String]) -> Result<String> {
+    let exp = shimmer_config::load(experiment, overrides)?.config;
+    let (pipeline, task) = build(&exp, &base_dir(Some(experiment)))?;
+    let steps = total_steps(&exp.training, pipeline.train.len())?;
+    let mut report = format!(
+        "{}: ok\n  domains      {}\n  model        {}\n  device       {}\n  training     {} batches per epoch, {steps} steps\n",
+        experiment.display(),
+        exp.domains.keys().cloned().collect::<Vec<_>>().join(", "),
+        task.describe(),
+        device::describe(task.params().device(), exp.precision),
+        pipeline.train.len(),
+    );
+    for (name, loader) in [("validation", &pipeline.val), ("test", &pipeline.test)] {
+        if let Some(l) = loader {
+            report.push_str(&format!("  {name:<12} {} batches\n", l.len()));
+        }
+    }
+    Ok(report)
+}

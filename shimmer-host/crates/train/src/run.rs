@@ -1,0 +1,299 @@
+//! `shimmer run`: trains an experiment end to end (or resumes a run),
+//! writing its run folder; see the crate documentation.
+
+use crate::build::{base_dir, build_from};
+use crate::callbacks;
+use crate::hparams;
+use crate::logger::RunLogger;
+use crate::run_dir::{RunDir, RunStatus, RunSummary};
+use crate::stop;
+use crate::task::Task;
+use crate::trainer::{Loaders, Trainer, evaluate, total_steps};
+use anyhow::{Context, Result, bail};
+use shimmer_config::Experiment;
+use shimmer_data::swap::PluginWatcher;
+use shimmer_data::{DataPipeline, open_sources};
+use shimmer_nn::optim::Optimizer;
+use shimmer_nn::{checkpoint, device};
+use shimmer_tensorboard::SessionStatus;
+use std::path::PathBuf;
+
+/// What `shimmer run` was asked to do.
+#[derive(Clone, Debug, Default)]
+pub struct RunOptions {
+    /// Experiment file (ignored when resuming: the run's own config is used).
+    pub experiment: PathBuf,
+    /// `key.path=value` overrides, applied after the YAML layers.
+    pub overrides: Vec<String>,
+    /// Exact run folder instead of `runs/<name>/<run-id>/`.
+    pub run_dir: Option<PathBuf>,
+    /// Run folder to continue from its last checkpoint.
+    pub resume: Option<PathBuf>,
+    /// One training and one validation batch, end to end.
+    pub fast_dev_run: bool,
+    /// Watch the plugin files and swap in rebuilt plugins between steps
+    /// (see [`crate::hotswap`]).
+    pub watch: bool,
+    /// With `resume`: `DOMAIN=PLUGIN` changes of a domain's plugin, checked
+    /// and recorded in the run's config (see [`crate::hotswap::resume`]).
+    pub set_plugins: Vec<String>,
+    /// When set, the run stops at the next step boundary, saving its last
+    /// checkpoint ([`stop::StopRequest::on_signals`] sets it on SIGINT,
+    /// SIGTERM or SIGHUP).
+    pub stop: stop::StopRequest,
+}
+
+impl RunOptions {
+    /// Options to run `experiment` as is.
+    pub fn new(experiment: impl Into<PathBuf>) -> Self {
+        Self {
+            experiment: experiment.into(),
+            ..Self::default()
+        }
+    }
+}
+
+/// A loaded experiment, and the run folder when resuming one.
+struct Prepared {
+    exp: Experiment,
+    resolved_yaml: String,
+    /// The experiment file (for a resumed run, the one it was started from).
+    experiment_file: Option<PathBuf>,
+    run_dir: Option<RunDir>,
+}
+
+fn prepare(opts: &RunOptions) -> Result<Prepared> {
+    if let Some(dir) = &opts.resume {
+        if !opts.overrides.is_empty() {
+            bail!("a resumed run keeps its own config: drop the overrides, or start a new run");
+        }
+        let run_dir = RunDir::open(dir)?;
+        let loaded = crate::resume::load_config(&run_dir, &opts.set_plugins)?;
+        return Ok(Prepared {
+            exp: loaded.config,
+            resolved_yaml: loaded.resolved_yaml,
+            experiment_file: run_dir.experiment_file()?,
+            run_dir: Some(run_dir),
+        });
+    }
+    let loaded = shimmer_config::load(&opts.experiment, &opts.overrides)?;
+    Ok(Prepared {
+        experiment_file: Some(opts.experiment.clone()),
+        exp: loaded.config,
+        resolved_yaml: loaded.resolved_yaml,
+        run_dir: None,
+    })
+}
+
+/// Trains an experiment (or resumes a run) and returns its summary; the
+/// summary is also in the run folder, with status `failed` and the error
+/// when training stopped on one.
+pub fn run(opts: &RunOptions) -> Result<RunSummary> {
+    let p = prepare(opts)?;
+    // Plugins, data and model first: bad input leaves no run folder behind.
+    let (pipeline, task, watcher) = open_inputs(&p, opts.watch)?;
+    let (run_dir, resuming) = match &p.run_dir {
+        Some(dir) => (dir.clone(), true),
+        None => {
+            let training = &p.exp.training;
+            let dir = RunDir::create(opts.run_dir.as_deref(), &training.runs_dir, &p.exp.name)?;
+            dir.write_config(&p.resolved_yaml)?;
+            (dir, false)
+        }
+    };
+    let mut summary = RunSummary::start(&p.exp, p.experiment_file.as_deref(), &run_dir);
+    run_dir.write_summary(&summary)?;
+    eprintln!("run folder {}", run_dir.path().display());
+    eprintln!(
+        "training on {}",
+        device::describe(task.params().device(), p.exp.precision)
+    );
+    let run = Run {
+        exp: &p.exp,
+        resolved_yaml: &p.resolved_yaml,
+        run_dir: &run_dir,
+        resuming,
+        fast_dev_run: opts.fast_dev_run,
+    };
+    let result = run.train(&pipeline, task, &mut summary, watcher, &opts.stop);
+    match &result {
+        Ok(()) => summary.status = RunStatus::Finished,
+        Err(e) => {
+            summary.status = if e.downcast_ref::<stop::Stopped>().is_some() {
+                RunStatus::Interrupted
+            } else {
+                RunStatus::Failed
+            };
+            summary.error = Some(format!("{e:#}"));
+        }
+    }
+    run_dir
+        .write_summary(&summary)
+        .context("cannot write the run summary")?;
+    result.map(|()| summary)
+}
+
+/// Opens the plugins (watched ones with `--watch`, which keep their own
+/// latent cache), builds the loaders and the model.
+fn open_inputs(
+    p: &Prepared,
+    watch: bool,
+) -> Result<(DataPipeline, Box<dyn Task>, Option<PluginWatcher>)> {
+    let base = base_dir(p.experiment_file.as_deref());
+    if !watch {
+        let (pipeline, task) = build_from(&p.exp, &base, &open_sources(&p.exp)?, false)?;
+        return Ok((pipeline, task, None));
+    }
+    let (sources, mut watcher) = shimmer_data::swap::open_watched_sources(&p.exp)?;
+    let mut uncached = p.exp.clone();
+    uncached.data.cache.enabled = false;
+    // Watched: frozen domain models keep their outputs themselves.
+    let (pipeline, task) = build_from(&uncached, &base, &sources, p.exp.data.cache.enabled)?;
+    let loaders = [
+        Some(&pipeline.train),
+        pipeline.val.as_ref(),
+        pipeline.test.as_ref(),
+    ];
+    watcher.require_items(&loaders.into_iter().flatten().collect::<Vec<_>>());
+    if p.exp.data.cache.enabled {
+        watcher
+            .enable_cache(p.exp.data.workers)
+            .context("data: building the latent cache")?;
+    }
+    Ok((pipeline, task, Some(watcher)))
+}
+
+/// One run being trained.
+struct Run<'a> {
+    exp: &'a Experiment,
+    resolved_yaml: &'a str,
+    run_dir: &'a RunDir,
+    resuming: bool,
+    fast_dev_run: bool,
+}
+
+impl Run<'_> {
+    fn train(
+        &self,
+        pipeline: &DataPipeline,
+        task: Box<dyn Task>,
+        summary: &mut RunSummary,
+        watcher: Option<PluginWatcher>,
+        stop: &stop::StopRequest,
+    ) -> Result<()> {
+        let (exp, fast_dev_run) = (self.exp, self.fast_dev_run);
+        let total = if fast_dev_run {
+            1
+        } else {
+            total_steps(&exp.training, pipeline.train.len())?
+        };
+        let optimizer = Optimizer::new(task.params().params(), &exp.optim, Some(total as usize))?;
+        let callbacks = callbacks::standard(&exp.training, watcher, stop.clone())?;
+        let tb = RunLogger::create(self.run_dir.path())?;
+        let mut trainer = Trainer::new(task, optimizer, &exp.training, self.run_dir, tb, callbacks);
+        trainer.fast_dev_run = fast_dev_run;
+        self.start(&mut trainer)?;
+        let loaders = Loaders {
+            train: &pipeline.train,
+            val: pipeline.val.as_ref(),
+        };
+        let fitted = trainer.fit(&loaders, total);
+        record(summary, &trainer);
+        if let Err(e) = fitted {
+            let _ = trainer.tb.session_end(SessionStatus::Failure);
+            let _ = trainer.tb.flush();
+            return Err(e);
+        }
+        if !fast_dev_run {
+            self.evaluate_best(&mut trainer, pipeline, summary)?;
+        }
+        trainer.tb.session_end(SessionStatus::Success)?;
+        trainer.tb.flush()?;
+        eprintln!(
+            "finished: {} steps, {} epochs in {:.1} s; best {} {} at step {}",
+            summary.steps,
+            summary.epochs,
+            summary.wall_time_s,
+            exp.training.monitor,
+            summary
+                .best_value
+                .map(|v| format!("{v:.6}"))
+                .unwrap_or_else(|| "n/a".into()),
+            summary.best_step.unwrap_or(0)
+        );
+        Ok(())
+    }
+
+    /// Restores a resumed run, or logs a new one's config and HParams.
+    fn start<T: Task>(&self, trainer: &mut Trainer<'_, T>) -> Result<()> {
+        if self.resuming {
+            trainer.resume()?;
+            trainer.tb.restart_at(trainer.position.global_step as i64)?;
+            eprintln!(
+                "resuming at step {} (epoch {}, batch {})",
+                trainer.position.global_step,
+                trainer.position.epoch,
+                trainer.position.batch_in_epoch
+            );
+        } else {
+            let config = format!("```yaml\n{}\n```", self.resolved_yaml);
+            trainer.tb.text("config", 0, &config)?;
+            let monitor = std::slice::from_ref(&self.exp.training.monitor);
+            trainer.tb.hparams(&hparams::of(self.exp)?, monitor)?;
+        }
+        trainer.tb.flush()
+    }
+
+    /// Validates and tests the best checkpoint, as shimmer's tutorial does
+    /// (`best/val/*`, `test/*`), and exports what the task exports.
+    fn evaluate_best<T: Task>(
+        &self,
+        trainer: &mut Trainer<'_, T>,
+        pipeline: &DataPipeline,
+        summary: &mut RunSummary,
+    ) -> Result<()> {
+        let best = self.run_dir.best_checkpoint();
+        if !best.exists() {
+            return Ok(());
+        }
+        checkpoint::load_weights(&best, trainer.task.params())?;
+        let step = trainer.position.global_step as i64;
+        let mut results = Vec::new();
+        if let Some(val) = &pipeline.val {
+            results.extend(evaluate(&mut trainer.task, val, "best/val", false)?);
+        }
+        if let Some(test) = &pipeline.test {
+            results.extend(evaluate(&mut trainer.task, test, "test", false)?);
+        }
+        for (name, v) in &results {
+            trainer.tb.scalar(name, step, *v as f32)?;
+            summary.metrics.insert(name.clone(), *v);
+        }
+        if let Some(what) = trainer.task.export()? {
+            eprintln!("{what}");
+        }
+        if !results.is_empty() {
+            let at = trainer.position.best_step.unwrap_or(0);
+            eprintln!("best checkpoint (step {at}):");
+            for (name, v) in &results {
+                eprintln!("  {name:<40} {v:.6}");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Copies where `trainer` stands into `summary`: steps, epochs, time, best
+/// value, last validation metrics, kept checkpoints and why it stopped.
+fn record<T: Task>(summary: &mut RunSummary, trainer: &Trainer<'_, T>) {
+    let p = &trainer.position;
+    summary.steps = p.global_step;
+    summary.epochs = p.epoch;
+    summary.wall_time_s = p.wall_time_s;
+    summary.best_value = p.best_value;
+    summary.best_step = p.best_step;
+    summary.metrics = trainer.last_val.clone().into_iter().collect();
+    summary.top_k = trainer.report.top_k.clone();
+    summary.stop_reason = trainer.report.stop_reason.clone();
+    summary.stopped_at_step = trainer.report.stopped_at_step;
+}
