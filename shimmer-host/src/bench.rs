@@ -164,60 +164,28 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport> {
     let started = Instant::now();
     let (pipeline, mut task) = shimmer_train::build(&exp, base_dir)?;
     let total = opts.warmup + opts.steps;
-    let mut batches: Vec<HostBatch> = Vec::new();
-    let mut epoch = 0;
-    while batches.len() < opts.preload.clamp(1, total) {
-        let before = batches.len();
-        for b in pipeline.train.epoch(epoch)? {
-            batches.push(b.with_context(|| format!("loading training epoch {epoch}"))?);
-            if batches.len() >= opts.preload.clamp(1, total) {
-                break;
-            }
-        }
-        if batches.len() == before {
-            bail!(
-                "an epoch of the training set has no batch: every group needs at least \
-                 `data.batch_size` items (or `data.drop_last: false`)"
-            );
-        }
-        epoch += 1;
-    }
+    let batches = preload(&pipeline.train, opts.preload.clamp(1, total))?;
     drop(pipeline);
     let mut optimizer = Optimizer::new(task.params().params(), &exp.optim, Some(total))?;
     let setup_s = started.elapsed().as_secs_f64();
-    let rss_before_steps_mib = proc_status_mib("VmRSS:");
-
-    let mut last_loss = f32::NAN;
-    let mut phases = Phases::default();
-    let mut step = |k: usize| -> Result<()> {
-        let batch = &batches[k % batches.len()];
-        let t0 = Instant::now();
-        let out = task.train_step(batch)?;
-        let loss = out.loss_value;
-        if !loss.is_finite() {
-            bail!("the training loss became {loss} at step {k}");
-        }
-        let t1 = Instant::now();
-        let grads = out.loss.backward()?;
-        let t2 = Instant::now();
-        optimizer.step(&grads)?;
-        let t3 = Instant::now();
-        if k >= opts.warmup {
-            phases.forward += (t1 - t0).as_secs_f64();
-            phases.backward += (t2 - t1).as_secs_f64();
-            phases.optimizer += (t3 - t2).as_secs_f64();
-        }
-        last_loss = loss;
-        Ok(())
+    let rss_before_steps_mib = memory_mib(|s| s.rss_kib);
+    let mut timing = Timing {
+        task: task.as_mut(),
+        optimizer: &mut optimizer,
+        batches: &batches,
+        warmup: opts.warmup,
+        phases: Phases::default(),
+        last_loss: f32::NAN,
     };
     for k in 0..opts.warmup {
-        step(k)?;
+        timing.step(k)?;
     }
     let t = Instant::now();
     for k in opts.warmup..total {
-        step(k)?;
+        timing.step(k)?;
     }
     let seconds = t.elapsed().as_secs_f64();
+    let (phases, last_loss) = (timing.phases, timing.last_loss);
     let samples_per_step = batches[0].groups.values().map(|g| g.rows()).sum();
     let device_mem_mib = if device_name == "cpu" {
         None
@@ -237,7 +205,7 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport> {
         seconds,
         steps_per_s: opts.steps as f64 / seconds,
         samples_per_s: (opts.steps * samples_per_step) as f64 / seconds,
-        peak_rss_mib: proc_status_mib("VmHWM:"),
+        peak_rss_mib: memory_mib(|s| s.peak_rss_kib),
         rss_before_steps_mib,
         device_mem_mib,
         setup_s,
@@ -246,18 +214,67 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport> {
     })
 }
 
-/// A `/proc/self/status` memory line (`VmHWM:`, `VmRSS:`) in MiB; NaN where
-/// there is none (not Linux).
-fn proc_status_mib(key: &str) -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with(key))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<f64>().ok())
-        })
-        .map_or(f64::NAN, |kb| kb / 1024.0)
+/// The first `n` training batches, over as many epochs as that takes.
+fn preload(train: &shimmer_data::DataLoader, n: usize) -> Result<Vec<HostBatch>> {
+    let mut batches: Vec<HostBatch> = Vec::new();
+    let mut epoch = 0;
+    while batches.len() < n {
+        let before = batches.len();
+        for b in train.epoch(epoch)? {
+            batches.push(b.with_context(|| format!("loading training epoch {epoch}"))?);
+            if batches.len() >= n {
+                break;
+            }
+        }
+        if batches.len() == before {
+            bail!(
+                "an epoch of the training set has no batch: every group needs at least \
+                 `data.batch_size` items (or `data.drop_last: false`)"
+            );
+        }
+        epoch += 1;
+    }
+    Ok(batches)
+}
+
+/// Timed training steps over preloaded batches, cycled.
+struct Timing<'a> {
+    task: &'a mut dyn Task,
+    optimizer: &'a mut Optimizer,
+    batches: &'a [HostBatch],
+    warmup: usize,
+    phases: Phases,
+    last_loss: f32,
+}
+
+impl Timing<'_> {
+    /// Step `k`: forward, backward and optimiser, each timed after warm-up.
+    fn step(&mut self, k: usize) -> Result<()> {
+        let batch = &self.batches[k % self.batches.len()];
+        let t0 = Instant::now();
+        let out = self.task.train_step(batch)?;
+        let loss = out.loss_value;
+        if !loss.is_finite() {
+            bail!("the training loss became {loss} at step {k}");
+        }
+        let t1 = Instant::now();
+        let grads = out.loss.backward()?;
+        let t2 = Instant::now();
+        self.optimizer.step(&grads)?;
+        let t3 = Instant::now();
+        if k >= self.warmup {
+            self.phases.forward += (t1 - t0).as_secs_f64();
+            self.phases.backward += (t2 - t1).as_secs_f64();
+            self.phases.optimizer += (t3 - t2).as_secs_f64();
+        }
+        self.last_loss = loss;
+        Ok(())
+    }
+}
+
+/// A memory figure of this process in MiB; NaN where `/proc` cannot be read.
+fn memory_mib(field: impl Fn(&shimmer_sys::proc::ProcessStats) -> u64) -> f64 {
+    shimmer_sys::proc::ProcessStats::read().map_or(f64::NAN, |s| field(&s) as f64 / 1024.0)
 }
 
 /// GPU memory this process holds, as `nvidia-smi` reports it (MiB).

@@ -51,68 +51,15 @@ impl DataPipeline {
             config.batch_size > 0,
             "`data.batch_size` must be at least 1"
         );
-
-        let mut train = Vec::with_capacity(config.groups.len());
-        for (i, g) in config.groups.iter().enumerate() {
-            let name = g
-                .name
-                .clone()
-                .unwrap_or_else(|| default_group_name(&g.domains));
-            let at = || format!("data.groups[{i}] (`{name}`)");
-            ensure!(
-                !train.iter().any(|t: &GroupDataset| t.name() == name),
-                "{}: another group has the same name; set `name:`",
-                at()
-            );
-            let size = split_size(sources, &g.domains, g.split).with_context(at)?;
-            let items = g
-                .items
-                .resolve(size, g.select, selection_seed(seed, &name), base_dir)
-                .with_context(at)?;
-            ensure!(!items.is_empty(), "{}: the group has no item", at());
-            train.push(
-                GroupDataset::new(name.clone(), g.domains.clone(), g.split, items)
-                    .with_context(at)?,
-            );
-        }
-
-        let largest = train.iter().map(|g| g.len() as u64).max().unwrap_or(0);
-        let mut samplers = Vec::with_capacity(train.len());
-        for g in &train {
-            let n = g.len() as u64;
-            let repeated = match config.repeat {
-                RepeatMode::None => RepeatedDataset::identity(n),
-                RepeatMode::Largest => RepeatedDataset::new(n, largest, false)?,
-                RepeatMode::LargestExact => RepeatedDataset::new(n, largest, true)?,
-            };
-            let s = GroupSampler::new(
-                repeated,
-                config.batch_size,
-                config.drop_last,
-                config.shuffle,
-            )?;
-            samplers.push((s, g.items_arc()));
-        }
-        let combined = CombinedSampler::new(samplers, config.mode, seed)
-            .with_context(|| format!("data: training groups {}", names(&train)))?;
-
+        let train = train_groups(config, sources, seed, base_dir)?;
+        let combined = train_sampler(config, &train, seed)?;
         let val = eval_groups(&config.val, Split::Val, sources, seed, base_dir, "val")?;
         let test = eval_groups(&config.test, Split::Test, sources, seed, base_dir, "test")?;
-
         let sources = if config.cache.enabled {
-            let mut needs: Vec<(String, Vec<Split>)> = Vec::new();
-            for g in train.iter().chain(&val).chain(&test) {
-                for d in g.domains() {
-                    match needs.iter_mut().find(|(n, _)| n == d) {
-                        Some((_, splits)) if !splits.contains(&g.split()) => splits.push(g.split()),
-                        Some(_) => {}
-                        None => needs.push((d.clone(), vec![g.split()])),
-                    }
-                }
-            }
+            let all: Vec<&GroupDataset> = train.iter().chain(&val).chain(&test).collect();
             cache_sources(
                 sources,
-                &needs,
+                &needed_splits(&all),
                 config.cache.dir.as_deref(),
                 config.workers.max(1),
             )
@@ -120,43 +67,122 @@ impl DataPipeline {
         } else {
             sources.clone()
         };
-
-        let eval_loader = |groups: Vec<GroupDataset>| -> Result<Option<DataLoader>> {
-            if groups.is_empty() {
-                return Ok(None);
-            }
-            let mut samplers = Vec::with_capacity(groups.len());
-            for g in &groups {
-                let s = GroupSampler::new(
-                    RepeatedDataset::identity(g.len() as u64),
-                    config.batch_size,
-                    false,
-                    false,
-                )?;
-                samplers.push((s, g.items_arc()));
-            }
-            let combined = CombinedSampler::new(samplers, CombineMode::Sequential, seed)?;
-            let loader = DataLoader::new(
+        let loader = |groups, combined| {
+            DataLoader::new(
                 groups,
                 sources.clone(),
                 combined,
                 config.workers,
                 config.prefetch,
-            )?;
-            Ok(Some(loader))
+            )
+        };
+        let eval_loader = |groups: Vec<GroupDataset>| -> Result<Option<DataLoader>> {
+            if groups.is_empty() {
+                return Ok(None);
+            }
+            let combined = eval_sampler(config, &groups, seed)?;
+            loader(groups, combined).map(Some)
         };
         Ok(Self {
-            train: DataLoader::new(
-                train,
-                sources.clone(),
-                combined,
-                config.workers,
-                config.prefetch,
-            )?,
+            train: loader(train, combined)?,
             val: eval_loader(val)?,
             test: eval_loader(test)?,
         })
     }
+}
+
+/// The training groups of `config`, their items resolved and checked.
+fn train_groups(
+    config: &DataConfig,
+    sources: &Sources,
+    seed: u64,
+    base_dir: Option<&Path>,
+) -> Result<Vec<GroupDataset>> {
+    let mut train = Vec::with_capacity(config.groups.len());
+    for (i, g) in config.groups.iter().enumerate() {
+        let name = g
+            .name
+            .clone()
+            .unwrap_or_else(|| default_group_name(&g.domains));
+        let at = || format!("data.groups[{i}] (`{name}`)");
+        ensure!(
+            !train.iter().any(|t: &GroupDataset| t.name() == name),
+            "{}: another group has the same name; set `name:`",
+            at()
+        );
+        let size = split_size(sources, &g.domains, g.split).with_context(at)?;
+        let items = g
+            .items
+            .resolve(size, g.select, selection_seed(seed, &name), base_dir)
+            .with_context(at)?;
+        ensure!(!items.is_empty(), "{}: the group has no item", at());
+        train.push(
+            GroupDataset::new(name.clone(), g.domains.clone(), g.split, items).with_context(at)?,
+        );
+    }
+    Ok(train)
+}
+
+/// The training batch plan: each group repeated as `data.repeat` says,
+/// batched and shuffled, combined in `data.mode`.
+fn train_sampler(
+    config: &DataConfig,
+    train: &[GroupDataset],
+    seed: u64,
+) -> Result<CombinedSampler> {
+    let largest = train.iter().map(|g| g.len() as u64).max().unwrap_or(0);
+    let mut samplers = Vec::with_capacity(train.len());
+    for g in train {
+        let n = g.len() as u64;
+        let repeated = match config.repeat {
+            RepeatMode::None => RepeatedDataset::identity(n),
+            RepeatMode::Largest => RepeatedDataset::new(n, largest, false)?,
+            RepeatMode::LargestExact => RepeatedDataset::new(n, largest, true)?,
+        };
+        let s = GroupSampler::new(
+            repeated,
+            config.batch_size,
+            config.drop_last,
+            config.shuffle,
+        )?;
+        samplers.push((s, g.items_arc()));
+    }
+    CombinedSampler::new(samplers, config.mode, seed)
+        .with_context(|| format!("data: training groups {}", names(train)))
+}
+
+/// A validation or test plan: every item once, in order, group after group.
+fn eval_sampler(
+    config: &DataConfig,
+    groups: &[GroupDataset],
+    seed: u64,
+) -> Result<CombinedSampler> {
+    let mut samplers = Vec::with_capacity(groups.len());
+    for g in groups {
+        let s = GroupSampler::new(
+            RepeatedDataset::identity(g.len() as u64),
+            config.batch_size,
+            false,
+            false,
+        )?;
+        samplers.push((s, g.items_arc()));
+    }
+    CombinedSampler::new(samplers, CombineMode::Sequential, seed)
+}
+
+/// Which splits of which domain the groups read (what the cache encodes).
+fn needed_splits(groups: &[&GroupDataset]) -> Vec<(String, Vec<Split>)> {
+    let mut needs: Vec<(String, Vec<Split>)> = Vec::new();
+    for g in groups {
+        for d in g.domains() {
+            match needs.iter_mut().find(|(n, _)| n == d) {
+                Some((_, splits)) if !splits.contains(&g.split()) => splits.push(g.split()),
+                Some(_) => {}
+                None => needs.push((d.clone(), vec![g.split()])),
+            }
+        }
+    }
+    needs
 }
 
 /// Resolves validation or test sets; sets without items are left out.

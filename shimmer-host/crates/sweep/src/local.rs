@@ -84,89 +84,125 @@ pub fn run(
     stop: &AtomicBool,
 ) -> Result<Outcome> {
     let jobs = jobs.max(1);
-    let total = indices.len();
-    let mut queue: VecDeque<usize> = indices.iter().copied().collect();
-    let mut running: Vec<Running> = Vec::new();
-    let mut outcome = Outcome::default();
-    let mut ended = 0;
-    let mut report = |index: usize, text: String| {
-        ended += 1;
-        println!("[{ended}/{total}] trial {} {text}", dir.trial_name(index));
+    let mut pool = Pool {
+        dir,
+        total: indices.len(),
+        ended: 0,
+        running: Vec::new(),
+        outcome: Outcome::default(),
     };
+    let mut queue: VecDeque<usize> = indices.iter().copied().collect();
     while !stop.load(Ordering::SeqCst) {
-        while running.len() < jobs {
+        while pool.running.len() < jobs {
             let Some(index) = queue.pop_front() else {
                 break;
             };
-            match trial::spawn(manifest, dir, index) {
-                Ok((child, record)) => running.push(Running {
-                    index,
-                    child,
-                    record,
-                    started: Instant::now(),
-                }),
-                Err(e) => {
-                    let mut record = dir.record(index).unwrap_or_default();
-                    record.state = TrialState::Failed;
-                    record.error = Some(format!("{e:#}"));
-                    dir.save_record(index, &record)?;
-                    outcome.failed += 1;
-                    report(index, format!("failed to start: {e:#}"));
-                }
-            }
+            pool.start(manifest, index)?;
         }
-        if running.is_empty() {
+        if pool.running.is_empty() {
             break;
         }
-        let mut k = 0;
-        while k < running.len() {
-            match running[k].child.try_wait() {
-                Ok(None) => k += 1,
-                Ok(Some(status)) => {
-                    let mut r = running.swap_remove(k);
-                    let secs = r.started.elapsed().as_secs_f64();
-                    trial::finish(dir, r.index, &mut r.record, status, secs)?;
-                    if r.record.state == TrialState::Finished {
-                        outcome.finished += 1;
-                        report(r.index, format!("finished in {secs:.1} s"));
-                    } else {
-                        outcome.failed += 1;
-                        let error = r.record.error.clone().unwrap_or_default();
-                        report(r.index, format!("failed after {secs:.1} s: {error}"));
-                    }
-                }
-                Err(e) => {
-                    let mut r = running.swap_remove(k);
-                    stop_child(&mut r.child);
-                    r.record.state = TrialState::Failed;
-                    r.record.error = Some(format!("cannot wait for the trial: {e}"));
-                    dir.save_record(r.index, &r.record)?;
-                    outcome.failed += 1;
-                    report(r.index, format!("failed: cannot wait for it: {e}"));
-                }
-            }
-        }
+        pool.reap()?;
         std::thread::sleep(POLL);
     }
     if stop.load(Ordering::SeqCst) {
-        for mut r in running {
-            // A trial that ended on its own just now keeps its result.
+        pool.interrupt_all()?;
+        pool.outcome.interrupted += queue.len();
+    }
+    Ok(pool.outcome)
+}
+
+/// The trials running now, and what became of the others.
+struct Pool<'a> {
+    dir: &'a SweepDir,
+    total: usize,
+    ended: usize,
+    running: Vec<Running>,
+    outcome: Outcome,
+}
+
+impl Pool<'_> {
+    fn report(&mut self, index: usize, text: &str) {
+        self.ended += 1;
+        let (ended, total) = (self.ended, self.total);
+        println!(
+            "[{ended}/{total}] trial {} {text}",
+            self.dir.trial_name(index)
+        );
+    }
+
+    /// Starts trial `index`; a trial that cannot start is recorded failed.
+    fn start(&mut self, manifest: &Manifest, index: usize) -> Result<()> {
+        match trial::spawn(manifest, self.dir, index) {
+            Ok((child, record)) => self.running.push(Running {
+                index,
+                child,
+                record,
+                started: Instant::now(),
+            }),
+            Err(e) => {
+                let mut record = self.dir.record(index).unwrap_or_default();
+                record.state = TrialState::Failed;
+                record.error = Some(format!("{e:#}"));
+                self.dir.save_record(index, &record)?;
+                self.outcome.failed += 1;
+                self.report(index, &format!("failed to start: {e:#}"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Records the trials that ended since the last call.
+    fn reap(&mut self) -> Result<()> {
+        let mut k = 0;
+        while k < self.running.len() {
+            match self.running[k].child.try_wait() {
+                Ok(None) => k += 1,
+                Ok(Some(status)) => {
+                    let mut r = self.running.swap_remove(k);
+                    let secs = r.started.elapsed().as_secs_f64();
+                    trial::finish(self.dir, r.index, &mut r.record, status, secs)?;
+                    if r.record.state == TrialState::Finished {
+                        self.outcome.finished += 1;
+                        self.report(r.index, &format!("finished in {secs:.1} s"));
+                    } else {
+                        self.outcome.failed += 1;
+                        let error = r.record.error.clone().unwrap_or_default();
+                        self.report(r.index, &format!("failed after {secs:.1} s: {error}"));
+                    }
+                }
+                Err(e) => {
+                    let mut r = self.running.swap_remove(k);
+                    stop_child(&mut r.child);
+                    r.record.state = TrialState::Failed;
+                    r.record.error = Some(format!("cannot wait for the trial: {e}"));
+                    self.dir.save_record(r.index, &r.record)?;
+                    self.outcome.failed += 1;
+                    self.report(r.index, &format!("failed: cannot wait for it: {e}"));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Stops every running trial and records it interrupted (a trial that
+    /// ended on its own just now keeps its result).
+    fn interrupt_all(&mut self) -> Result<()> {
+        for mut r in std::mem::take(&mut self.running) {
             if let Ok(Some(status)) = r.child.try_wait() {
                 let secs = r.started.elapsed().as_secs_f64();
-                trial::finish(dir, r.index, &mut r.record, status, secs)?;
+                trial::finish(self.dir, r.index, &mut r.record, status, secs)?;
                 if r.record.state == TrialState::Finished {
-                    outcome.finished += 1;
+                    self.outcome.finished += 1;
                 } else {
-                    outcome.failed += 1;
+                    self.outcome.failed += 1;
                 }
                 continue;
-            } else {
-                stop_child(&mut r.child);
             }
-            trial::interrupt(dir, r.index, &mut r.record)?;
-            outcome.interrupted += 1;
+            stop_child(&mut r.child);
+            trial::interrupt(self.dir, r.index, &mut r.record)?;
+            self.outcome.interrupted += 1;
         }
-        outcome.interrupted += queue.len();
+        Ok(())
     }
-    Ok(outcome)
 }

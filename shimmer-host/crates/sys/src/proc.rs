@@ -17,6 +17,8 @@ pub struct ProcessStats {
     pub threads: u64,
     /// Resident memory, in KiB.
     pub rss_kib: u64,
+    /// Peak resident memory so far (`VmHWM`), in KiB.
+    pub peak_rss_kib: u64,
     /// Loaded plugin copies still mapped (distinct files, deleted or not).
     pub plugin_copies: usize,
     /// Address space of those mappings, in KiB.
@@ -40,6 +42,7 @@ impl ProcessStats {
         Ok(Self {
             threads: status.threads,
             rss_kib: status.vmrss.unwrap_or(0),
+            peak_rss_kib: status.vmhwm.unwrap_or(0),
             plugin_copies: files.len(),
             plugin_mapped_kib: mapped / 1024,
         })
