@@ -15,7 +15,6 @@
 
 use super::expand::Trial;
 use anyhow::{Context, Result};
-use indexmap::IndexMap;
 use serde::{Deserialize, Serialize};
 use shimmer_config::sweep::LauncherConfig;
 use std::path::{Path, PathBuf};
@@ -109,38 +108,6 @@ pub struct TrialRecord {
     pub slurm_task: Option<String>,
 }
 
-/// The part of a run's `summary.json` a sweep reads.
-#[derive(Clone, Debug, Default, Deserialize)]
-pub struct RunSummary {
-    /// `running`, `finished` or `failed`.
-    #[serde(default)]
-    pub status: Option<String>,
-    /// The run's error, if it failed.
-    #[serde(default)]
-    pub error: Option<String>,
-    /// The monitored metric, e.g. `val/loss`.
-    #[serde(default)]
-    pub monitor: Option<String>,
-    /// `min` or `max`.
-    #[serde(default)]
-    pub mode: Option<String>,
-    /// Best value of the monitored metric.
-    #[serde(default)]
-    pub best_value: Option<f64>,
-    /// Step of the best value.
-    #[serde(default)]
-    pub best_step: Option<u64>,
-    /// Training steps done.
-    #[serde(default)]
-    pub steps: Option<u64>,
-    /// Seconds the run took.
-    #[serde(default)]
-    pub wall_time_s: Option<f64>,
-    /// Final metrics.
-    #[serde(default)]
-    pub metrics: IndexMap<String, Option<f64>>,
-}
-
 /// Paths inside one sweep folder.
 #[derive(Clone, Debug)]
 pub struct SweepDir {
@@ -231,7 +198,7 @@ impl SweepDir {
     }
 
     /// The run's `summary.json`, if it wrote a readable one.
-    pub fn run_summary(&self, index: usize) -> Option<RunSummary> {
+    pub fn run_summary(&self, index: usize) -> Option<shimmer_train::RunSummary> {
         let bytes = std::fs::read(self.run_dir(index).join("summary.json")).ok()?;
         serde_json::from_slice(&bytes).ok()
     }

@@ -5,8 +5,9 @@
 //! (`summary.json`'s `monitor` and `mode`, `val/loss` and `min` by
 //! default); unfinished trials follow, failed trials come last.
 
-use super::manifest::{Manifest, RunSummary, SweepDir, TrialRecord, TrialState};
+use super::manifest::{Manifest, SweepDir, TrialRecord, TrialState};
 use anyhow::Result;
+use shimmer_train::{MonitorMode, RunStatus, RunSummary};
 use std::cmp::Ordering;
 
 /// One trial's line in the table.
@@ -54,25 +55,21 @@ pub fn row(
     run: Option<&RunSummary>,
 ) -> Row {
     let mut state = record.state;
-    let run_status = run.and_then(|r| r.status.as_deref());
-    if matches!(state, TrialState::Pending | TrialState::Running) && run_status == Some("finished")
+    let run_status = run.map(|r| r.status);
+    if matches!(state, TrialState::Pending | TrialState::Running)
+        && run_status == Some(RunStatus::Finished)
     {
         state = TrialState::Finished;
     }
-    let value = run.and_then(|r| {
-        r.best_value.or_else(|| {
-            let monitor = r.monitor.as_deref()?;
-            r.metrics.get(monitor).copied().flatten()
-        })
-    });
+    let value = run.and_then(|r| r.best_value.or_else(|| r.metrics.get(&r.monitor).copied()));
     Row {
         index,
         name: dir.trial_name(index),
         state,
         value: value.filter(|v| !v.is_nan()),
         best_step: run.and_then(|r| r.best_step),
-        steps: run.and_then(|r| r.steps),
-        wall_time_s: run.and_then(|r| r.wall_time_s).or(record.wall_time_s),
+        steps: run.map(|r| r.steps),
+        wall_time_s: run.map(|r| r.wall_time_s).or(record.wall_time_s),
         values,
         error: record
             .error
@@ -90,9 +87,8 @@ pub fn collect(manifest: &Manifest, dir: &SweepDir) -> Result<Table> {
         let run = dir.run_summary(trial.index);
         if monitor.is_none()
             && let Some(r) = &run
-            && let Some(m) = &r.monitor
         {
-            monitor = Some((m.clone(), r.mode.as_deref() == Some("max")));
+            monitor = Some((r.monitor.clone(), r.mode == MonitorMode::Max));
         }
         let values = manifest
             .params

@@ -155,7 +155,7 @@ pub fn finish(
         record.state = TrialState::Failed;
         let summary_error = dir
             .run_summary(index)
-            .filter(|s| s.status.as_deref() == Some("failed"))
+            .filter(|s| s.status == shimmer_train::RunStatus::Failed)
             .and_then(|s| s.error);
         let how = match (status.code(), status.signal()) {
             (Some(code), _) => format!("exited with code {code}"),

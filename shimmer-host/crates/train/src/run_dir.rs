@@ -167,7 +167,9 @@ pub struct RunSummary {
     /// Wall time of training, in seconds (summed over resumes).
     pub wall_time_s: f64,
     /// Last validation metrics, then `best/val/*` and `test/*` of the best
-    /// checkpoint when the run finished.
+    /// checkpoint when the run finished (a NaN is written as `null`, and
+    /// read back as NaN).
+    #[serde(deserialize_with = "nan_for_null")]
     pub metrics: BTreeMap<String, f64>,
     /// The best checkpoints kept (`training.checkpoints.save_top_k`), best
     /// first, with their step and monitored value.
@@ -190,6 +192,15 @@ pub struct KeptCheckpoint {
     pub value: f64,
     /// Its file, relative to the run folder.
     pub file: String,
+}
+
+/// Reads metric values, `null` (how JSON writes NaN) as NaN.
+fn nan_for_null<'de, D: serde::Deserializer<'de>>(d: D) -> Result<BTreeMap<String, f64>, D::Error> {
+    let raw = BTreeMap::<String, Option<f64>>::deserialize(d)?;
+    Ok(raw
+        .into_iter()
+        .map(|(k, v)| (k, v.unwrap_or(f64::NAN)))
+        .collect())
 }
 
 impl RunSummary {

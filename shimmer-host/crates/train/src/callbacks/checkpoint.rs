@@ -179,3 +179,102 @@ impl Callback for CheckpointSaver {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::callbacks::testing::Scratch;
+
+    fn validate(run: &mut Scratch, cb: &mut CheckpointSaver, step: u64, v: f64) -> Vec<String> {
+        if run.cfg.mode.improves(v, run.position.best_value) {
+            run.position.best_value = Some(v);
+            run.position.best_step = Some(step);
+        }
+        let m: IndexMap<String, f64> = [("val/loss".to_string(), v)].into_iter().collect();
+        run.at(step, |ctx| cb.on_validation_end(ctx, &m).unwrap());
+        run.take_saves()
+    }
+
+    #[test]
+    fn keeps_the_k_best_and_evicts_the_worst() {
+        let mut cfg = TrainingConfig::default();
+        cfg.checkpoints.save_top_k = 2;
+        let mut run = Scratch::new(cfg);
+        let mut cb = CheckpointSaver::new(&run.cfg);
+        let saves = validate(&mut run, &mut cb, 1, 0.5);
+        assert_eq!(
+            saves,
+            [
+                "best.safetensors",
+                "top-step1.safetensors",
+                "last.safetensors"
+            ]
+        );
+        assert_eq!(
+            validate(&mut run, &mut cb, 2, 0.7),
+            ["top-step2.safetensors", "last.safetensors"]
+        );
+        // Stand-ins for the files the trainer would write.
+        for s in [1, 2] {
+            std::fs::write(run.run_dir.path().join(CheckpointSaver::top_file(s)), b"").unwrap();
+        }
+        assert_eq!(
+            validate(&mut run, &mut cb, 3, 0.6),
+            ["top-step3.safetensors", "last.safetensors"]
+        );
+        assert!(
+            !run.run_dir
+                .path()
+                .join(CheckpointSaver::top_file(2))
+                .exists()
+        );
+        assert!(
+            run.run_dir
+                .path()
+                .join(CheckpointSaver::top_file(1))
+                .exists()
+        );
+        assert_eq!(validate(&mut run, &mut cb, 4, 0.9), ["last.safetensors"]);
+        let kept: Vec<(u64, f64)> = run.report.top_k.iter().map(|k| (k.step, k.value)).collect();
+        assert_eq!(kept, [(1, 0.5), (3, 0.6)]);
+        // A resumed run keeps the list.
+        let state: HashMap<String, Tensor> = cb.state().unwrap().into_iter().collect();
+        let mut back = CheckpointSaver::new(&run.cfg);
+        back.load_state(&state).unwrap();
+        assert_eq!(back.kept, cb.kept);
+    }
+
+    #[test]
+    fn periodic_and_history_checkpoints_follow_their_cadence() {
+        let mut cfg = TrainingConfig::default();
+        cfg.checkpoints.every_n_steps = Some(3);
+        cfg.checkpoints.keep_every_n_steps = Some(4);
+        let mut run = Scratch::new(cfg);
+        let mut cb = CheckpointSaver::new(&run.cfg);
+        let mut asked = Vec::new();
+        for step in 1..=12 {
+            let outcome = StepOutcome {
+                loss: 0.0,
+                metrics: Vec::new(),
+                lr: 0.0,
+                rows: 1,
+                validated: step == 6,
+            };
+            run.at(step, |ctx| cb.on_step_end(ctx, &outcome).unwrap());
+            asked.extend(run.take_saves().into_iter().map(|f| (step, f)));
+        }
+        let want: Vec<(u64, String)> = [
+            (3, "last"),
+            (4, "step-4"),
+            (8, "step-8"),
+            (9, "last"),
+            (12, "last"),
+            (12, "step-12"),
+        ]
+        .into_iter()
+        .map(|(s, f)| (s, format!("{f}.safetensors")))
+        .collect();
+        // Step 6 validated (which writes `last` itself), so no extra write.
+        assert_eq!(asked, want);
+    }
+}

@@ -103,3 +103,58 @@ impl Callback for EarlyStopping {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::callbacks::testing::Scratch;
+
+    fn metrics(v: f64) -> IndexMap<String, f64> {
+        [("val/loss".to_string(), v)].into_iter().collect()
+    }
+
+    #[test]
+    fn stops_after_patience_validations_without_improvement_by_min_delta() {
+        let es = training::EarlyStopping {
+            monitor: None,
+            mode: None,
+            patience: 2,
+            min_delta: 0.1,
+        };
+        let mut run = Scratch::new(TrainingConfig::default());
+        let mut cb = EarlyStopping::new(&run.cfg, &es);
+        // 1.0 sets the best; 0.95 is not 0.1 better; 0.85 is; then two misses.
+        let flows: Vec<bool> = [(10, 1.0), (20, 0.95), (30, 0.85), (40, 0.8), (50, 0.9)]
+            .into_iter()
+            .map(|(step, v)| {
+                let flow = run.at(step, |ctx| cb.on_validation_end(ctx, &metrics(v)).unwrap());
+                matches!(flow, Flow::Stop(_))
+            })
+            .collect();
+        assert_eq!(flows, [false, false, false, false, true]);
+        assert_eq!((cb.best, cb.best_step, cb.wait), (Some(0.85), 30, 2));
+    }
+
+    #[test]
+    fn state_round_trips_and_a_missing_monitor_is_an_error() {
+        let es = training::EarlyStopping {
+            monitor: Some("val/acc".into()),
+            mode: Some(MonitorMode::Max),
+            patience: 3,
+            min_delta: 0.0,
+        };
+        let mut run = Scratch::new(TrainingConfig::default());
+        let mut cb = EarlyStopping::new(&run.cfg, &es);
+        let err = run
+            .at(5, |ctx| cb.on_validation_end(ctx, &metrics(1.0)))
+            .unwrap_err();
+        assert!(err.to_string().contains("val/acc"), "{err}");
+        let acc: IndexMap<String, f64> = [("val/acc".to_string(), 0.5)].into_iter().collect();
+        run.at(5, |ctx| cb.on_validation_end(ctx, &acc)).unwrap();
+        cb.wait = 2;
+        let state: HashMap<String, Tensor> = cb.state().unwrap().into_iter().collect();
+        let mut back = EarlyStopping::new(&run.cfg, &es);
+        back.load_state(&state).unwrap();
+        assert_eq!((back.best, back.best_step, back.wait), (Some(0.5), 5, 2));
+    }
+}

@@ -64,6 +64,73 @@ pub(crate) fn every_n(step: u64, every: Option<usize>) -> bool {
     every.is_some_and(|n| n > 0 && step > 0 && step.is_multiple_of(n as u64))
 }
 
+/// A context over a scratch run folder, for the callbacks' unit tests.
+#[cfg(test)]
+pub(crate) mod testing {
+    use crate::callback::{FitContext, FitReport};
+    use crate::logger::RunLogger;
+    use crate::position::Position;
+    use crate::progress::Progress;
+    use crate::run_dir::RunDir;
+    use shimmer_config::TrainingConfig;
+    use std::path::PathBuf;
+
+    /// A scratch run: its folder, settings, position and what was asked.
+    pub(crate) struct Scratch {
+        pub(crate) _tmp: tempfile::TempDir,
+        pub(crate) run_dir: RunDir,
+        pub(crate) cfg: TrainingConfig,
+        pub(crate) position: Position,
+        pub(crate) logger: RunLogger,
+        pub(crate) progress: Progress,
+        pub(crate) saves: Vec<PathBuf>,
+        pub(crate) report: FitReport,
+    }
+
+    impl Scratch {
+        pub(crate) fn new(cfg: TrainingConfig) -> Self {
+            let tmp = tempfile::tempdir().unwrap();
+            let run_dir = RunDir::create(Some(&tmp.path().join("run")), tmp.path(), "t").unwrap();
+            let logger = RunLogger::create(run_dir.path()).unwrap();
+            Self {
+                _tmp: tmp,
+                run_dir,
+                cfg,
+                position: Position::default(),
+                logger,
+                progress: Progress::new(100, 0),
+                saves: Vec::new(),
+                report: FitReport::default(),
+            }
+        }
+
+        /// Runs `f` with a context at `step` (the saves it asks are kept).
+        pub(crate) fn at<R>(&mut self, step: u64, f: impl FnOnce(&mut FitContext<'_>) -> R) -> R {
+            self.position.global_step = step;
+            let mut ctx = FitContext {
+                position: &self.position,
+                total_steps: 100,
+                cfg: &self.cfg,
+                run_dir: &self.run_dir,
+                logger: &mut self.logger,
+                fast_dev_run: false,
+                progress: &self.progress,
+                saves: &mut self.saves,
+                report: &mut self.report,
+            };
+            f(&mut ctx)
+        }
+
+        /// File names of the checkpoints asked for since the last call.
+        pub(crate) fn take_saves(&mut self) -> Vec<String> {
+            std::mem::take(&mut self.saves)
+                .iter()
+                .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+                .collect()
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
