@@ -1,7 +1,7 @@
 //! End-to-end: `shimmer run --watch` swaps a plugin rebuilt mid-run (the
 //! batches the trainer saw switch from the old build to the new one at the
 //! logged step, no step lost or repeated), refuses broken rebuilds (the run
-//! finishes on the old build and says why), and reloading a plugin 100
+//! goes on with the old build and says why), and reloading a plugin 100
 //! times in one process keeps the thread count flat and memory growth
 //! within the library's mapped size per reload. Also: `--resume` with
 //! `--set-plugin` records the new plugin in the run's config.
@@ -12,9 +12,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// Training steps of a watched run: long enough (each step loads the
-/// versioned domain twice, 2 ms each) for a rebuild to land mid-run.
-const STEPS: u64 = 1600;
+/// Steps a watched run would take: more than any test waits for. A test
+/// stops the run with SIGTERM once it has seen what it checks, so however
+/// fast or slow the machine, a rebuild always lands mid-run.
+const UNTIL_STOPPED: u64 = 1_000_000_000;
 
 /// A private copy of the `versioned-plugin` fixture crate, built into the
 /// workspace target folder under its own crate name, so rebuilding it with
@@ -128,14 +129,13 @@ impl WatchedRun {
             format!(
                 "name: hotswap\n\
                  domains:\n  \
-                   a: {{ plugin: {}, config: {{ dim: 4, items: 64, delay_ms: 2, hold_file: {} }}{model} }}\n  \
+                   a: {{ plugin: {}, config: {{ dim: 4, items: 64, delay_ms: 2 }}{model} }}\n  \
                    b: {{ plugin: random-vectors, config: {{ dim: 3, train: 64, val: 16, test: 16 }} }}\n\
                  workspace: {{ flavour: two_domains, dim: 4 }}\n\
                  data:\n  batch_size: 8\n  shuffle: false\n  workers: {workers}\n  cache: {{ enabled: {cache} }}\n  \
                    groups: [ {{ domains: [a, b] }}, {{ domains: [a] }}, {{ domains: [b] }} ]\n\
-                 training: {{ max_steps: {STEPS}, val_every_n_epochs: 50, log_every_n_steps: 100 }}\n",
-                plugin.display(),
-                tmp.path().join("hold").display()
+                 training: {{ max_steps: {UNTIL_STOPPED}, val_every_n_epochs: 50, log_every_n_steps: 100 }}\n",
+                plugin.display()
             ),
         )
         .unwrap();
@@ -155,18 +155,6 @@ impl WatchedRun {
             .spawn()
             .expect("start shimmer run");
         Self { tmp, child }
-    }
-
-    /// Holds the run still (the plugin's loads wait) until [`Self::release`]:
-    /// however long a rebuild takes, the run cannot end before it.
-    fn hold(&self) {
-        std::fs::write(self.tmp.path().join("hold"), b"").unwrap();
-    }
-
-    /// Lets the run go on; the rebuilt file is already in place and stable,
-    /// so the watcher takes it at one of the next step boundaries.
-    fn release(&self) {
-        std::fs::remove_file(self.tmp.path().join("hold")).unwrap();
     }
 
     fn stderr(&self) -> String {
@@ -197,13 +185,34 @@ impl WatchedRun {
         }
     }
 
-    /// Waits for the run to end and checks it succeeded.
-    fn finish(&mut self) {
+    /// Lets the run take `more` steps, then stops it with SIGTERM (as Slurm
+    /// would) and checks it ended as interrupted; returns its step count.
+    fn stop_after(&mut self, more: usize) -> u64 {
+        let seen = self.trace().len();
+        self.wait_for("more steps", Duration::from_secs(120), |r| {
+            r.trace().len() >= seen + more
+        });
+        let pid = self.child.id().to_string();
+        assert!(
+            Command::new("kill")
+                .args(["-TERM", &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
         let start = Instant::now();
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
-                assert!(status.success(), "the run failed:\n{}", self.stderr());
-                return;
+                let text = std::fs::read_to_string(self.tmp.path().join("run/summary.json"))
+                    .expect("summary.json");
+                let summary: serde_json::Value = serde_json::from_str(&text).unwrap();
+                assert_eq!(
+                    summary["status"],
+                    "interrupted",
+                    "the run did not stop cleanly ({status}):\n{}",
+                    self.stderr()
+                );
+                return summary["steps"].as_u64().unwrap();
             }
             if start.elapsed() > Duration::from_secs(240) {
                 let _ = self.child.kill();
@@ -288,28 +297,27 @@ fn a_swap_with_loader_threads_discards_batches_prepared_by_the_old_build() {
 
 /// A watched run (domain `a` with `model` appended, see
 /// [`WatchedRun::start_with_model`]) during which the plugin is rebuilt with
-/// `CONSTANT = 2` after 30 steps; returns it finished, once swapped.
-fn rebuilt_mid_run(lib_name: &str, cache: bool, workers: usize, model: &str) -> WatchedRun {
+/// `CONSTANT = 2` after 30 steps; returns it, stopped 30 steps after the
+/// swap, and its step count.
+fn rebuilt_mid_run(lib_name: &str, cache: bool, workers: usize, model: &str) -> (WatchedRun, u64) {
     let plugin = TempPlugin::new(lib_name);
     plugin.build();
     let mut run = WatchedRun::start_with_model(&plugin.lib_path(), cache, workers, model);
     run.wait_for("30 steps", Duration::from_secs(120), |r| {
         r.trace().len() >= 30
     });
-    run.hold();
     plugin.set("CONSTANT", "2.0");
     plugin.set("VERSION", "\"0.1.0+build2\"");
     plugin.build();
-    run.release();
     run.wait_for("the swap", Duration::from_secs(60), |r| {
         r.stderr().contains("now loads from")
     });
-    run.finish();
-    run
+    let steps = run.stop_after(30);
+    (run, steps)
 }
 
 fn swap_mid_run(lib_name: &str, cache: bool, workers: usize) {
-    let run = rebuilt_mid_run(lib_name, cache, workers, "");
+    let (run, steps) = rebuilt_mid_run(lib_name, cache, workers, "");
     let stderr = run.stderr();
     let swaps = logged_steps(
         &stderr,
@@ -322,9 +330,9 @@ fn swap_mid_run(lib_name: &str, cache: bool, workers: usize) {
         "{stderr}"
     );
     let constants = constants_by_step(&run.trace());
-    assert_eq!(constants.len() as u64, STEPS, "every step traced once");
+    assert_eq!(constants.len() as u64, steps, "every step traced once");
     // The step right after the swap is the first new batch.
-    assert!((30..STEPS).contains(&swap), "swap at step {swap}");
+    assert!((30..steps).contains(&swap), "swap at step {swap}");
     let first_new = constants.iter().position(|&c| c == 2).unwrap() as u64;
     assert_eq!(
         first_new, swap,
@@ -363,7 +371,7 @@ fn a_frozen_domain_model_keeps_its_outputs_and_follows_a_swap() {
     // The latent cache is on, so the watched domain's frozen model keeps
     // its outputs in memory; the swap must drop them.
     let model = ", model: { type: linear, latent_dim: 3, frozen: true }";
-    let run = rebuilt_mid_run("versioned_e2e_frozen", true, 0, model);
+    let (run, _) = rebuilt_mid_run("versioned_e2e_frozen", true, 0, model);
     let stderr = run.stderr();
     let swaps = logged_steps(&stderr, "domain `a` now loads from plugin versioned");
     assert_eq!(swaps.len(), 1, "{stderr}");
@@ -391,7 +399,7 @@ fn a_frozen_domain_model_keeps_its_outputs_and_follows_a_swap() {
 }
 
 #[test]
-fn broken_rebuilds_are_refused_and_the_run_finishes_on_the_old_build() {
+fn broken_rebuilds_are_refused_and_the_run_goes_on_with_the_old_build() {
     let plugin = TempPlugin::new("versioned_e2e_broken");
     plugin.build();
     let mut run = WatchedRun::start(&plugin.lib_path(), false, 0);
@@ -399,24 +407,20 @@ fn broken_rebuilds_are_refused_and_the_run_finishes_on_the_old_build() {
         r.trace().len() >= 30
     });
     // Wrong dimensions.
-    run.hold();
     plugin.set("DIM_OFFSET", "1");
     plugin.set("CONSTANT", "3.0");
     plugin.build();
-    run.release();
     run.wait_for("the first refusal", Duration::from_secs(60), |r| {
         r.stderr().contains("refused")
     });
     // A build whose `load` panics.
     plugin.set("DIM_OFFSET", "0");
     plugin.set("PANIC_IN_LOAD", "true");
-    run.hold();
     plugin.build();
-    run.release();
     run.wait_for("the second refusal", Duration::from_secs(60), |r| {
         r.stderr().matches("refused").count() >= 2
     });
-    run.finish();
+    let steps = run.stop_after(10);
 
     let stderr = run.stderr();
     assert!(!stderr.contains("now loads from"), "{stderr}");
@@ -436,7 +440,7 @@ fn broken_rebuilds_are_refused_and_the_run_finishes_on_the_old_build() {
         refusals[1]
     );
     let constants = constants_by_step(&run.trace());
-    assert_eq!(constants.len() as u64, STEPS);
+    assert_eq!(constants.len() as u64, steps);
     assert!(
         constants.iter().all(|&c| c == 1),
         "only the first build was used"
