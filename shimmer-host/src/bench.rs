@@ -19,7 +19,7 @@
 //! ```
 //!
 //! CPU threads come from the environment: candle's CPU backend (its
-//! elementwise thread pool, which the fused kernels of [`crate::kernels`]
+//! elementwise thread pool, which the fused kernels of [`shimmer_nn::ops`]
 //! share) reads `RAYON_NUM_THREADS` (`CANDLE_NUM_THREADS`, if set,
 //! overrides it). `SHIMMER_CPU_KERNELS=off` times candle's composed ops
 //! instead of the fused kernels.

@@ -16,6 +16,9 @@
 //! every ABI version, so a host can always name a plugin and say which ABI it
 //! was built for before refusing it.
 
+// The C ABI: raw pointers and `extern "C"` function types; each block says why it holds.
+#![allow(unsafe_code)]
+
 use std::ffi::c_void;
 
 /// Version of this ABI. Bumped on any layout change of the types below.

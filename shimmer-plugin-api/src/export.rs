@@ -4,6 +4,9 @@
 //!
 //! Plugin authors never call anything here directly.
 
+// The `extern "C"` shims behind `export_plugin!`; each block says why it holds.
+#![allow(unsafe_code)]
+
 use crate::abi::{
     self, DomainInfoC, DomainPtr, FunctionTable, LossSegmentC, MsgBuf, PluginDescriptor, Status,
     StrRef,
@@ -264,6 +267,7 @@ unsafe extern "C" fn domain_info(
     guard(msg, || {
         // SAFETY: the host passes a live domain and a valid output pointer.
         let d = unsafe { hosted(domain)? };
+        // SAFETY: the host passes live domains and buffers valid for the call, as the ABI requires.
         let out = unsafe { slice_out(out, 1)? };
         out[0] = d.info().to_c();
         Ok(abi::STATUS_OK)
@@ -281,11 +285,13 @@ unsafe extern "C" fn loss_spec(
         // SAFETY: the host passes a live domain and valid buffers.
         let d = unsafe { domain_ref(domain)? };
         let spec = d.loss_spec();
+        // SAFETY: the host passes live domains and buffers valid for the call, as the ABI requires.
         let len = unsafe { slice_out(out_len, 1)? };
         len[0] = spec.segments.len();
         if spec.segments.len() > cap {
             return Ok(abi::STATUS_BUFFER_TOO_SMALL);
         }
+        // SAFETY: the host passes live domains and buffers valid for the call, as the ABI requires.
         let out = unsafe { slice_out(out, spec.segments.len())? };
         for (o, s) in out.iter_mut().zip(&spec.segments) {
             *o = s.to_c();
@@ -308,7 +314,9 @@ unsafe extern "C" fn load(
         let d = unsafe { domain_ref(domain)? };
         let split = Split::from_code(split)
             .ok_or_else(|| PluginError::new(format!("unknown split code {split}")))?;
+        // SAFETY: the host passes live domains and buffers valid for the call, as the ABI requires.
         let indices = unsafe { slice_in(indices, n)? };
+        // SAFETY: the host passes live domains and buffers valid for the call, as the ABI requires.
         let out = unsafe { slice_out(out, out_len)? };
         check_len("load output", out_len, n * d.info().item_len)?;
         d.load(split, indices, out)?;
@@ -336,7 +344,9 @@ fn transcode(
     };
     check_len("input", input_len, n * in_dim)?;
     check_len("output", out_len, n * out_dim)?;
+    // SAFETY: the host passes live domains and buffers valid for the call, as the ABI requires.
     let input = unsafe { slice_in(input, input_len)? };
+    // SAFETY: the host passes live domains and buffers valid for the call, as the ABI requires.
     let out = unsafe { slice_out(out, out_len)? };
     if encoding {
         d.encode(input, out)?;
@@ -518,6 +528,7 @@ mod tests {
         let mut msg = msg_buf(&mut bytes);
         // SAFETY: live domain, valid output.
         assert_eq!(
+            // SAFETY: the host passes live domains and buffers valid for the call, as the ABI requires.
             unsafe { domain_info(ptr, &mut info, &mut msg) },
             abi::STATUS_OK
         );

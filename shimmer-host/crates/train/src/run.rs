@@ -32,10 +32,10 @@ pub struct RunOptions {
     /// One training and one validation batch, end to end.
     pub fast_dev_run: bool,
     /// Watch the plugin files and swap in rebuilt plugins between steps
-    /// (see [`crate::hotswap`]).
+    /// (see [`shimmer_data::swap`] and [`crate::callbacks::HotSwap`]).
     pub watch: bool,
     /// With `resume`: `DOMAIN=PLUGIN` changes of a domain's plugin, checked
-    /// and recorded in the run's config (see [`crate::hotswap::resume`]).
+    /// and recorded in the run's config (see [`crate::resume`]).
     pub set_plugins: Vec<String>,
     /// When set, the run stops at the next step boundary, saving its last
     /// checkpoint ([`stop::StopRequest::on_signals`] sets it on SIGINT,

@@ -34,7 +34,7 @@
 //! `NODELETE`, so `dlclose` would unmap it, but its std registers
 //! thread-exit destructors (pthread keys) inside it that glibc does not
 //! track, and a thread exiting afterwards would crash. Measured over 100
-//! reloads (`tests/hotswap.rs`): threads flat, resident memory about
+//! reloads (`tests/e2e/hotswap.rs`): threads flat, resident memory about
 //! 35 KiB per reload for a library mapping 624 KiB (626 KiB per reload
 //! without that trim).
 //!
