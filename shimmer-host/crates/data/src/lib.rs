@@ -32,15 +32,15 @@
 //! ```
 
 pub mod batch;
-pub mod cache;
-pub mod combined;
+mod cache;
+mod combined;
 pub mod group;
-pub mod loader;
-pub mod model_source;
-pub mod pipeline;
-pub mod repeated;
-pub mod sampler;
-pub mod source;
+mod loader;
+mod model_source;
+mod pipeline;
+mod repeated;
+mod sampler;
+mod source;
 pub mod swap;
 
 pub use batch::{DomainBatch, GroupBatch, HostBatch};

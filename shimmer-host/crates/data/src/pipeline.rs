@@ -251,8 +251,6 @@ fn names(groups: &[GroupDataset]) -> String {
 pub struct OpenedDomain {
     /// Domain name in the experiment.
     pub name: String,
-    /// The plugin library file it was created from.
-    pub path: PathBuf,
     /// The config handed to the plugin, as JSON.
     pub config_json: String,
     /// Its data.
@@ -302,7 +300,6 @@ pub fn open_plugin_domains(exp: &Experiment) -> Result<Vec<OpenedDomain>> {
         }
         opened.push(OpenedDomain {
             name: name.clone(),
-            path,
             config_json,
             source,
         });

@@ -331,12 +331,12 @@ impl PluginLibrary {
         kind: &str,
         config_json: &str,
     ) -> Result<DomainHandle, PluginError> {
-        if !self.kinds().iter().any(|k| k == kind) {
+        if !self.domain_kinds().iter().any(|k| k == kind) {
             return Err(PluginError::Invalid {
                 plugin: self.name().to_string(),
                 message: format!(
                     "it has no domain kind `{kind}`; it provides: {}",
-                    self.kinds().join(", ")
+                    self.domain_kinds().join(", ")
                 ),
             });
         }

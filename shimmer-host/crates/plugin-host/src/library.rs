@@ -188,11 +188,6 @@ impl PluginLibrary {
         // SAFETY: checked to be a v1 descriptor; valid while loaded.
         unsafe { &(*self.inner.descriptor).functions }
     }
-
-    /// The domain kinds the plugin provides.
-    pub fn kinds(&self) -> &[String] {
-        &self.inner.kinds
-    }
 }
 
 /// The system loader's message, with the private copy's path replaced by the

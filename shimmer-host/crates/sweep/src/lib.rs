@@ -18,11 +18,11 @@
 //! ```
 
 pub mod expand;
-pub mod local;
-pub mod manifest;
-pub mod slurm;
-pub mod summary;
-pub mod trial;
+mod local;
+mod manifest;
+mod slurm;
+mod summary;
+mod trial;
 
 pub use manifest::{Manifest, SweepDir, TrialState};
 pub use shimmer_config::sweep::{LauncherKind, SlurmConfig, SweepConfig};
