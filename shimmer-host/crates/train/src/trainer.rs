@@ -165,8 +165,15 @@ impl<'a, T: Task> Trainer<'a, T> {
         for cb in &mut self.callbacks {
             flow = flow.and(hook(cb.as_mut(), &mut ctx)?);
         }
-        for path in &saves {
-            self.save(path)?;
+        // One state, so serialise it once and copy it to the other paths.
+        if let Some((first, rest)) = saves.split_first() {
+            self.save(first)?;
+            for path in rest {
+                shimmer_sys::fs::write_atomic_with(path, |tmp, _| {
+                    std::fs::copy(first, tmp)?;
+                    Ok(())
+                })?;
+            }
         }
         Ok(flow)
     }
