@@ -170,9 +170,71 @@ pub enum Items {
     Count(u64),
     /// This fraction of the split (rounded down).
     Proportion(f64),
-    /// Indices listed in a text file (whitespace or comma separated, `#`
-    /// starts a comment); a relative path is taken from the experiment's folder.
+    /// Indices listed in a file: a `.npy` array of integers, or text
+    /// (whitespace or comma separated, `#` starts a comment). `{split}` in
+    /// the path is replaced by the group's split; a relative path is taken
+    /// from the experiment's folder.
     File(PathBuf),
+    /// One entry of a shimmer-ssd domain-split file (a pickled
+    /// `dict[frozenset[str], int64 array]`): by default the entry of the
+    /// group's own domains.
+    DomainSplit(DomainSplitItems),
+}
+
+/// Which entry of which domain-split file a group takes its items from.
+///
+/// ```yaml
+/// items: { domain_split: "domain_splits/{split}_attr:1.0_attr,v:0.5_v:1.0_seed:0_domain_split.npy" }
+/// items: { domain_split: { file: splits.npy, entry: [attr, v] } }
+/// ```
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct DomainSplitItems {
+    /// The `.npy` file; `{split}` is replaced by the group's split, a
+    /// relative path is taken from the experiment's folder.
+    pub file: PathBuf,
+    /// The domain names of the entry (its frozenset); default: the
+    /// group's domains.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub entry: Option<Vec<String>>,
+}
+
+impl<'de> Deserialize<'de> for DomainSplitItems {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::{self, Visitor};
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Full {
+            file: PathBuf,
+            #[serde(default)]
+            entry: Option<Vec<String>>,
+        }
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = DomainSplitItems;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(
+                    "the path of a domain-split file, or `{ file: ..., entry: [domain, ...] }`",
+                )
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<DomainSplitItems, E> {
+                Ok(DomainSplitItems {
+                    file: v.into(),
+                    entry: None,
+                })
+            }
+            fn visit_map<A: de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<DomainSplitItems, A::Error> {
+                let f = Full::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                Ok(DomainSplitItems {
+                    file: f.file,
+                    entry: f.entry,
+                })
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 /// Which items `count` and `proportion` pick.
@@ -266,6 +328,8 @@ groups:
   - { domains: [b], items: { range: [10, 20] }, split: val }
   - { domains: [b], items: { proportion: 0.5 } }
   - { domains: [a], items: { file: paired.txt } }
+  - { domains: [a, b], items: { domain_split: "s/{split}.npy" } }
+  - { domains: [a], items: { domain_split: { file: s.npy, entry: [a, b] } } }
 "#,
         )
         .unwrap();
@@ -279,9 +343,24 @@ groups:
                 Items::All,
                 Items::Range([10, 20]),
                 Items::Proportion(0.5),
-                Items::File("paired.txt".into())
+                Items::File("paired.txt".into()),
+                Items::DomainSplit(DomainSplitItems {
+                    file: "s/{split}.npy".into(),
+                    entry: None
+                }),
+                Items::DomainSplit(DomainSplitItems {
+                    file: "s.npy".into(),
+                    entry: Some(vec!["a".into(), "b".into()])
+                }),
             ]
         );
+        let yaml = serde_norway::to_string(&c).unwrap();
+        assert_eq!(parse(&yaml).unwrap(), c, "{yaml}");
+        let err =
+            parse("groups: [{ domains: [a], items: { domain_split: { file: x, entri: [a] } } }]")
+                .unwrap_err()
+                .to_string();
+        assert!(err.contains("entri"), "{err}");
         assert_eq!(c.groups[0].select, Select::Random);
         assert_eq!(c.groups[2].split, Split::Val);
         assert_eq!(c.val, [EvalSetConfig::whole(Split::Val)]);

@@ -24,7 +24,8 @@ pub mod training;
 pub mod yaml;
 
 pub use data::{
-    CacheConfig, CombineMode, DataConfig, EvalSetConfig, GroupConfig, Items, RepeatMode, Select,
+    CacheConfig, CombineMode, DataConfig, DomainSplitItems, EvalSetConfig, GroupConfig, Items,
+    RepeatMode, Select,
 };
 pub use domain_model::{DomainModelConfig, DomainModelSpec};
 pub use experiment::*;

@@ -6,7 +6,7 @@
 
 use super::cache::cache_sources;
 use super::combined::CombinedSampler;
-use super::group::{GroupDataset, ResolveItems, default_group_name, selection_seed};
+use super::group::{GroupDataset, ItemFiles, ResolveItems, default_group_name, selection_seed};
 use super::loader::DataLoader;
 use super::repeated::RepeatedDataset;
 use super::sampler::GroupSampler;
@@ -113,7 +113,12 @@ fn train_groups(
         let size = split_size(sources, &g.domains, g.split).with_context(at)?;
         let items = g
             .items
-            .resolve(size, g.select, selection_seed(seed, &name), base_dir)
+            .resolve(
+                size,
+                g.select,
+                selection_seed(seed, &name),
+                &ItemFiles::new(g.split, &g.domains).base_dir(base_dir),
+            )
             .with_context(at)?;
         ensure!(!items.is_empty(), "{}: the group has no item", at());
         train.push(
@@ -209,7 +214,12 @@ fn eval_groups(
         let size = split_size(sources, &domains, split).with_context(at)?;
         let items = set
             .items
-            .resolve(size, set.select, selection_seed(seed, &name), base_dir)
+            .resolve(
+                size,
+                set.select,
+                selection_seed(seed, &name),
+                &ItemFiles::new(split, &domains).base_dir(base_dir),
+            )
             .with_context(at)?;
         if items.is_empty() {
             continue;
@@ -223,10 +233,11 @@ fn eval_groups(
     Ok(out)
 }
 
-/// Items of `split` the domains share (the smallest of their sizes).
+/// Items of `split` in the group's domains. Items are paired by index, so
+/// the domains of a paired group must have as many items as each other.
 fn split_size(sources: &Sources, domains: &[String], split: Split) -> Result<u64> {
     ensure!(!domains.is_empty(), "a group needs at least one domain");
-    let mut size = u64::MAX;
+    let mut first: Option<(&str, u64)> = None;
     for d in domains {
         let src = sources.get(d).with_context(|| {
             format!(
@@ -234,9 +245,18 @@ fn split_size(sources: &Sources, domains: &[String], split: Split) -> Result<u64
                 sources.keys().cloned().collect::<Vec<_>>().join(", ")
             )
         })?;
-        size = size.min(src.split_size(split));
+        let n = src.split_size(split);
+        match first {
+            None => first = Some((d, n)),
+            Some((name, size)) => ensure!(
+                n == size,
+                "domain `{d}` has {n} {split} items but `{name}` has {size}: \
+                 items of a paired group are paired by index, so its domains \
+                 must have as many items (check the files behind them)"
+            ),
+        }
     }
-    Ok(size)
+    Ok(first.map_or(0, |(_, n)| n))
 }
 
 fn names(groups: &[GroupDataset]) -> String {
@@ -379,5 +399,20 @@ mod tests {
         assert!(e.contains("same name"), "{e}");
         let e = err("groups: []");
         assert!(e.contains("data.groups"), "{e}");
+        let mut unequal = sources();
+        unequal.insert(
+            "c".into(),
+            Arc::new(MemorySource::from_fn(2, [9, 5, 0], |_, i, _| i as f32)),
+        );
+        let e = format!(
+            "{:#}",
+            DataPipeline::build(&config("groups: [{ domains: [a, c] }]"), &unequal, 0, None)
+                .unwrap_err()
+        );
+        assert!(
+            e.contains("data.groups[0]")
+                && e.contains("domain `c` has 9 train items but `a` has 10"),
+            "{e}"
+        );
     }
 }

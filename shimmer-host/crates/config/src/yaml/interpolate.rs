@@ -6,12 +6,19 @@
 //! replaced by the value's text. `${env:NAME}` reads an environment
 //! variable (an error if unset), `${env:NAME,default}` falls back to
 //! `default`; a whole-string one is typed like a plain YAML scalar
-//! (`${env:SEED,0}` is a number). References may lead to other references;
-//! loops are errors. `\${` writes a literal `${`.
+//! (`${env:SEED,0}` is a number). `${path:RELATIVE}` is the absolute path
+//! of `RELATIVE` taken from the folder of the file the value is written in
+//! (the working folder for a command-line override), so an experiment can
+//! name its data beside itself and still run from any folder (and resume
+//! from its run folder). References may lead to other references; loops
+//! are errors. `\${` writes a literal `${`.
 
 use super::error::{ConfigError, ErrorKind};
+use super::layers::normalize;
 use super::node::{Entry, Map, Node, Scalar, Seg, Value, show};
+use super::origin::Origin;
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 
 /// Resolves every interpolation of `root`, returning the resolved copy.
 pub(crate) fn interpolate(root: &Node) -> Result<Node, ConfigError> {
@@ -205,9 +212,13 @@ impl<'a> Resolver<'a> {
         if let Some(env) = inner.strip_prefix("env:") {
             return self.env(node, path, inner, env);
         }
+        if let Some(relative) = inner.strip_prefix("path:") {
+            return self.path(node, path, relative);
+        }
         let Some(target) = ref_path(inner) else {
-            let message =
-                format!("`${{{inner}}}` is not a key path: write `${{a.b}}` or `${{env:NAME}}`");
+            let message = format!(
+                "`${{{inner}}}` is not a key path: write `${{a.b}}`, `${{env:NAME}}` or `${{path:file}}`"
+            );
             return Err(self.error(node, path, message));
         };
         self.lookup(node, path, inner, &target)
@@ -244,6 +255,31 @@ impl<'a> Resolver<'a> {
             }
         };
         Ok(Node::scalar(text, false, node.origin.clone()))
+    }
+
+    /// `${path:relative}`: `relative` from the folder of the file `node`
+    /// was written in, made absolute and with `.` and `..` folded away.
+    fn path(&self, node: &Node, path: &[Seg], relative: &str) -> Result<Node, ConfigError> {
+        let relative = Path::new(relative.trim());
+        let base = match &node.origin {
+            Origin::File { path, .. } => path.parent().map(Path::to_path_buf).unwrap_or_default(),
+            Origin::Override { .. } => PathBuf::new(),
+        };
+        let mut joined = base.join(relative);
+        if joined.is_relative() {
+            let cwd = std::env::current_dir().map_err(|e| {
+                self.error(
+                    node,
+                    path,
+                    format!(
+                        "cannot resolve `${{path:...}}`: the working folder is unreadable: {e}"
+                    ),
+                )
+            })?;
+            joined = cwd.join(joined);
+        }
+        let text = normalize(&joined).to_string_lossy().into_owned();
+        Ok(Node::scalar(text, true, node.origin.clone()))
     }
 
     /// The resolved value at `target`, stepping through references met on

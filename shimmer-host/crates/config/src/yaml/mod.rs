@@ -28,8 +28,10 @@
 //! included; `${a.b}` inside longer text is replaced by the value's text.
 //! `${env:NAME}` reads an environment variable (an error if unset) and
 //! `${env:NAME,default}` falls back to `default`; as a whole value it is
-//! typed like plain YAML (`seed: ${env:SEED,0}` is a number). `\${` is a
-//! literal `${`.
+//! typed like plain YAML (`seed: ${env:SEED,0}` is a number).
+//! `${path:data/x.npy}` is the absolute path of `data/x.npy` taken from the
+//! folder of the file that says it (the working folder for an override).
+//! `\${` is a literal `${`.
 //!
 //! An experiment is loaded (and checked) by [`crate::load`]; this module
 //! reads any serde type the same way:

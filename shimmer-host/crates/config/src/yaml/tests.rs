@@ -252,6 +252,38 @@ fn env_interpolation_is_typed_with_default() {
 }
 
 #[test]
+fn path_interpolation_is_relative_to_the_file_that_says_it() {
+    let files = Files::new(&[
+        (
+            "base/base.yaml",
+            "groups: ['${path:data/x.npy}', '${path:../up}']\n",
+        ),
+        ("exp.yaml", "extends: base/base.yaml\nname: ${path:.}\n"),
+    ]);
+    let loaded = files
+        .load::<Small>("exp.yaml", &["model={dim: 1}"])
+        .unwrap();
+    let dir = files.0.path();
+    assert_eq!(Path::new(&loaded.config.name), dir);
+    assert_eq!(
+        loaded.config.groups,
+        [
+            dir.join("base/data/x.npy").display().to_string(),
+            dir.join("up").display().to_string()
+        ]
+    );
+    let over = files
+        .load::<Small>("exp.yaml", &["name=${path:rel}"])
+        .unwrap();
+    let cwd = std::env::current_dir().unwrap();
+    assert_eq!(Path::new(&over.config.name), cwd.join("rel"));
+    // A typo in the resolver's name is a key path the document lacks.
+    let files = Files::new(&[("exp.yaml", "name: ${pth:x}\n")]);
+    let err = files.error::<Small>("exp.yaml", &[]);
+    assert!(err.contains("`${pth:x}`: no such key"), "{err}");
+}
+
+#[test]
 fn env_interpolation_reads_the_environment() {
     // PATH is set wherever tests run.
     let files = Files::new(&[("exp.yaml", "name: ${env:PATH}\n")]);
