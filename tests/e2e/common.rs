@@ -10,6 +10,7 @@ use std::sync::OnceLock;
 const PACKAGES: &[&str] = &[
     "shimmer-host",
     "random-vectors",
+    "arrays",
     "abi-v2-plugin",
     "faulty-plugin",
     "not-a-plugin",
@@ -77,16 +78,23 @@ pub fn parity_dir() -> PathBuf {
     workspace_root().join("../shared/parity")
 }
 
-/// A Python interpreter that can `import tensorboard`: `$SHIMMER_TEST_PYTHON`,
-/// else `python3` if it has TensorBoard, else a virtualenv under the target
-/// folder into which TensorBoard is installed from PyPI (once).
-pub fn tensorboard_python() -> PathBuf {
+/// Python packages the tests read files with: TensorBoard's own event
+/// reader, NumPy (which TensorBoard brings), safetensors and Pillow.
+pub const TEST_PYTHON_PACKAGES: &[&str] = &["tensorboard", "safetensors", "pillow"];
+
+/// A Python interpreter that can import [`TEST_PYTHON_PACKAGES`]:
+/// `$SHIMMER_TEST_PYTHON`, else `python3` if it has them, else a virtualenv
+/// under the target folder into which they are installed from PyPI (once).
+pub fn test_python() -> PathBuf {
     static PYTHON: OnceLock<PathBuf> = OnceLock::new();
     PYTHON
         .get_or_init(|| {
-            let has_tb = |py: &Path| {
+            let has_all = |py: &Path| {
                 Command::new(py)
-                    .args(["-c", "import tensorboard"])
+                    .args([
+                        "-c",
+                        "import tensorboard, numpy, safetensors.numpy, PIL.Image",
+                    ])
                     .output()
                     .is_ok_and(|o| o.status.success())
             };
@@ -94,24 +102,26 @@ pub fn tensorboard_python() -> PathBuf {
                 return PathBuf::from(py);
             }
             let system = PathBuf::from("python3");
-            if has_tb(&system) {
+            if has_all(&system) {
                 return system;
             }
-            let venv = target_dir().join("tensorboard-venv");
+            let venv = target_dir().join("test-python-venv");
             let py = venv.join("bin/python");
-            if !has_tb(&py) {
+            if !has_all(&py) {
                 let ok = Command::new("python3")
                     .args(["-m", "venv"])
                     .arg(&venv)
                     .status()
                     .is_ok_and(|s| s.success())
                     && Command::new(&py)
-                        .args(["-m", "pip", "install", "--quiet", "tensorboard"])
+                        .args(["-m", "pip", "install", "--quiet"])
+                        .args(TEST_PYTHON_PACKAGES)
                         .status()
                         .is_ok_and(|s| s.success());
                 assert!(
                     ok,
-                    "cannot install TensorBoard from PyPI into {}",
+                    "cannot install {} from PyPI into {}",
+                    TEST_PYTHON_PACKAGES.join(", "),
                     venv.display()
                 );
             }
@@ -122,7 +132,7 @@ pub fn tensorboard_python() -> PathBuf {
 
 /// Reads a run folder with TensorBoard's own reader (`tests/tb_read.py`).
 pub fn read_tensorboard(run_dir: &Path) -> serde_json::Value {
-    let out = Command::new(tensorboard_python())
+    let out = Command::new(test_python())
         .arg(workspace_root().join("tests/tb_read.py"))
         .arg(run_dir)
         .output()

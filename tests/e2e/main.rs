@@ -2,6 +2,7 @@
 //! and the plugins once, then drives them as a user would. One module per
 //! theme.
 
+mod arrays;
 mod bench;
 mod callbacks;
 mod common;

@@ -319,7 +319,7 @@ fn sigterm_saves_a_checkpoint_at_the_step_and_resume_matches_a_straight_run() {
     assert_same_last_weights(&straight, &stopped, "stop and resume");
 }
 
-fn assert_clear_failure(out: &Output, needles: &[&str]) {
+pub(crate) fn assert_clear_failure(out: &Output, needles: &[&str]) {
     let err = stderr(out);
     assert!(!out.status.success(), "should fail: {err}");
     assert_ne!(out.status.code(), None, "killed by a signal: {err}");

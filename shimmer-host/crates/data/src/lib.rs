@@ -53,6 +53,7 @@ pub use pipeline::{DataPipeline, open_sources};
 pub use repeated::RepeatedDataset;
 pub use sampler::GroupSampler;
 pub use shimmer_config::data::{
-    CacheConfig, CombineMode, DataConfig, EvalSetConfig, GroupConfig, Items, RepeatMode, Select,
+    CacheConfig, CombineMode, DataConfig, DomainSplitItems, EvalSetConfig, GroupConfig, Items,
+    RepeatMode, Select,
 };
 pub use source::{ItemSource, MemorySource, PluginSource, Sources};

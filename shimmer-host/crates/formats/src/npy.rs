@@ -119,12 +119,13 @@ pub fn open_npy(path: &Path) -> Result<NumArray> {
 pub(crate) fn pickled_payload(path: &Path, file: &Mapped) -> Result<usize> {
     let parsed = header(path, file.bytes())?;
     if !parsed.header.uses_pickled_array() {
+        let dtype = match parsed.header.dtype() {
+            npyz::DType::Plain(ty) => ty.to_string(),
+            other => other.descr(),
+        };
         return Err(FormatError::new(
             path,
-            format!(
-                "holds plain {} numbers, not a pickled object",
-                parsed.header.dtype().descr()
-            ),
+            format!("holds plain {dtype} numbers, not a pickled object"),
         ));
     }
     Ok(parsed.offset)
