@@ -19,6 +19,11 @@ pub struct ProcessStats {
     pub rss_kib: u64,
     /// Peak resident memory so far (`VmHWM`), in KiB.
     pub peak_rss_kib: u64,
+    /// Resident anonymous memory (the heap: what the process allocated), in KiB.
+    pub rss_anon_kib: u64,
+    /// Resident file-backed memory (mapped files: page cache the kernel
+    /// can drop and read back), in KiB.
+    pub rss_file_kib: u64,
     /// Loaded plugin copies still mapped (distinct files, deleted or not).
     pub plugin_copies: usize,
     /// Address space of those mappings, in KiB.
@@ -43,6 +48,8 @@ impl ProcessStats {
             threads: status.threads,
             rss_kib: status.vmrss.unwrap_or(0),
             peak_rss_kib: status.vmhwm.unwrap_or(0),
+            rss_anon_kib: status.rssanon.unwrap_or(0),
+            rss_file_kib: status.rssfile.unwrap_or(0),
             plugin_copies: files.len(),
             plugin_mapped_kib: mapped / 1024,
         })
