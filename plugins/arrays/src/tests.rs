@@ -78,9 +78,7 @@ fn attribute_vector_of_the_sample_follows_shimmer_ssd() {
         expected.push((l[3] - 7.0) / 7.0 * 2.0 - 1.0);
         expected.push(l[4].cos());
         expected.push(l[4].sin());
-        for c in 5..8 {
-            expected.push(l[c] / 255.0 * 2.0 - 1.0);
-        }
+        expected.extend(l[5..8].iter().map(|c| c / 255.0 * 2.0 - 1.0));
         for (g, e) in item.iter().zip(&expected) {
             assert!((f64::from(*g) - e).abs() < 1e-6, "{item:?} vs {expected:?}");
         }

@@ -22,11 +22,15 @@ pub const MAX_SPLIT_FILE_BYTES: u64 = 1 << 30;
 /// Deepest nesting walked (a domain-split dict is 4 levels deep).
 const MAX_DEPTH: usize = 32;
 
+/// One entry of a domain-split file: a group (set of domain names) and
+/// its item indices.
+pub type SplitEntry = (BTreeSet<String>, Vec<u64>);
+
 /// The groups of a domain-split file and their items.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DomainSplit {
     path: PathBuf,
-    entries: Vec<(BTreeSet<String>, Vec<u64>)>,
+    entries: Vec<SplitEntry>,
 }
 
 impl DomainSplit {
@@ -79,7 +83,7 @@ impl DomainSplit {
 
     /// Every group (set of domain names) and its item indices, in the
     /// order of the file.
-    pub fn entries(&self) -> &[(BTreeSet<String>, Vec<u64>)] {
+    pub fn entries(&self) -> &[SplitEntry] {
         &self.entries
     }
 
@@ -236,17 +240,17 @@ impl<'de> Visitor<'de> for Seed<'_> {
 /// The dict inside the pickle: either the pickle itself, or the one element
 /// of a 0-d object array (NumPy pickles the array; its state is
 /// `(version, shape, dtype, fortran_order, [element])`).
-fn parse_split(value: Py) -> std::result::Result<Vec<(BTreeSet<String>, Vec<u64>)>, String> {
+fn parse_split(value: Py) -> std::result::Result<Vec<SplitEntry>, String> {
     let dict = match value {
         Py::Dict(d) => d,
         Py::Seq(mut state) if state.len() == 5 => match state.pop() {
-            Some(Py::Seq(mut items)) if items.len() == 1 => match items.pop() {
+            Some(Py::Seq(items)) if items.len() == 1 => match items.into_iter().next() {
                 Some(Py::Dict(d)) => d,
                 Some(other) => return Err(format!("the array holds {}", other.kind())),
-                None => unreachable!("one item"),
+                None => return Err("the array is empty".into()),
             },
             Some(other) => return Err(format!("the array's data is {}", other.kind())),
-            None => unreachable!("five items"),
+            None => return Err("the array's state is empty".into()),
         },
         other => return Err(format!("the pickle holds {}", other.kind())),
     };
@@ -289,7 +293,7 @@ fn int_array(value: Py) -> std::result::Result<Vec<u64>, String> {
             let big =
                 matches!(&state[2], Py::Seq(d) if matches!(d.get(1), Some(Py::Str(o)) if o == ">"));
             let Some(Py::Bytes(bytes)) = state.last() else {
-                unreachable!("checked above")
+                return Err("the array has no data".into());
             };
             if count == 0 {
                 return Ok(Vec::new());

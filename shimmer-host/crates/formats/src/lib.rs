@@ -34,7 +34,7 @@ pub mod safetensors_file;
 mod test_util;
 
 pub use array::{Layout, NumArray};
-pub use domain_split::DomainSplit;
+pub use domain_split::{DomainSplit, SplitEntry};
 pub use dtype::{ByteOrder, DType, Element};
 pub use error::FormatError;
 pub use image::{ImageFolder, ImageShape};
