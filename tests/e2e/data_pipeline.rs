@@ -212,7 +212,7 @@ fn a_failing_plugin_item_names_the_domain_and_the_index() {
 
 #[test]
 fn stopping_early_returns_promptly() {
-    let data = "  batch_size: 4\n  workers: 8\n  prefetch: 16\n  cache: { enabled: false }\n  groups: [{ domains: [a, b, c] }]\n";
+    let data = "  batch_size: 4\n  workers: 8\n  prefetch: 16\n  cache: { enabled: false }\n  groups: [{ domains: [a, b, c], items: { count: 200 } }]\n";
     let p = pipeline(&experiment(data));
     assert_eq!(p.train.len(), 50);
     let t = Instant::now();

@@ -606,7 +606,8 @@ fn resume_with_another_plugin_checks_dims_and_records_the_change() {
                b: {{ plugin: random-vectors, config: {{ dim: 3, train: 64, val: 16, test: 16 }} }}\n\
              workspace: {{ flavour: two_domains, dim: 4 }}\n\
              data:\n  batch_size: 8\n  workers: 0\n  \
-               groups: [ {{ domains: [a, b] }}, {{ domains: [a] }}, {{ domains: [b] }} ]\n\
+               groups: [ {{ domains: [a, b] }}, {{ domains: [a] }}, {{ domains: [b] }} ]\n  \
+               val: [ {{ items: {{ count: 16 }} }} ]\n  test: [ {{ items: {{ count: 16 }} }} ]\n\
              training: {{ max_steps: 16 }}\n",
             first.display()
         ),

@@ -466,7 +466,7 @@ fn nan_loss_stops_and_keeps_the_last_good_checkpoint() {
         "name: nan\n\
          domains:\n  \
            a: { plugin: faulty-plugin, config: { dim: 4, items: 64, nan_on: 40 } }\n  \
-           b: { plugin: random-vectors, config: { dim: 3, train: 64, val: 16, test: 16 } }\n\
+           b: { plugin: random-vectors, config: { dim: 3, train: 64, val: 64, test: 64 } }\n\
          workspace: { flavour: two_domains, dim: 4 }\n\
          data:\n  batch_size: 8\n  shuffle: false\n  workers: 1\n  \
            groups: [ { domains: [a, b] }, { domains: [a] }, { domains: [b] } ]\n\

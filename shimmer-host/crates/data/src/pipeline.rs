@@ -13,7 +13,7 @@ use super::sampler::GroupSampler;
 use super::source::{ItemSource, PluginSource, Sources};
 use anyhow::{Context, Result, bail, ensure};
 use shimmer_config::Experiment;
-use shimmer_config::{CombineMode, DataConfig, EvalSetConfig, RepeatMode};
+use shimmer_config::{CombineMode, DataConfig, EvalSetConfig, Items, RepeatMode};
 use shimmer_plugin_api::Split;
 use shimmer_plugin_host::PluginLibrary;
 use std::collections::HashMap;
@@ -110,7 +110,7 @@ fn train_groups(
             "{}: another group has the same name; set `name:`",
             at()
         );
-        let size = split_size(sources, &g.domains, g.split).with_context(at)?;
+        let size = split_size(sources, &g.domains, g.split, &g.items).with_context(at)?;
         let items = g
             .items
             .resolve(
@@ -211,7 +211,7 @@ fn eval_groups(
             .unwrap_or_else(|| default_group_name(&domains));
         let at = || format!("data.{section}[{i}] (`{name}`)");
         let split = set.split.unwrap_or(default_split);
-        let size = split_size(sources, &domains, split).with_context(at)?;
+        let size = split_size(sources, &domains, split, &set.items).with_context(at)?;
         let items = set
             .items
             .resolve(
@@ -233,10 +233,14 @@ fn eval_groups(
     Ok(out)
 }
 
-/// Items of `split` in the group's domains. Items are paired by index, so
-/// the domains of a paired group must have as many items as each other.
-fn split_size(sources: &Sources, domains: &[String], split: Split) -> Result<u64> {
+/// Items of `split` the group's domains share: the smallest of their
+/// sizes. Items pair by index, so a paired group that takes every item
+/// (`items: all`, the default) needs domains of the same size: different
+/// sizes mean files that do not correspond, an error. A selection of some
+/// items (a range, a count, a list) only needs them within every domain.
+fn split_size(sources: &Sources, domains: &[String], split: Split, items: &Items) -> Result<u64> {
     ensure!(!domains.is_empty(), "a group needs at least one domain");
+    let mut smallest: Option<(&str, u64)> = None;
     let mut first: Option<(&str, u64)> = None;
     for d in domains {
         let src = sources.get(d).with_context(|| {
@@ -246,17 +250,20 @@ fn split_size(sources: &Sources, domains: &[String], split: Split) -> Result<u64
             )
         })?;
         let n = src.split_size(split);
-        match first {
-            None => first = Some((d, n)),
-            Some((name, size)) => ensure!(
+        if let (Items::All, Some((name, size))) = (items, first) {
+            ensure!(
                 n == size,
-                "domain `{d}` has {n} {split} items but `{name}` has {size}: \
-                 items of a paired group are paired by index, so its domains \
-                 must have as many items (check the files behind them)"
-            ),
+                "domain `{d}` has {n} {split} items but `{name}` has {size}: items of a \
+                 paired group pair by index, so with `items: all` its domains must have \
+                 as many items (check the files behind them, or select items)"
+            );
+        }
+        first.get_or_insert((d, n));
+        if smallest.is_none_or(|(_, s)| n < s) {
+            smallest = Some((d, n));
         }
     }
-    Ok(first.map_or(0, |(_, n)| n))
+    Ok(smallest.map_or(0, |(_, n)| n))
 }
 
 fn names(groups: &[GroupDataset]) -> String {
