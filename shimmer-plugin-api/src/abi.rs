@@ -24,9 +24,18 @@ use std::ffi::c_void;
 /// Version of this ABI. Bumped on any layout change of the types below.
 pub const ABI_VERSION: u32 = 1;
 
-/// Minor version: features added without changing the v1 layout (for example
-/// a new item dtype announced through [`DomainInfoC::item_dtype`]).
-pub const ABI_MINOR: u32 = 0;
+/// Minor version: features added without changing the v1 layout, each in
+/// room the layout kept for it. A host reads a feature only from a plugin
+/// whose minor version has it; older plugins keep loading.
+///
+/// * 0: the v1 layout.
+/// * 1: [`PluginDescriptor::render`] and [`DOMAIN_CAN_RENDER`] with
+///   [`DomainInfoC::render_width`]/[`DomainInfoC::render_height`]: a domain
+///   can draw raw items as RGB images (TensorBoard image grids).
+pub const ABI_MINOR: u32 = 1;
+
+/// The first minor version with [`PluginDescriptor::render`].
+pub const MINOR_RENDER: u32 = 1;
 
 /// Name of the symbol every plugin exports; its type is [`EntryFn`].
 pub const ENTRY_SYMBOL: &str = "shimmer_plugin_entry";
@@ -53,6 +62,10 @@ pub const ITEM_DTYPE_F32: u32 = 0;
 pub const DOMAIN_HAS_ENCODE: u32 = 1;
 /// Domain flag: the plugin implements its own `decode` (latents -> raw items).
 pub const DOMAIN_HAS_DECODE: u32 = 2;
+/// Domain flag (minor 1): the domain draws raw items as RGB images of
+/// [`DomainInfoC::render_width`] x [`DomainInfoC::render_height`] through
+/// [`PluginDescriptor::render`].
+pub const DOMAIN_CAN_RENDER: u32 = 4;
 
 /// Split code for training items.
 pub const SPLIT_TRAIN: u32 = 0;
@@ -153,9 +166,25 @@ pub struct PluginDescriptor {
     pub domain_kind_count: usize,
     /// The functions.
     pub functions: FunctionTable,
+    /// Minor 1: draws raw items as RGB images; `None` in older plugins
+    /// (whose bytes here are the zero-filled reserved room).
+    pub render: Option<RenderFn>,
     /// Room for additions within v1 (zero-filled).
-    pub reserved: [usize; 8],
+    pub reserved: [usize; 7],
 }
+
+/// Draws `n` raw items (`input_len == n * item_len`) as 8-bit RGB images,
+/// rows top to bottom, pixels interleaved, image after image
+/// (`out_len == n * render_width * render_height * 3`).
+pub type RenderFn = unsafe extern "C" fn(
+    domain: DomainPtr,
+    input: *const f32,
+    input_len: usize,
+    n: usize,
+    out: *mut u8,
+    out_len: usize,
+    msg: *mut MsgBuf,
+) -> Status;
 
 /// Per-domain facts reported by the plugin.
 #[repr(C)]
@@ -171,8 +200,12 @@ pub struct DomainInfoC {
     pub flags: u32,
     /// Number of items in the train, val and test splits.
     pub split_sizes: [u64; 3],
+    /// Minor 1, with [`DOMAIN_CAN_RENDER`]: width of a rendered item in pixels.
+    pub render_width: u64,
+    /// Minor 1, with [`DOMAIN_CAN_RENDER`]: height of a rendered item in pixels.
+    pub render_height: u64,
     /// Room for additions within v1 (zero-filled).
-    pub reserved: [u64; 4],
+    pub reserved: [u64; 2],
 }
 
 /// One segment of a domain's loss spec.
@@ -266,6 +299,18 @@ mod tests {
             offset_of!(PluginDescriptor, version),
             8 + size_of::<StrRef>()
         );
+    }
+
+    /// Minor versions only fill room v1.0 kept: sizes and every v1.0 field
+    /// offset stay, so v1.0 plugins and hosts read each other.
+    #[test]
+    fn minor_versions_keep_the_v1_layout() {
+        assert_eq!(size_of::<PluginDescriptor>(), 184);
+        assert_eq!(offset_of!(PluginDescriptor, functions), 64);
+        assert_eq!(offset_of!(PluginDescriptor, render), 120);
+        assert_eq!(size_of::<Option<RenderFn>>(), size_of::<usize>());
+        assert_eq!(size_of::<DomainInfoC>(), 80);
+        assert_eq!(offset_of!(DomainInfoC, render_width), 48);
     }
 
     #[test]

@@ -164,6 +164,17 @@ impl Hosted {
         info.has_decode |= self.has_decode;
         info
     }
+
+    /// The C form of the info, with what the domain draws (minor 1).
+    fn info_c(&self) -> DomainInfoC {
+        let mut c = self.info().to_c();
+        if let Some((w, h)) = self.domain.render_size() {
+            c.flags |= abi::DOMAIN_CAN_RENDER;
+            c.render_width = u64::from(w);
+            c.render_height = u64::from(h);
+        }
+        c
+    }
 }
 
 /// # Safety
@@ -269,7 +280,7 @@ unsafe extern "C" fn domain_info(
         let d = unsafe { hosted(domain)? };
         // SAFETY: the host passes live domains and buffers valid for the call, as the ABI requires.
         let out = unsafe { slice_out(out, 1)? };
-        out[0] = d.info().to_c();
+        out[0] = d.info_c();
         Ok(abi::STATUS_OK)
     })
 }
@@ -370,6 +381,32 @@ unsafe extern "C" fn encode(
     })
 }
 
+unsafe extern "C" fn render(
+    domain: DomainPtr,
+    input: *const f32,
+    input_len: usize,
+    n: usize,
+    out: *mut u8,
+    out_len: usize,
+    msg: *mut MsgBuf,
+) -> Status {
+    guard(msg, || {
+        // SAFETY: the host passes a live domain and valid buffers.
+        let d = unsafe { domain_ref(domain)? };
+        let Some((w, h)) = d.render_size() else {
+            return Err(PluginError::new("this domain does not draw its items"));
+        };
+        check_len("input", input_len, n * d.info().item_len)?;
+        check_len("output", out_len, n * w as usize * h as usize * 3)?;
+        // SAFETY: the host passes live domains and buffers valid for the call, as the ABI requires.
+        let input = unsafe { slice_in(input, input_len)? };
+        // SAFETY: the host passes live domains and buffers valid for the call, as the ABI requires.
+        let out = unsafe { slice_out(out, out_len)? };
+        d.render(input, out)?;
+        Ok(abi::STATUS_OK)
+    })
+}
+
 unsafe extern "C" fn decode(
     domain: DomainPtr,
     input: *const f32,
@@ -429,7 +466,8 @@ impl DescriptorCell {
                     encode,
                     decode,
                 },
-                reserved: [0; 8],
+                render: Some(render),
+                reserved: [0; 7],
             };
             Built {
                 _kinds: kinds,

@@ -81,6 +81,23 @@ pub trait Domain: Send + Sync + 'static {
     fn loss_spec(&self) -> LossSpec {
         LossSpec::mse(self.info().latent_dim)
     }
+
+    /// `(width, height)` of the RGB image [`Domain::render`] draws one raw
+    /// item as, for domains that can show their items (TensorBoard's image
+    /// grids: reconstructions, translations). Default: `None`, no drawing.
+    fn render_size(&self) -> Option<(u32, u32)> {
+        None
+    }
+
+    /// Draws raw items (`raw.len() == n * item_len`) as 8-bit RGB images of
+    /// [`Domain::render_size`], rows top to bottom, pixels interleaved,
+    /// image after image (`out.len() == n * width * height * 3`). Called
+    /// only when `render_size` is `Some`; items may be predictions, so draw
+    /// what any values mean (clamp, round) rather than refuse them.
+    fn render(&self, raw: &[f32], out: &mut [u8]) -> Result<(), PluginError> {
+        let _ = (raw, out);
+        Err(PluginError::new("this domain does not draw its items"))
+    }
 }
 
 thread_local! {

@@ -111,7 +111,9 @@ impl DomainInfo {
                 self.split_sizes.val,
                 self.split_sizes.test,
             ],
-            reserved: [0; 4],
+            render_width: 0,
+            render_height: 0,
+            reserved: [0; 2],
         }
     }
 

@@ -11,6 +11,8 @@ const PACKAGES: &[&str] = &[
     "shimmer-host",
     "random-vectors",
     "arrays",
+    "simple-shapes",
+    "abi-v1-0-plugin",
     "abi-v2-plugin",
     "faulty-plugin",
     "not-a-plugin",

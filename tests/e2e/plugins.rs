@@ -302,3 +302,72 @@ fn a_domain_that_implements_encode_is_encoded_through_it() {
     assert_eq!(latents, doubled);
     assert!(raw.iter().any(|&r| r != 0.0), "{raw:?}");
 }
+
+#[test]
+fn a_plugin_built_for_abi_1_0_keeps_loading_and_draws_nothing() {
+    let lib =
+        PluginLibrary::open(&common::plugin_path("abi_v1_0_plugin")).expect("load the 1.0 plugin");
+    assert_eq!((lib.name(), lib.abi()), ("abi-1.0-ramp", (1, 0)));
+    let domain = lib.create_domain("ramp", "{}").expect("create a domain");
+    assert_eq!(domain.info().item_len, 3);
+    let mut out = vec![0.0; 6];
+    domain.load(Split::Val, &[2, 7], &mut out).unwrap();
+    assert_eq!(out, [2.0, 2.0, 2.0, 7.0, 7.0, 7.0]);
+    assert_eq!(domain.render_size(), None);
+    let err = domain.render(&out[..3], 1).unwrap_err().to_string();
+    assert!(err.contains("does not draw its items"), "{err}");
+    // And through the binary: a run over it trains.
+    let tmp = tempfile::tempdir().unwrap();
+    let exp = tmp.path().join("exp.yaml");
+    std::fs::write(
+        &exp,
+        format!(
+            "name: old-abi\ndomains:\n  a: {{ plugin: {} }}\n  b: {{ plugin: random-vectors, config: {{ dim: 2, train: 8, val: 8, test: 8 }} }}\n\
+             workspace: {{ flavour: two_domains, dim: 4 }}\ndata: {{ batch_size: 4, groups: [{{ domains: [a, b] }}] }}\ntraining: {{ max_steps: 2 }}\n",
+            common::plugin_path("abi_v1_0_plugin").display()
+        ),
+    )
+    .unwrap();
+    let out = common::shimmer()
+        .args(["run", "--run-dir"])
+        .arg(tmp.path().join("run"))
+        .arg(&exp)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn simple_shapes_draws_items_through_the_host() {
+    let lib =
+        PluginLibrary::open(&common::plugin_path("simple_shapes")).expect("load simple-shapes");
+    assert_eq!(lib.abi(), (1, shimmer_plugin_api::abi::ABI_MINOR));
+    let v = lib.create_domain("v", r#"{"seed": 2}"#).unwrap();
+    let attr = lib.create_domain("attr", r#"{"seed": 2}"#).unwrap();
+    assert_eq!(
+        (v.render_size(), attr.render_size()),
+        (Some((32, 32)), Some((32, 32)))
+    );
+    let mut images = vec![0.0; 4 * 3072];
+    v.load(Split::Test, &[0, 1, 2, 3], &mut images).unwrap();
+    let mut vectors = vec![0.0; 4 * 11];
+    attr.load(Split::Test, &[0, 1, 2, 3], &mut vectors).unwrap();
+    let (from_v, from_attr) = (
+        v.render(&images, 4).unwrap(),
+        attr.render(&vectors, 4).unwrap(),
+    );
+    assert_eq!(from_v.len(), 4 * 32 * 32 * 3);
+    let diff = from_v
+        .iter()
+        .zip(&from_attr)
+        .map(|(a, b)| a.abs_diff(*b))
+        .max()
+        .unwrap();
+    assert!(diff <= 1, "{diff}");
+    let err = v.render(&images[..100], 1).unwrap_err().to_string();
+    assert!(err.contains("render input"), "{err}");
+}

@@ -125,6 +125,7 @@ impl Attributes {
     }
 
     /// The labels row of these attributes.
+    #[cfg(test)]
     pub fn label_row(&self) -> [f32; LABEL_LEN] {
         [
             self.class as f32,

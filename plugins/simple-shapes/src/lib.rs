@@ -95,8 +95,7 @@ impl Shapes {
                     };
                     Items::Images(open_splits(root, |dir| ImageFolder::open(dir, shape), "")?)
                 } else {
-                    let labels =
-                        open_splits(root, |p| shimmer_formats::npy::open_npy(p), "_labels.npy")?;
+                    let labels = open_splits(root, shimmer_formats::npy::open_npy, "_labels.npy")?;
                     for l in &labels {
                         if l.row_len() != LABEL_LEN {
                             return Err(err(format!(
@@ -209,6 +208,36 @@ impl Domain for Shapes {
                 image_values(&a, o)?;
             } else {
                 o.copy_from_slice(&a.vector());
+            }
+        }
+        Ok(())
+    }
+
+    fn render_size(&self) -> Option<(u32, u32)> {
+        Some((IMAGE_SIZE as u32, IMAGE_SIZE as u32))
+    }
+
+    /// An image item as itself (clamped to [0, 1]); an attribute vector as
+    /// the shape it describes (class by argmax, values clamped).
+    fn render(&self, raw: &[f32], out: &mut [u8]) -> Result<(), PluginError> {
+        let plane = IMAGE_SIZE * IMAGE_SIZE;
+        for (item, rgb) in raw
+            .chunks_exact(self.item_len())
+            .zip(out.chunks_exact_mut(IMAGE_LEN))
+        {
+            if self.image {
+                for (p, px) in rgb.chunks_exact_mut(3).enumerate() {
+                    for c in 0..3 {
+                        let v = item[c * plane + p];
+                        px[c] = if v.is_finite() {
+                            (v.clamp(0.0, 1.0) * 255.0).round() as u8
+                        } else {
+                            0
+                        };
+                    }
+                }
+            } else {
+                draw::draw(&Attributes::from_vector(item), rgb).map_err(err)?;
             }
         }
         Ok(())

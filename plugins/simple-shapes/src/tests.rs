@@ -239,3 +239,50 @@ fn bad_settings_and_indices_are_refused() {
     assert!(e.message().contains("train item 3 is past the end"), "{e}");
     assert!(SimpleShapes::create_domain("attr", r#"{"sed": 3}"#).is_err());
 }
+
+#[test]
+fn both_domains_draw_an_item_as_its_image() {
+    let (v, attr) = (domain("v", "{}"), domain("attr", "{}"));
+    assert_eq!(attr.render_size(), Some((32, 32)));
+    let indices: Vec<u64> = (0..20).collect();
+    let (images, vectors) = (
+        load(v.as_ref(), Split::Val, &indices),
+        load(attr.as_ref(), Split::Val, &indices),
+    );
+    let mut from_v = vec![0u8; 20 * IMAGE_LEN];
+    v.render(&images, &mut from_v).unwrap();
+    let mut from_attr = vec![0u8; 20 * IMAGE_LEN];
+    attr.render(&vectors, &mut from_attr).unwrap();
+    // The attribute vector holds the colour rounded through [-1, 1]: the
+    // drawings agree to a grey level.
+    let diff = from_v
+        .iter()
+        .zip(&from_attr)
+        .map(|(a, b)| a.abs_diff(*b))
+        .max()
+        .unwrap();
+    assert!(diff <= 1, "{diff}");
+    for (k, rgb) in from_v.chunks(IMAGE_LEN).enumerate() {
+        let a = Attributes::sample(0, Split::Val, k as u64);
+        let at = ((31 - a.y as usize) * IMAGE_SIZE + a.x as usize) * 3;
+        assert_eq!(
+            rgb[at..at + 3],
+            pixel(&images[k * IMAGE_LEN..], 31 - a.y as usize, a.x as usize)
+        );
+    }
+    // Predictions out of range are drawn, not refused.
+    let wild = [
+        5.0f32,
+        -3.0,
+        f32::NAN,
+        9.0,
+        -9.0,
+        0.0,
+        0.0,
+        0.0,
+        2.0,
+        2.0,
+        2.0,
+    ];
+    attr.render(&wild, &mut from_attr[..IMAGE_LEN]).unwrap();
+}

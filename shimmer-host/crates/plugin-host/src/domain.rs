@@ -35,6 +35,8 @@ struct Instance {
     kind: String,
     info: DomainInfo,
     loss_spec: LossSpec,
+    /// `(width, height)` of a drawn item, when the domain draws (minor 1).
+    render_size: Option<(u32, u32)>,
 }
 
 // SAFETY: the plugin contract requires domains to be `Send + Sync` (the
@@ -126,6 +128,7 @@ impl DomainHandle {
                 has_decode: false,
             },
             loss_spec: LossSpec { segments: vec![] },
+            render_size: None,
         };
         let mut info_c = DomainInfoC::default();
         call(&library, kind, "info", |msg| {
@@ -133,6 +136,18 @@ impl DomainHandle {
             unsafe { (f.domain_info)(ptr, &mut info_c, msg) }
         })?;
         instance.info = DomainInfo::from_c(&info_c).map_err(invalid)?;
+        if library.render_fn().is_some() && info_c.flags & abi::DOMAIN_CAN_RENDER != 0 {
+            let (w, h) = (info_c.render_width, info_c.render_height);
+            let size = (u32::try_from(w).ok(), u32::try_from(h).ok());
+            match size {
+                (Some(w @ 1..=4096), Some(h @ 1..=4096)) => instance.render_size = Some((w, h)),
+                _ => {
+                    return Err(invalid(format!(
+                        "draws its items as {w}x{h} images: each side must be 1 to 4096 pixels"
+                    )));
+                }
+            }
+        }
         if instance.info.latent_dim == 0 || instance.info.item_len == 0 {
             return Err(invalid(format!(
                 "reports latent_dim {} and item length {}; both must be at least 1",
@@ -216,6 +231,39 @@ impl DomainHandle {
                 )
             }
         })
+    }
+
+    /// `(width, height)` of the RGB image the plugin draws one raw item
+    /// as, or `None` when the domain does not draw (or its plugin predates
+    /// ABI minor 1).
+    pub fn render_size(&self) -> Option<(u32, u32)> {
+        self.inner.render_size
+    }
+
+    /// Draws `n` raw items as 8-bit RGB images of [`Self::render_size`],
+    /// rows top to bottom, image after image.
+    pub fn render(&self, raw: &[f32], n: usize) -> Result<Vec<u8>, PluginError> {
+        let (Some((w, h)), Some(f)) = (self.inner.render_size, self.inner.library.render_fn())
+        else {
+            return Err(self.invalid("does not draw its items".to_string()));
+        };
+        self.check_len("render input", raw.len(), n * self.inner.info.item_len)?;
+        let mut out = vec![0u8; n * w as usize * h as usize * 3];
+        self.call("render", |msg| {
+            // SAFETY: live domain; buffers valid and sized as checked above.
+            unsafe {
+                f(
+                    self.inner.ptr,
+                    raw.as_ptr(),
+                    raw.len(),
+                    n,
+                    out.as_mut_ptr(),
+                    out.len(),
+                    msg,
+                )
+            }
+        })?;
+        Ok(out)
     }
 
     /// Encodes `n` raw items into `n` latent vectors.

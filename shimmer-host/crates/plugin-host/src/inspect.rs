@@ -33,6 +33,8 @@ pub struct DomainReport {
     pub info: DomainInfo,
     /// Loss spec.
     pub loss_spec: LossSpec,
+    /// `[width, height]` of the image an item is drawn as, if the domain draws.
+    pub render_size: Option<[u32; 2]>,
 }
 
 impl DomainReport {
@@ -41,6 +43,7 @@ impl DomainReport {
             kind: domain.kind().to_string(),
             info: *domain.info(),
             loss_spec: domain.loss_spec().clone(),
+            render_size: domain.render_size().map(|(w, h)| [w, h]),
         }
     }
 }
@@ -100,6 +103,14 @@ pub fn render(report: &PluginReport) -> String {
             own(i.has_encode),
             own(i.has_decode)
         );
+        match d.render_size {
+            Some([w, h]) => {
+                let _ = writeln!(s, "  drawn as      {w}x{h} RGB images");
+            }
+            None => {
+                let _ = writeln!(s, "  drawn as      (does not draw its items)");
+            }
+        }
         let _ = writeln!(s, "  loss spec");
         for seg in &d.loss_spec.segments {
             let uses: Vec<String> = LossUse::ALL

@@ -188,6 +188,16 @@ impl PluginLibrary {
         // SAFETY: checked to be a v1 descriptor; valid while loaded.
         unsafe { &(*self.inner.descriptor).functions }
     }
+
+    /// The plugin's `render`, when its minor version has one (the same
+    /// bytes are zero-filled reserved room in older plugins).
+    pub(super) fn render_fn(&self) -> Option<abi::RenderFn> {
+        if self.inner.abi_minor < abi::MINOR_RENDER {
+            return None;
+        }
+        // SAFETY: checked to be a v1 descriptor of minor >= 1; valid while loaded.
+        unsafe { (*self.inner.descriptor).render }
+    }
 }
 
 /// The system loader's message, with the private copy's path replaced by the
