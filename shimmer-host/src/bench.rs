@@ -1,4 +1,5 @@
-//! `shimmer bench`: times optimiser steps of an experiment's model on
+//! `shimmer bench`: times optimiser steps of an experiment's model (a GW,
+//! or the domain model a pretraining experiment trains) on
 //! preloaded batches, for comparisons between builds, devices, thread counts
 //! and the PyTorch reference (`scripts/reference/gw_reference.py`).
 //!
@@ -149,11 +150,6 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport> {
         bail!("--steps must be at least 1");
     }
     let exp = shimmer_config::load(&opts.experiment, &opts.overrides)?.config;
-    if exp.pretrain.is_some() {
-        bail!(
-            "`shimmer bench` times Global Workspace training; this experiment pretrains a domain model"
-        );
-    }
     let device_name = match device::resolve(exp.device)?.location() {
         candle_core::DeviceLocation::Cpu => "cpu".to_string(),
         candle_core::DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),

@@ -7,7 +7,7 @@
 //!
 //! ```yaml
 //! model:
-//!   type: linear            # identity | linear | mlp | vae
+//!   type: linear            # identity | linear | mlp | vae | conv_vae | attribute_vae
 //!   latent_dim: 32
 //!   checkpoint: runs/pretrain_v/checkpoints/best.safetensors
 //!   frozen: true            # the default
@@ -60,6 +60,55 @@ pub enum DomainModelConfig {
         #[serde(default = "unit_beta")]
         beta: f64,
     },
+    /// shimmer-ssd's visual VAE for `channels x 32 x 32` images: four
+    /// stride-2 convolutions with batch norm and ReLU (channels `ae_dim/8`
+    /// to `ae_dim`), a transposed-convolution decoder, sigmoid output; the
+    /// GW sees the posterior mean.
+    ConvVae {
+        /// Size of the latent the GW sees (shimmer-ssd's `z_dim`).
+        latent_dim: usize,
+        /// Channels of the deepest convolution (shimmer-ssd: 256).
+        #[serde(default = "default_ae_dim")]
+        ae_dim: usize,
+        /// Image channels (3 for RGB).
+        #[serde(default = "default_channels")]
+        channels: usize,
+        /// Weight of the KL term (beta-VAE); `>= 0`.
+        #[serde(default = "unit_beta")]
+        beta: f64,
+    },
+    /// shimmer-ssd's attribute VAE: an MLP encoder, a decoder with a class
+    /// head (cross-entropy) and an attribute head (tanh, Gaussian NLL).
+    AttributeVae {
+        /// Size of the latent the GW sees.
+        latent_dim: usize,
+        /// Width of the hidden layers.
+        hidden: usize,
+        /// Number of one-hot class values at the start of an item.
+        #[serde(default = "default_classes")]
+        classes: usize,
+        /// Weight of the KL term (beta-VAE); `>= 0`.
+        #[serde(default = "unit_beta")]
+        beta: f64,
+        /// Weight of the class term of the reconstruction.
+        #[serde(default = "unit_beta")]
+        coef_categories: f64,
+        /// Weight of the attributes term of the reconstruction.
+        #[serde(default = "unit_beta")]
+        coef_attributes: f64,
+    },
+}
+
+fn default_ae_dim() -> usize {
+    256
+}
+
+fn default_channels() -> usize {
+    3
+}
+
+fn default_classes() -> usize {
+    3
 }
 
 fn one() -> usize {
@@ -82,13 +131,54 @@ impl DomainModelConfig {
             Self::Linear { .. } => "linear",
             Self::Mlp { .. } => "mlp",
             Self::Vae { .. } => "vae",
+            Self::ConvVae { .. } => "conv_vae",
+            Self::AttributeVae { .. } => "attribute_vae",
         }
     }
 
     /// Checks values serde cannot: positive sizes, `beta >= 0`.
     pub fn check(&self) -> Result<()> {
         let ty = self.type_name();
+        let finite = |key: &str, v: f64| -> Result<()> {
+            if !(v >= 0.0 && v.is_finite()) {
+                bail!("domain model `{ty}`: `{key}` must be a finite number >= 0, got {v}");
+            }
+            Ok(())
+        };
         let (latent_dim, hidden) = match *self {
+            Self::ConvVae {
+                latent_dim,
+                ae_dim,
+                channels,
+                beta,
+            } => {
+                finite("beta", beta)?;
+                if ae_dim < 8 {
+                    bail!(
+                        "domain model `conv_vae`: `ae_dim` must be at least 8 (its first convolution has ae_dim / 8 channels), got {ae_dim}"
+                    );
+                }
+                if channels == 0 {
+                    bail!("domain model `conv_vae`: `channels` must be at least 1");
+                }
+                (latent_dim, None)
+            }
+            Self::AttributeVae {
+                latent_dim,
+                hidden,
+                classes,
+                beta,
+                coef_categories,
+                coef_attributes,
+            } => {
+                finite("beta", beta)?;
+                finite("coef_categories", coef_categories)?;
+                finite("coef_attributes", coef_attributes)?;
+                if classes == 0 {
+                    bail!("domain model `attribute_vae`: `classes` must be at least 1");
+                }
+                (latent_dim, Some(hidden))
+            }
             Self::Identity => return Ok(()),
             Self::Linear { latent_dim } => (latent_dim, None),
             Self::Mlp {
@@ -137,6 +227,25 @@ impl fmt::Display for DomainModelConfig {
             } => write!(
                 f,
                 "vae (latent_dim {latent_dim}, hidden {hidden}, n_layers {n_layers}, beta {beta})"
+            ),
+            Self::ConvVae {
+                latent_dim,
+                ae_dim,
+                channels,
+                beta,
+            } => write!(
+                f,
+                "conv_vae (latent_dim {latent_dim}, ae_dim {ae_dim}, channels {channels}, beta {beta})"
+            ),
+            Self::AttributeVae {
+                latent_dim,
+                hidden,
+                classes,
+                beta,
+                ..
+            } => write!(
+                f,
+                "attribute_vae (latent_dim {latent_dim}, hidden {hidden}, classes {classes}, beta {beta})"
             ),
         }
     }
@@ -187,6 +296,16 @@ struct RawSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     beta: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    ae_dim: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    channels: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    classes: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    coef_categories: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    coef_attributes: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     checkpoint: Option<PathBuf>,
     #[serde(default = "yes")]
     frozen: bool,
@@ -199,6 +318,8 @@ enum Kind {
     Linear,
     Mlp,
     Vae,
+    ConvVae,
+    AttributeVae,
 }
 
 impl TryFrom<RawSpec> for DomainModelSpec {
@@ -210,12 +331,29 @@ impl TryFrom<RawSpec> for DomainModelSpec {
             Kind::Linear => ("linear", &["latent_dim"]),
             Kind::Mlp => ("mlp", &["latent_dim", "hidden", "n_layers"]),
             Kind::Vae => ("vae", &["latent_dim", "hidden", "n_layers", "beta"]),
+            Kind::ConvVae => ("conv_vae", &["latent_dim", "ae_dim", "channels", "beta"]),
+            Kind::AttributeVae => (
+                "attribute_vae",
+                &[
+                    "latent_dim",
+                    "hidden",
+                    "classes",
+                    "beta",
+                    "coef_categories",
+                    "coef_attributes",
+                ],
+            ),
         };
         let given = [
             ("latent_dim", raw.latent_dim.is_some()),
             ("hidden", raw.hidden.is_some()),
             ("n_layers", raw.n_layers.is_some()),
             ("beta", raw.beta.is_some()),
+            ("ae_dim", raw.ae_dim.is_some()),
+            ("channels", raw.channels.is_some()),
+            ("classes", raw.classes.is_some()),
+            ("coef_categories", raw.coef_categories.is_some()),
+            ("coef_attributes", raw.coef_attributes.is_some()),
         ];
         for (key, present) in given {
             if present && !allowed.contains(&key) {
@@ -247,6 +385,20 @@ impl TryFrom<RawSpec> for DomainModelSpec {
                 n_layers: raw.n_layers.unwrap_or(1),
                 beta: raw.beta.unwrap_or(1.0),
             },
+            Kind::ConvVae => DomainModelConfig::ConvVae {
+                latent_dim: need("latent_dim", raw.latent_dim)?,
+                ae_dim: raw.ae_dim.unwrap_or_else(default_ae_dim),
+                channels: raw.channels.unwrap_or_else(default_channels),
+                beta: raw.beta.unwrap_or(1.0),
+            },
+            Kind::AttributeVae => DomainModelConfig::AttributeVae {
+                latent_dim: need("latent_dim", raw.latent_dim)?,
+                hidden: need("hidden", raw.hidden)?,
+                classes: raw.classes.unwrap_or_else(default_classes),
+                beta: raw.beta.unwrap_or(1.0),
+                coef_categories: raw.coef_categories.unwrap_or(1.0),
+                coef_attributes: raw.coef_attributes.unwrap_or(1.0),
+            },
         };
         if matches!(arch, DomainModelConfig::Identity) && raw.checkpoint.is_some() {
             return Err(
@@ -270,6 +422,11 @@ impl From<DomainModelSpec> for RawSpec {
             hidden: None,
             n_layers: None,
             beta: None,
+            ae_dim: None,
+            channels: None,
+            classes: None,
+            coef_categories: None,
+            coef_attributes: None,
             checkpoint: spec.checkpoint,
             frozen: spec.frozen,
         };
@@ -300,6 +457,34 @@ impl From<DomainModelSpec> for RawSpec {
                 raw.hidden = Some(hidden);
                 raw.n_layers = Some(n_layers);
                 raw.beta = Some(beta);
+            }
+            DomainModelConfig::ConvVae {
+                latent_dim,
+                ae_dim,
+                channels,
+                beta,
+            } => {
+                raw.kind = Kind::ConvVae;
+                raw.latent_dim = Some(latent_dim);
+                raw.ae_dim = Some(ae_dim);
+                raw.channels = Some(channels);
+                raw.beta = Some(beta);
+            }
+            DomainModelConfig::AttributeVae {
+                latent_dim,
+                hidden,
+                classes,
+                beta,
+                coef_categories,
+                coef_attributes,
+            } => {
+                raw.kind = Kind::AttributeVae;
+                raw.latent_dim = Some(latent_dim);
+                raw.hidden = Some(hidden);
+                raw.classes = Some(classes);
+                raw.beta = Some(beta);
+                raw.coef_categories = Some(coef_categories);
+                raw.coef_attributes = Some(coef_attributes);
             }
         }
         raw

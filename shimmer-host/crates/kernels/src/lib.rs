@@ -13,7 +13,10 @@
 //! * [`clip`]: CLIP's symmetric cross-entropy between two batches of
 //!   encodings, logits product included;
 //! * [`elementwise`]: `tanh` and the mean squared error;
-//! * [`adamw`]: AdamW's update in place.
+//! * [`adamw`]: AdamW's update in place;
+//! * [`batch_norm`]: batch normalisation (with ReLU) over image channels;
+//! * [`conv`]: 2-D convolutions and transposed convolutions (`im2col`,
+//!   one product per batch, `col2im`).
 //!
 //! They are used for `f32` tensors on the CPU ([`enabled`]); on a GPU and
 //! for other dtypes the callers keep candle's composed ops, which compute
@@ -24,7 +27,9 @@
 #![allow(unsafe_code)]
 
 pub mod adamw;
+pub mod batch_norm;
 pub mod clip;
+pub mod conv;
 pub mod elementwise;
 pub mod linear;
 mod matmul;

@@ -114,25 +114,37 @@ impl Dst {
 /// `a.rows * b.cols` elements that nothing else accesses meanwhile.
 unsafe fn gemm_serial(dst: *mut f32, a: MatRef<'_>, b: MatRef<'_>, accumulate: bool) {
     let (m, k, n) = (a.rows, a.cols, b.cols);
+    // gemm's micro-kernels compute blocks of 16 rows: with few rows and
+    // many columns, computing the transposed product `bᵀ aᵀ` into the
+    // transposed destination wastes fewer lanes (a convolution with 3
+    // output channels: 3 x 65536).
+    let transposed = m < 16 && n > m;
+    let (rows, cols, dst_cs, dst_rs, lhs, rhs) = if transposed {
+        (n, m, n as isize, 1isize, b.t(), a.t())
+    } else {
+        (m, n, 1isize, n as isize, a, b)
+    };
     // SAFETY: the `MatRef` slices hold `(rows-1)*row_stride +
-    // (cols-1)*col_stride + 1` elements; `dst` is the caller's promise.
+    // (cols-1)*col_stride + 1` elements; `dst` is the caller's promise
+    // (every `(i, j)` of the `m x n` row-major destination is reached once,
+    // through either orientation's strides).
     // With `read_dst == false` gemm writes every destination element
     // without reading it.
     unsafe {
         gemm::gemm(
-            m,
-            n,
+            rows,
+            cols,
             k,
             dst,
-            1,
-            n as isize,
+            dst_cs,
+            dst_rs,
             accumulate,
-            a.data.as_ptr(),
-            a.col_stride as isize,
-            a.row_stride as isize,
-            b.data.as_ptr(),
-            b.col_stride as isize,
-            b.row_stride as isize,
+            lhs.data.as_ptr(),
+            lhs.col_stride as isize,
+            lhs.row_stride as isize,
+            rhs.data.as_ptr(),
+            rhs.col_stride as isize,
+            rhs.row_stride as isize,
             if accumulate { 1.0 } else { 0.0 },
             1.0,
             false,
@@ -216,6 +228,26 @@ mod tests {
         let mut acc = got.clone();
         matmul_into(&mut acc, am, bm, true);
         assert!(acc.iter().zip(&got).all(|(x, y)| *x == 2.0 * y));
+    }
+
+    #[test]
+    fn few_rows_and_many_columns_give_the_same_product() {
+        let (m, k, n) = (3, 40, 200);
+        let a: Vec<f32> = (0..m * k).map(|i| (i % 11) as f32 - 5.0).collect();
+        let b: Vec<f32> = (0..k * n).map(|i| (i % 5) as f32 - 2.0).collect();
+        let mut got = vec![1f32; m * n];
+        matmul_into(
+            &mut got,
+            MatRef::row_major(&a, m, k),
+            MatRef::row_major(&b, k, n),
+            true,
+        );
+        for i in 0..m {
+            for j in 0..n {
+                let want: f32 = 1.0 + (0..k).map(|t| a[i * k + t] * b[t * n + j]).sum::<f32>();
+                assert_eq!(got[i * n + j], want, "({i}, {j})");
+            }
+        }
     }
 
     #[test]

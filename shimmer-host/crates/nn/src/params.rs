@@ -47,6 +47,13 @@ impl ParamStore {
         self.ops
     }
 
+    /// Forces the implementation layers built from now on use (tests that
+    /// compare the fused kernels with candle's ops in one process).
+    #[cfg(test)]
+    pub(crate) fn set_ops(&mut self, ops: Ops) {
+        self.ops = ops;
+    }
+
     /// Makes the layers built from this store round their matrix-product
     /// inputs to `dtype` (mixed precision); `None` keeps [`Self::dtype`].
     pub fn set_matmul_dtype(&mut self, dtype: Option<DType>) {

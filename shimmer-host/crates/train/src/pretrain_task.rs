@@ -8,7 +8,7 @@ use indexmap::IndexMap;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use shimmer_data::batch::HostBatch;
-use shimmer_nn::domain_model::{self, DomainModel};
+use shimmer_nn::domain_model::{self, DomainModel, Mode};
 use shimmer_nn::params::ParamStore;
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -62,9 +62,9 @@ impl PretrainTask {
         Ok(Tensor::cat(&parts, 0)?)
     }
 
-    fn step(&mut self, batch: &HostBatch) -> Result<StepOutput> {
+    fn step(&mut self, batch: &HostBatch, mode: Mode) -> Result<StepOutput> {
         let x = self.inputs(batch)?;
-        let (loss, metrics) = self.model.pretrain_loss(&x, &mut self.rng)?;
+        let (loss, metrics) = self.model.pretrain_loss(&x, &mut self.rng, mode)?;
         let metrics: shimmer_nn::losses::Metrics = metrics
             .into_iter()
             .filter(|(n, _)| n != domain_model::LOSS)
@@ -84,11 +84,11 @@ impl Task for PretrainTask {
     }
 
     fn train_step(&mut self, batch: &HostBatch) -> Result<StepOutput> {
-        self.step(batch)
+        self.step(batch, Mode::Train)
     }
 
     fn eval_step(&mut self, batch: &HostBatch) -> Result<StepOutput> {
-        self.step(batch)
+        self.step(batch, Mode::Eval)
     }
 
     fn state(&self) -> Result<IndexMap<String, Tensor>> {

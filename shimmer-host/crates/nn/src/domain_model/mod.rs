@@ -1,6 +1,7 @@
 //! Domain models: what the host runs in candle between a plugin's latents
 //! (`input_dim`) and the latents the GW sees (`latent_dim`) — identity, a
-//! linear or MLP autoencoder, or shimmer's `VAE` — configured per domain in
+//! linear or MLP autoencoder, shimmer's `VAE`, or shimmer-ssd's visual
+//! (`conv_vae`) and attribute (`attribute_vae`) VAEs — configured per domain in
 //! YAML, pretrained on the plugin's data by their own experiment (shimmer's
 //! tutorial step 1), saved, and loaded (usually frozen) by GW experiments.
 //!
@@ -26,19 +27,21 @@
 //! ```
 //! use candle_core::{DType, Device, Tensor};
 //! use rand::SeedableRng;
-//! use shimmer_nn::domain_model::{DomainModel, DomainModelConfig};
+//! use shimmer_nn::domain_model::{DomainModel, DomainModelConfig, Mode};
 //!
 //! let cfg = DomainModelConfig::Linear { latent_dim: 32 };
 //! let model = DomainModel::new(&cfg, 8, &Device::Cpu, 0).unwrap();
 //! let x = Tensor::zeros((4, 8), DType::F32, &Device::Cpu).unwrap();
 //! assert_eq!(model.encode(&x).unwrap().dims(), [4, 32]);
 //! let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
-//! let (loss, metrics) = model.pretrain_loss(&x, &mut rng).unwrap();
+//! let (loss, metrics) = model.pretrain_loss(&x, &mut rng, Mode::Train).unwrap();
 //! let _grads = loss.backward().unwrap();
 //! assert_eq!(metrics[0].0, "reconstruction_loss");
 //! ```
 
+pub mod attribute_vae;
 mod autoencoder;
+pub mod conv_vae;
 #[cfg(test)]
 mod tests;
 pub mod vae;
@@ -46,10 +49,13 @@ pub mod vae;
 pub use shimmer_config::domain_model::{DomainModelConfig, DomainModelSpec};
 
 use crate::checkpoint;
+pub use crate::layers::Mode;
 use crate::params::ParamStore;
 use anyhow::{Context, Result, bail};
+use attribute_vae::AttributeVae;
 use autoencoder::Autoencoder;
 use candle_core::{DType, Device, Tensor};
+use conv_vae::ConvVae;
 use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, StandardNormal};
 use std::path::Path;
@@ -70,6 +76,8 @@ enum Net {
     Identity,
     Autoencoder(Autoencoder),
     Vae(Vae),
+    ConvVae(ConvVae),
+    AttributeVae(AttributeVae),
 }
 
 /// A domain model built from its [`DomainModelConfig`]: its weights (a
@@ -142,6 +150,43 @@ impl DomainModel {
                 )?),
                 latent_dim,
             ),
+            DomainModelConfig::ConvVae {
+                latent_dim,
+                ae_dim,
+                channels,
+                beta,
+            } => (
+                Net::ConvVae(ConvVae::new(
+                    &mut params,
+                    input_dim,
+                    channels,
+                    ae_dim,
+                    latent_dim,
+                    beta,
+                    &mut rng,
+                )?),
+                latent_dim,
+            ),
+            DomainModelConfig::AttributeVae {
+                latent_dim,
+                hidden,
+                classes,
+                beta,
+                coef_categories,
+                coef_attributes,
+            } => (
+                Net::AttributeVae(AttributeVae::new(
+                    &mut params,
+                    input_dim,
+                    classes,
+                    hidden,
+                    latent_dim,
+                    beta,
+                    (coef_categories, coef_attributes),
+                    &mut rng,
+                )?),
+                latent_dim,
+            ),
         };
         Ok(Self {
             config: *config,
@@ -195,30 +240,44 @@ impl DomainModel {
     }
 
     /// Plugin latents `[batch, input_dim]` to GW latents `[batch,
-    /// latent_dim]` (the posterior mean for a VAE, no sampling). The result
-    /// tracks gradients to the weights; detach it for a frozen model.
+    /// latent_dim]` (the posterior mean for a VAE, no sampling), as in
+    /// evaluation mode. The result tracks gradients to the weights; detach
+    /// it for a frozen model.
     pub fn encode(&self, x: &Tensor) -> Result<Tensor> {
+        self.encode_in(x, Mode::Eval)
+    }
+
+    /// [`DomainModel::encode`] in `mode`: batch norm layers use the batch's
+    /// statistics and update their running ones in [`Mode::Train`] (a
+    /// domain model trained inside a GW).
+    pub fn encode_in(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
         self.check_width(x, self.input_dim, "encode", "input_dim")?;
         match &self.net {
             Net::Identity => Ok(x.clone()),
             Net::Autoencoder(ae) => ae.encode(x),
             Net::Vae(v) => v.encode(x),
+            Net::ConvVae(v) => Ok(v.posterior(x, mode)?.0),
+            Net::AttributeVae(v) => Ok(v.posterior(x)?.0),
         }
     }
 
     /// GW latents `[batch, latent_dim]` back to plugin latents `[batch,
-    /// input_dim]`.
+    /// input_dim]`, as in evaluation mode.
     pub fn decode(&self, z: &Tensor) -> Result<Tensor> {
         self.check_width(z, self.latent_dim, "decode", "latent_dim")?;
         match &self.net {
             Net::Identity => Ok(z.clone()),
             Net::Autoencoder(ae) => ae.decode(z),
             Net::Vae(v) => v.decode(z),
+            Net::ConvVae(v) => v.decode(z, Mode::Eval),
+            Net::AttributeVae(v) => v.decode(z),
         }
     }
 
-    /// The pretraining loss on a batch of plugin latents `x`, and the named
-    /// metrics to log (`reconstruction_loss`, `kl_loss` for a VAE, `loss`).
+    /// The pretraining loss on a batch of plugin latents `x` in `mode`
+    /// (training steps in [`Mode::Train`], validation in [`Mode::Eval`]),
+    /// and the named metrics to log (`reconstruction_loss`, `kl_loss` for a
+    /// VAE and the reconstruction's own terms, `loss`).
     ///
     /// Autoencoders: `loss = reconstruction_loss =
     /// mean((decode(encode(x)) - x)^2)`. VAE: shimmer's `generic_step` (see
@@ -228,6 +287,7 @@ impl DomainModel {
         &self,
         x: &Tensor,
         rng: &mut R,
+        mode: Mode,
     ) -> Result<(Tensor, Vec<(String, Tensor)>)> {
         self.check_width(x, self.input_dim, "pretrain", "input_dim")?;
         match &self.net {
@@ -242,29 +302,37 @@ impl DomainModel {
                     ],
                 ))
             }
-            Net::Vae(v) => {
+            Net::Vae(_) | Net::ConvVae(_) | Net::AttributeVae(_) => {
                 let eps = standard_normal(x.dim(0)?, self.latent_dim, x, rng)?;
-                self.vae_loss(v, x, &eps)
+                self.vae_loss(x, &eps, mode)
             }
         }
     }
 
-    /// The VAE loss with given noise (split out so tests can fix `eps`).
+    /// A VAE's loss with given noise (split out so tests can fix `eps`).
     fn vae_loss(
         &self,
-        v: &Vae,
         x: &Tensor,
         eps: &Tensor,
+        mode: Mode,
     ) -> Result<(Tensor, Vec<(String, Tensor)>)> {
-        let out = v.loss(x, eps)?;
-        Ok((
-            out.loss.clone(),
-            vec![
-                (RECONSTRUCTION_LOSS.to_string(), out.reconstruction),
-                (KL_LOSS.to_string(), out.kl),
-                (LOSS.to_string(), out.loss),
-            ],
-        ))
+        let out = match &self.net {
+            Net::Vae(v) => v.loss(x, eps)?,
+            Net::ConvVae(v) => v.loss(x, eps, mode)?,
+            Net::AttributeVae(v) => v.loss(x, eps)?,
+            Net::Identity | Net::Autoencoder(_) => {
+                bail!("domain model {} is not a VAE", self.config)
+            }
+        };
+        let mut metrics: Vec<(String, Tensor)> = out
+            .parts
+            .into_iter()
+            .map(|(name, t)| (name.to_string(), t))
+            .collect();
+        metrics.push((RECONSTRUCTION_LOSS.to_string(), out.reconstruction));
+        metrics.push((KL_LOSS.to_string(), out.kl));
+        metrics.push((LOSS.to_string(), out.loss.clone()));
+        Ok((out.loss, metrics))
     }
 
     /// Writes the weights to `path` (safetensors, atomically).
@@ -302,6 +370,9 @@ impl DomainModel {
     /// holds another architecture, or this one for other input or latent
     /// dimensions.
     fn dims_mismatch(&self, path: &Path) -> Option<String> {
+        if matches!(self.net, Net::ConvVae(_) | Net::AttributeVae(_)) {
+            return None;
+        }
         let tensors = candle_core::safetensors::load(path, &Device::Cpu).ok()?;
         let names: Vec<&String> = self.params.params().keys().collect();
         if !names.iter().any(|n| tensors.contains_key(*n)) {

@@ -64,7 +64,7 @@ fn shapes_and_dims() {
     assert_eq!(max_abs_diff(&id.encode(&x).unwrap(), &x), 0.0);
     assert!(!id.has_params());
     let mut rng = ChaCha8Rng::seed_from_u64(0);
-    assert!(id.pretrain_loss(&x, &mut rng).is_err());
+    assert!(id.pretrain_loss(&x, &mut rng, Mode::Train).is_err());
     assert!(DomainModel::new(&LINEAR, 0, &Device::Cpu, 0).is_err());
 }
 
@@ -190,7 +190,7 @@ fn vae_loss_is_shimmers_generic_step() {
             })
             .sum::<f64>();
 
-    let (loss, metrics) = m.vae_loss(v, &x, &eps).unwrap();
+    let (loss, metrics) = m.vae_loss(&x, &eps, Mode::Eval).unwrap();
     let got: Vec<(&str, f64)> = metrics
         .iter()
         .map(|(k, t)| (k.as_str(), scalar(t)))
@@ -211,7 +211,7 @@ fn vae_noise_is_seeded() {
     let x = data(16, 8, 4);
     let loss = |seed: u64| {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
-        scalar(&m.pretrain_loss(&x, &mut rng).unwrap().0)
+        scalar(&m.pretrain_loss(&x, &mut rng, Mode::Train).unwrap().0)
     };
     assert_eq!(loss(7), loss(7));
     assert_ne!(loss(7), loss(8));
@@ -223,7 +223,7 @@ fn gradients_reach_every_parameter() {
     for cfg in [LINEAR, MLP, VAE] {
         let m = DomainModel::new(&cfg, 8, &Device::Cpu, 5).unwrap();
         let mut rng = ChaCha8Rng::seed_from_u64(0);
-        let (loss, _) = m.pretrain_loss(&x, &mut rng).unwrap();
+        let (loss, _) = m.pretrain_loss(&x, &mut rng, Mode::Train).unwrap();
         let grads = loss.backward().unwrap();
         for (name, var) in m.params().params() {
             let g = grads
@@ -252,7 +252,7 @@ fn pretraining_a_linear_autoencoder_reduces_reconstruction() {
     let mut first = None;
     let mut last = 0.0;
     for _ in 0..300 {
-        let (loss, metrics) = m.pretrain_loss(&x, &mut rng).unwrap();
+        let (loss, metrics) = m.pretrain_loss(&x, &mut rng, Mode::Train).unwrap();
         last = scalar(&metrics[0].1);
         first.get_or_insert(last);
         opt.step(&loss.backward().unwrap()).unwrap();
@@ -275,7 +275,7 @@ fn vae_pretraining_reduces_its_loss() {
     let mut rng = ChaCha8Rng::seed_from_u64(0);
     let mut losses = Vec::new();
     for _ in 0..200 {
-        let (loss, _) = m.pretrain_loss(&x, &mut rng).unwrap();
+        let (loss, _) = m.pretrain_loss(&x, &mut rng, Mode::Train).unwrap();
         losses.push(scalar(&loss));
         opt.step(&loss.backward().unwrap()).unwrap();
     }

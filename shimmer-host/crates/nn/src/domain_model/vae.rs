@@ -60,6 +60,8 @@ pub(crate) struct VaeLoss {
     pub(crate) reconstruction: Tensor,
     pub(crate) kl: Tensor,
     pub(crate) loss: Tensor,
+    /// Terms of the reconstruction logged on their own, by name.
+    pub(crate) parts: Vec<(&'static str, Tensor)>,
 }
 
 impl Vae {
@@ -132,6 +134,7 @@ impl Vae {
             reconstruction,
             kl,
             loss,
+            parts: Vec::new(),
         })
     }
 }

@@ -1,7 +1,9 @@
-//! shimmer's `GWEncoder` / `GWDecoder`: `Linear(in,h) ReLU [Linear(h,h)
-//! ReLU] x n_layers Linear(h,out)`, with PyTorch's `nn.Linear` init and
-//! `nn.Sequential` parameter names (`<prefix>.<i>.weight|bias`, the Linear
-//! layers at even indices 0, 2, …, 2k+2).
+//! The layers models are built from, with PyTorch's initialisation and
+//! state-dict names: [`Linear`] and shimmer's `GWEncoder` / `GWDecoder`
+//! ([`gw_mlp`]: `Linear(in,h) ReLU [Linear(h,h) ReLU] x n_layers
+//! Linear(h,out)`, `nn.Sequential` names `<prefix>.<i>.weight|bias`, the
+//! Linear layers at even indices 0, 2, …, 2k+2); convolutions ([`conv`])
+//! and batch normalisation ([`batch_norm`]) for image domain models.
 //!
 //! ```
 //! use candle_core::{DType, Device, Tensor};
@@ -15,6 +17,12 @@
 //! assert_eq!(y.dims(), [4, 16]);
 //! assert!(store.params().contains_key("gw_mod.gw_encoders.v.4.bias"));
 //! ```
+
+pub mod batch_norm;
+pub mod conv;
+
+pub use batch_norm::{BatchNorm2d, Mode};
+pub use conv::{Conv2d, ConvTranspose2d};
 
 use super::params::ParamStore;
 use anyhow::Result;
