@@ -1,7 +1,10 @@
 """Reads a TensorBoard run folder with TensorBoard's own event reader (the
 plugin event accumulator its server uses) and prints what it found as JSON:
-scalars per tag as [step, value] pairs, text per tag, and HParams records."""
+scalars per tag as [step, value] pairs, text per tag, HParams records, and
+images per tag as [step, width, height] with the PNG decoded by Pillow
+(its own size must be the one the summary states)."""
 
+import io
 import json
 import sys
 
@@ -32,6 +35,20 @@ def main(run_dir):
             [e.step, [b.decode("utf-8") for b in tensor_util.make_ndarray(e.tensor_proto).flatten()]]
             for e in acc.Tensors(tag)
         ]
+    out["images"] = {}
+    for tag in tags_of(acc, "images"):
+        rows = []
+        for e in acc.Tensors(tag):
+            parts = tensor_util.make_ndarray(e.tensor_proto)
+            width, height = int(parts[0]), int(parts[1])
+            from PIL import Image
+
+            decoded = Image.open(io.BytesIO(parts[2]))
+            decoded.load()
+            if decoded.size != (width, height) or len(parts) != 3:
+                sys.exit(f"image {tag} at step {e.step}: summary says {width}x{height}, PNG is {decoded.size}")
+            rows.append([e.step, width, height])
+        out["images"][tag] = rows
     for tag, content in tags_of(acc, "hparams").items():
         data = plugin_data_pb2.HParamsPluginData.FromString(content)
         out["hparams"][tag] = json_format.MessageToDict(data, preserving_proto_field_name=True)

@@ -134,6 +134,7 @@ def main():
     p.add_argument("--device", default="cpu")
     p.add_argument("--json", default=None)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--precision", choices=["f32"], default="f32")
     a = p.parse_args()
 
     threads = a.threads or int(os.environ.get("RAYON_NUM_THREADS", "0")) or os.cpu_count()

@@ -242,6 +242,7 @@ impl LossUse {
 /// that use. A use with no segment at all is disabled for the domain (as a
 /// shimmer `compute_*_loss` that returns `None`).
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct LossWeights {
     /// Weight in demi-cycle losses.
     pub demi_cycle: Option<f32>,
@@ -277,6 +278,7 @@ impl LossWeights {
 
 /// A loss over the columns `start..start + len` of a domain's latent vector.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct LossSegment {
     /// First latent column.
     pub start: usize,

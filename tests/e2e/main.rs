@@ -11,6 +11,7 @@ mod hotswap;
 mod parity;
 mod plugins;
 mod run;
+mod simple_shapes;
 mod slurm;
 mod smoke;
 mod sweep;

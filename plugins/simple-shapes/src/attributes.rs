@@ -46,6 +46,53 @@ pub struct Attributes {
     pub unpaired: f32,
 }
 
+/// The ranges attributes are drawn from; the default is the dataset's.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Ranges {
+    /// Shape sizes, pixels, both ends included.
+    pub size: [u32; 2],
+    /// Locations on each axis, pixels, both ends included.
+    pub location: [u32; 2],
+    /// Rotations, radians, `[from, to)` (one value when equal).
+    pub rotation: [f32; 2],
+}
+
+impl Default for Ranges {
+    /// Simple Shapes': sizes 7..=14, locations 7..=24, rotations [0, 2π).
+    fn default() -> Self {
+        Self {
+            size: [MIN_SIZE as u32, MAX_SIZE as u32],
+            location: [MIN_LOC as u32, IMAGE_SIZE as u32 - MIN_LOC as u32 - 1],
+            rotation: [0.0, TAU],
+        }
+    }
+}
+
+impl Ranges {
+    /// Checks that every range is ordered and the shapes stay on the image.
+    pub fn check(&self) -> Result<(), String> {
+        let [s0, s1] = self.size;
+        let [l0, l1] = self.location;
+        let [r0, r1] = self.rotation;
+        if !(1 <= s0 && s0 <= s1 && s1 <= IMAGE_SIZE as u32) {
+            return Err(format!(
+                "`sizes` [{s0}, {s1}] must be ordered, within 1..=32"
+            ));
+        }
+        if !(l0 <= l1 && l1 < IMAGE_SIZE as u32) {
+            return Err(format!(
+                "`locations` [{l0}, {l1}] must be ordered, within 0..=31"
+            ));
+        }
+        if !(r0.is_finite() && r1.is_finite() && r0 <= r1) {
+            return Err(format!(
+                "`rotations` [{r0}, {r1}] must be finite and ordered"
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// The random generator of one item: seeded from everything that
 /// identifies it, so any number of loader threads, in any order, draw the
 /// same item.
@@ -63,14 +110,20 @@ impl Attributes {
     /// Shapes: class uniform over 3, integer size in 7..=14, integer
     /// location in 7..=24 on each axis, rotation uniform in [0, 2π), colour
     /// drawn as OpenCV HLS integers (H 0..=180, L 46..=255, S 0..=255).
-    pub fn sample(seed: u64, split: Split, index: u64) -> Self {
+    /// Other `ranges` give easier or harder variants (one pose, say).
+    pub fn sample(seed: u64, split: Split, index: u64, ranges: &Ranges) -> Self {
         let mut rng = item_rng(seed, split, index);
         let class = rng.random_range(0..CLASSES);
-        let size = rng.random_range(MIN_SIZE as u32..=MAX_SIZE as u32) as f32;
-        let locations = MIN_LOC as u32..IMAGE_SIZE as u32 - MIN_LOC as u32;
+        let size = rng.random_range(ranges.size[0]..=ranges.size[1]) as f32;
+        let locations = ranges.location[0]..=ranges.location[1];
         let x = rng.random_range(locations.clone()) as f32;
         let y = rng.random_range(locations) as f32;
-        let rotation = rng.random_range(0.0..TAU);
+        let [r0, r1] = ranges.rotation;
+        let rotation = if r1 > r0 {
+            rng.random_range(r0..r1)
+        } else {
+            r0
+        };
         let hls = [
             rng.random_range(0..=180u8),
             rng.random_range(46..=255u8),

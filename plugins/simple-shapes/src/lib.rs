@@ -25,7 +25,7 @@ mod draw;
 #[cfg(test)]
 mod tests;
 
-use attributes::{ATTR_LEN, Attributes, CLASSES, IMAGE_SIZE, LABEL_LEN};
+use attributes::{ATTR_LEN, Attributes, CLASSES, IMAGE_SIZE, LABEL_LEN, Ranges};
 use serde::Deserialize;
 use shimmer_formats::{ImageFolder, ImageShape, NumArray};
 use shimmer_plugin_api::{
@@ -56,12 +56,26 @@ struct ShapesConfig {
     /// Reads this dataset folder instead of generating items.
     #[serde(default)]
     dataset: Option<PathBuf>,
+    /// Sizes drawn, `[min, max]` pixels (default `[7, 14]`).
+    #[serde(default)]
+    sizes: Option<[u32; 2]>,
+    /// Locations drawn on each axis, `[min, max]` pixels (default `[7, 24]`).
+    #[serde(default)]
+    locations: Option<[u32; 2]>,
+    /// Rotations drawn, `[from, to)` radians (default `[0, 2π)`; equal ends
+    /// give one rotation).
+    #[serde(default)]
+    rotations: Option<[f32; 2]>,
 }
 
 /// Where items come from.
 enum Items {
     /// Drawn from `(seed, split, index)`.
-    Generated { seed: u64, sizes: SplitSizes },
+    Generated {
+        seed: u64,
+        sizes: SplitSizes,
+        ranges: Ranges,
+    },
     /// Labels rows of each split's `{split}_labels.npy`.
     Labels([NumArray; 3]),
     /// Each split's `{split}/` folder of PNG images.
@@ -87,6 +101,11 @@ impl Shapes {
                         "`train`, `val` and `test` sizes come from the files when `dataset` is set: remove them",
                     ));
                 }
+                if c.sizes.is_some() || c.locations.is_some() || c.rotations.is_some() {
+                    return Err(err(
+                        "`sizes`, `locations` and `rotations` shape generated items; with `dataset` the files say them",
+                    ));
+                }
                 if image {
                     let shape = ImageShape {
                         channels: 3,
@@ -109,6 +128,16 @@ impl Shapes {
                 }
             }
             None => Items::Generated {
+                ranges: {
+                    let d = Ranges::default();
+                    let r = Ranges {
+                        size: c.sizes.unwrap_or(d.size),
+                        location: c.locations.unwrap_or(d.location),
+                        rotation: c.rotations.unwrap_or(d.rotation),
+                    };
+                    r.check().map_err(err)?;
+                    r
+                },
                 seed: c.seed,
                 sizes: SplitSizes {
                     train: c.train.unwrap_or(500_000),
@@ -143,7 +172,9 @@ impl Shapes {
     /// The attributes of `index`, generated or read from the labels.
     fn attributes(&self, split: Split, index: u64) -> Result<Attributes, PluginError> {
         match &self.items {
-            Items::Generated { seed, .. } => Ok(Attributes::sample(*seed, split, index)),
+            Items::Generated { seed, ranges, .. } => {
+                Ok(Attributes::sample(*seed, split, index, ranges))
+            }
             Items::Labels(labels) => {
                 let array = &labels[split.code() as usize];
                 let mut row = [0.0f32; LABEL_LEN];

@@ -62,7 +62,7 @@ fn the_shape_sits_at_its_location_in_its_colour() {
     let images = load(v.as_ref(), Split::Train, &indices);
     let mut exact = 0;
     for (i, img) in images.chunks(IMAGE_LEN).enumerate() {
-        let a = Attributes::sample(1, Split::Train, i as u64);
+        let a = Attributes::sample(1, Split::Train, i as u64, &Ranges::default());
         assert_eq!(load(attr.as_ref(), Split::Train, &[i as u64]), a.vector());
         let (x, y) = (a.x as usize, a.y as usize);
         let got = pixel(img, 31 - y, x);
@@ -144,7 +144,7 @@ fn classes_cover_the_areas_of_their_outlines() {
 #[test]
 fn attribute_vectors_decode_back() {
     for i in 0..200 {
-        let a = Attributes::sample(9, Split::Test, i);
+        let a = Attributes::sample(9, Split::Test, i, &Ranges::default());
         let b = Attributes::from_vector(&a.vector());
         assert_eq!((b.class, b.rgb), (a.class, a.rgb));
         assert!(
@@ -238,6 +238,19 @@ fn bad_settings_and_indices_are_refused() {
     let e = d.load(Split::Train, &[3], &mut out).unwrap_err();
     assert!(e.message().contains("train item 3 is past the end"), "{e}");
     assert!(SimpleShapes::create_domain("attr", r#"{"sed": 3}"#).is_err());
+    let e = SimpleShapes::create_domain("v", r#"{"sizes": [14, 7]}"#)
+        .err()
+        .unwrap();
+    assert!(e.message().contains("`sizes` [14, 7]"), "{e}");
+    // One pose: every item upright, centred, of size 14.
+    let one = domain(
+        "attr",
+        r#"{"sizes": [14, 14], "locations": [16, 16], "rotations": [0, 0]}"#,
+    );
+    let v = load(one.as_ref(), Split::Train, &(0..20).collect::<Vec<_>>());
+    for item in v.chunks(ATTR_LEN) {
+        assert_eq!(&item[3..8], &[0.0f32, 0.0, 1.0, 1.0, 0.0]);
+    }
 }
 
 #[test]
@@ -263,7 +276,7 @@ fn both_domains_draw_an_item_as_its_image() {
         .unwrap();
     assert!(diff <= 1, "{diff}");
     for (k, rgb) in from_v.chunks(IMAGE_LEN).enumerate() {
-        let a = Attributes::sample(0, Split::Val, k as u64);
+        let a = Attributes::sample(0, Split::Val, k as u64, &Ranges::default());
         let at = ((31 - a.y as usize) * IMAGE_SIZE + a.x as usize) * 3;
         assert_eq!(
             rgb[at..at + 3],

@@ -72,6 +72,11 @@ pub struct Experiment {
     /// Keys to vary across the trials of `shimmer sweep`; ignored by `shimmer run`.
     #[serde(default)]
     pub sweep: Option<crate::sweep::SweepConfig>,
+    /// Free values of the experiment's own, read only through `${vars.x}`
+    /// interpolation: a knob written once and used in several places, set
+    /// from the command line (`vars.paired=0.01`) or swept.
+    #[serde(default, skip_serializing_if = "IndexMap::is_empty")]
+    pub vars: IndexMap<String, serde_json::Value>,
 }
 
 /// Where an experiment trains, as written in its YAML: `auto` (the first
@@ -163,6 +168,7 @@ impl Experiment {
     /// # Errors
     /// The first [`CheckError`] found.
     pub fn check(&self) -> Result<(), CheckError> {
+        check_name(&self.name)?;
         if self.domains.is_empty() {
             return Err(CheckError::new(
                 "domains",
@@ -221,6 +227,34 @@ impl Experiment {
     pub fn workspace(&self) -> anyhow::Result<&WorkspaceConfig> {
         self.workspace.as_ref().context(NO_WORKSPACE)
     }
+}
+
+/// An experiment's name is a path under `runs_dir`: plain relative parts
+/// only, so a run never lands outside it.
+fn check_name(name: &str) -> Result<(), CheckError> {
+    let bad = |why: &str| {
+        Err(CheckError::new(
+            "name",
+            format!("`name` is `{name}`: {why} (runs go to `<runs_dir>/<name>/`)"),
+        ))
+    };
+    if name.trim().is_empty() {
+        return bad("it is empty");
+    }
+    if name.starts_with('/') || name.starts_with('\\') {
+        return bad("it is an absolute path");
+    }
+    for part in name.split('/') {
+        match part {
+            "" => return bad("it has an empty part (`//` or a trailing `/`)"),
+            "." | ".." => return bad("it has a `.` or `..` part"),
+            p if p.contains('\\') || p.contains('\0') => {
+                return bad("it has a backslash or a NUL character");
+            }
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 const NO_WORKSPACE: &str =

@@ -56,6 +56,18 @@ pub struct TrainingConfig {
     /// Folder that holds `<experiment>/<run-id>/` run folders.
     #[serde(default = "default_runs_dir")]
     pub runs_dir: PathBuf,
+    /// Validation items drawn in image grids after each validation
+    /// (reconstructions, demi-cycles, translations of domains whose plugin
+    /// draws its items); 0 turns the grids off.
+    #[serde(default = "default_images")]
+    pub images: usize,
+}
+
+/// Most items an image grid shows.
+pub const MAX_IMAGE_ITEMS: usize = 64;
+
+fn default_images() -> usize {
+    8
 }
 
 fn default_log_every() -> usize {
@@ -86,6 +98,7 @@ impl Default for TrainingConfig {
             mode: MonitorMode::Min,
             gradient_clip: None,
             runs_dir: default_runs_dir(),
+            images: default_images(),
         }
     }
 }
@@ -108,6 +121,15 @@ impl TrainingConfig {
                 "training.checkpoint_every_n_steps",
                 "set `training.checkpoints.every_n_steps` or its older spelling \
                  `training.checkpoint_every_n_steps`, not both",
+            ));
+        }
+        if self.images > MAX_IMAGE_ITEMS {
+            return Err(CheckError::new(
+                "training.images",
+                format!(
+                    "`images` is {}: image grids show at most {MAX_IMAGE_ITEMS} items (0 turns them off)",
+                    self.images
+                ),
             ));
         }
         if self.checkpoints.save_top_k == 0 {

@@ -75,6 +75,8 @@ impl DomainBatch {
 /// those items (paired row by row).
 #[derive(Clone, Debug, PartialEq)]
 pub struct GroupBatch {
+    /// The split the items come from.
+    pub split: shimmer_plugin_api::Split,
     /// Item indices within the group's split, one per row.
     pub items: Arc<[u64]>,
     /// Latents per domain, in the group's domain order.
@@ -82,9 +84,19 @@ pub struct GroupBatch {
 }
 
 impl GroupBatch {
-    /// A group part from its items and latents.
+    /// A group part of training items and their latents.
     pub fn new(items: Arc<[u64]>, domains: IndexMap<String, DomainBatch>) -> Self {
-        Self { items, domains }
+        Self {
+            split: shimmer_plugin_api::Split::Train,
+            items,
+            domains,
+        }
+    }
+
+    /// The same part, its items from `split`.
+    pub fn in_split(mut self, split: shimmer_plugin_api::Split) -> Self {
+        self.split = split;
+        self
     }
 
     /// Items in this group's part of the batch.

@@ -128,6 +128,10 @@ impl ItemSource for CachedSource {
     fn loss_spec(&self) -> Option<shimmer_plugin_api::LossSpec> {
         self.inner.loss_spec()
     }
+
+    fn render(&self, latents: &[f32], n: usize) -> Result<Option<crate::Rendered>> {
+        self.inner.render(latents, n)
+    }
 }
 
 /// Wraps every source named in `needs` (domain -> splits it must serve) in

@@ -347,11 +347,12 @@ fn build_batch(shared: &Shared, epoch: u64, plan: &BatchPlan) -> Result<HostBatc
         };
         batch.groups.insert(
             group.name().to_string(),
-            GroupBatch::new(items.clone(), domains),
+            GroupBatch::new(items.clone(), domains).in_split(group.split()),
         );
         for (d, latents) in singles {
             let single =
-                GroupBatch::new(items.clone(), [(d.clone(), latents)].into_iter().collect());
+                GroupBatch::new(items.clone(), [(d.clone(), latents)].into_iter().collect())
+                    .in_split(group.split());
             batch.groups.insert(d, single);
         }
     }

@@ -11,7 +11,7 @@
 use super::source::ItemSource;
 use anyhow::{Context, Result};
 use candle_core::Tensor;
-use shimmer_nn::domain_model::DomainModel;
+use shimmer_models::domain_model::DomainModel;
 use shimmer_plugin_api::Split;
 use std::sync::{Arc, RwLock};
 
@@ -206,7 +206,7 @@ mod tests {
     use super::*;
     use crate::MemorySource;
     use candle_core::Device;
-    use shimmer_nn::domain_model::DomainModelConfig;
+    use shimmer_models::domain_model::DomainModelConfig;
 
     #[test]
     fn encodes_with_the_model_and_keys_the_cache_by_its_weights() {

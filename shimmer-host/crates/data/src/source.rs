@@ -50,12 +50,31 @@ pub trait ItemSource: Send + Sync {
         None
     }
 
+    /// Draws `n` items given as this source's latents as 8-bit RGB images
+    /// (`(width, height, bytes)`, rows top to bottom, image after image),
+    /// or `None` when the data cannot be drawn.
+    fn render(&self, latents: &[f32], n: usize) -> Result<Option<Rendered>> {
+        let _ = (latents, n);
+        Ok(None)
+    }
+
     /// Changes whenever the data behind the source changes while it is in
     /// use (a hot-swapped plugin), so that what was computed from it can be
     /// dropped; 0 for data that never changes.
     fn generation(&self) -> u64 {
         0
     }
+}
+
+/// Items drawn as images by [`ItemSource::render`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rendered {
+    /// Width of one image.
+    pub width: u32,
+    /// Height of one image.
+    pub height: u32,
+    /// `n * width * height * 3` bytes: RGB, rows top to bottom, image after image.
+    pub rgb: Vec<u8>,
 }
 
 /// Sources keyed by domain name, shared between loader threads.
@@ -112,6 +131,24 @@ impl ItemSource for PluginSource {
             );
         }
         Ok(())
+    }
+
+    /// The plugin's drawing of raw items; latents are decoded first when
+    /// the plugin has its own `decode`.
+    fn render(&self, latents: &[f32], n: usize) -> Result<Option<Rendered>> {
+        let Some((width, height)) = self.handle.render_size() else {
+            return Ok(None);
+        };
+        let info = self.handle.info();
+        let raw = if info.has_decode {
+            let mut raw = vec![0.0f32; n * info.item_len];
+            self.handle.decode(latents, n, &mut raw)?;
+            raw
+        } else {
+            latents.to_vec()
+        };
+        let rgb = self.handle.render(&raw, n)?;
+        Ok(Some(Rendered { width, height, rgb }))
     }
 
     fn cache_key(&self) -> Option<String> {

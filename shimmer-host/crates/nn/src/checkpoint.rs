@@ -74,6 +74,9 @@ pub fn load_training(
 }
 
 fn read(path: &Path, params: &ParamStore) -> Result<HashMap<String, Tensor>> {
+    // A regular file only: a path to a device or FIFO would be read forever.
+    shimmer_formats::file::open_regular(path)
+        .map_err(|e| anyhow::anyhow!("cannot read checkpoint {e}"))?;
     candle_core::safetensors::load(path, params.device())
         .with_context(|| format!("cannot read checkpoint {}", path.display()))
 }

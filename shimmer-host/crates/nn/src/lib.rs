@@ -1,8 +1,8 @@
 //! The neural side of a Global Workspace in candle, number for number
 //! faithful to shimmer: parameters ([`params`]), layers ([`layers`]), the GW
 //! module and selection ([`gw`]), losses ([`losses`]), the model that ties
-//! them together ([`GlobalWorkspace`]), the domain models the host trains
-//! ([`domain_model`]), AdamW and its schedules ([`optim`]), weight files
+//! them together ([`GlobalWorkspace`]), AdamW and its schedules
+//! ([`optim`]), weight files
 //! under shimmer's names ([`checkpoint`]), devices ([`device`]) and the
 //! replay of shimmer's golden data ([`replay`]).
 //!
@@ -11,7 +11,6 @@
 
 pub mod checkpoint;
 pub mod device;
-pub mod domain_model;
 pub mod gw;
 pub mod layers;
 pub mod losses;

@@ -111,6 +111,7 @@ pub fn load_batches(
     domain_order: &[String],
     device: &Device,
 ) -> Result<Vec<Batch>> {
+    shimmer_formats::file::open_regular(path).map_err(|e| anyhow::anyhow!("cannot read {e}"))?;
     let tensors = candle_core::safetensors::load(path, device)
         .with_context(|| format!("cannot read batches {}", path.display()))?;
     batches_from_tensors(tensors, domain_order)

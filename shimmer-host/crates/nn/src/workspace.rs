@@ -31,7 +31,7 @@ use crate::losses::broadcast::broadcast_metrics;
 use crate::losses::combine::{broadcast_loss, combine_loss};
 use crate::losses::contrastive::{ContrastiveLoss, contrastive_metrics};
 use crate::losses::two_domains::two_domain_metrics;
-use crate::losses::{LossContext, Metrics, encode_batch, read_back};
+use crate::losses::{LossContext, Metrics, Prediction, Predictions, encode_batch, read_back};
 use crate::params::ParamStore;
 use anyhow::{Context, Result, bail};
 use candle_core::{DType, Device, Tensor};
@@ -190,12 +190,23 @@ impl GlobalWorkspace {
     /// Metrics (as tensors, emission order) and total loss of one batch;
     /// the loss is `None` when no coefficient applies to the batch.
     pub fn metrics(&self, batch: &Batch) -> Result<(Option<Tensor>, Metrics)> {
+        self.metrics_keeping(batch, None)
+    }
+
+    /// [`GlobalWorkspace::metrics`], keeping every scored prediction in
+    /// `predictions` when given.
+    fn metrics_keeping(
+        &self,
+        batch: &Batch,
+        predictions: Option<&Predictions>,
+    ) -> Result<(Option<Tensor>, Metrics)> {
         self.check_batch(batch)?;
         let ctx = LossContext {
             gw: &self.gw,
             selection: &self.selection,
             specs: &self.specs,
             ops: self.store.ops(),
+            predictions,
         };
         let encoded = encode_batch(&ctx, batch)?;
         let mut metrics = match self.flavour {
@@ -217,7 +228,27 @@ impl GlobalWorkspace {
 
     /// The training loss of one batch and its metrics' values.
     pub fn step_loss(&self, batch: &Batch) -> Result<LossOutput> {
-        let (loss, metrics) = self.metrics(batch)?;
+        self.step_loss_keeping(batch, None)
+    }
+
+    /// [`GlobalWorkspace::step_loss`], also giving every prediction the
+    /// loss terms scored (for metrics computed elsewhere: per loss-spec
+    /// segment, in the plugin's space).
+    pub fn step_loss_with_predictions(
+        &self,
+        batch: &Batch,
+    ) -> Result<(LossOutput, Vec<Prediction>)> {
+        let kept = Predictions::default();
+        let out = self.step_loss_keeping(batch, Some(&kept))?;
+        Ok((out, kept.into_inner()))
+    }
+
+    fn step_loss_keeping(
+        &self,
+        batch: &Batch,
+        predictions: Option<&Predictions>,
+    ) -> Result<LossOutput> {
+        let (loss, metrics) = self.metrics_keeping(batch, predictions)?;
         let loss = loss.with_context(|| {
             let groups: Vec<String> = batch.keys().map(ToString::to_string).collect();
             format!(

@@ -72,8 +72,25 @@ pub struct SummaryValue {
     #[prost(message, optional, tag = "9")]
     pub metadata: Option<SummaryMetadata>,
     /// The value.
-    #[prost(oneof = "summary_value::Value", tags = "2, 8")]
+    #[prost(oneof = "summary_value::Value", tags = "2, 4, 8")]
     pub value: Option<summary_value::Value>,
+}
+
+/// `tensorflow.Summary.Image`: an encoded image (PNG).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct SummaryImage {
+    /// Height in pixels.
+    #[prost(int32, tag = "1")]
+    pub height: i32,
+    /// Width in pixels.
+    #[prost(int32, tag = "2")]
+    pub width: i32,
+    /// 1 grey, 3 RGB, 4 RGBA.
+    #[prost(int32, tag = "3")]
+    pub colorspace: i32,
+    /// The PNG bytes.
+    #[prost(bytes = "vec", tag = "4")]
+    pub encoded_image_string: Vec<u8>,
 }
 
 /// Values of a [`SummaryValue`].
@@ -84,6 +101,9 @@ pub mod summary_value {
         /// A scalar.
         #[prost(float, tag = "2")]
         SimpleValue(f32),
+        /// An image (TensorBoard's Images tab).
+        #[prost(message, tag = "4")]
+        Image(super::SummaryImage),
         /// A tensor (text uses a string tensor).
         #[prost(message, tag = "8")]
         Tensor(super::TensorProto),

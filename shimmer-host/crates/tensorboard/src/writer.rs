@@ -137,6 +137,31 @@ impl EventWriter {
         )
     }
 
+    /// Logs an RGB image, PNG-encoded, of `width x height` pixels under
+    /// `tag` at `step` (TensorBoard's Images tab).
+    pub fn image(
+        &mut self,
+        tag: &str,
+        step: i64,
+        png: &[u8],
+        width: u32,
+        height: u32,
+    ) -> Result<()> {
+        self.write_summary(
+            step,
+            SummaryValue {
+                tag: tag.to_string(),
+                metadata: None,
+                value: Some(summary_value::Value::Image(proto::SummaryImage {
+                    height: i32::try_from(height)?,
+                    width: i32::try_from(width)?,
+                    colorspace: 3,
+                    encoded_image_string: png.to_vec(),
+                })),
+            },
+        )
+    }
+
     /// Logs markdown text under `tag` (TensorBoard's Text tab).
     pub fn text(&mut self, tag: &str, step: i64, text: &str) -> Result<()> {
         self.write_summary(

@@ -4,14 +4,15 @@
 
 use crate::gw_task::{AttachedModel, GwTask};
 use crate::pretrain_task::PretrainTask;
+use crate::task::PluginSpace;
 use crate::task::Task;
 use crate::trainer::total_steps;
 use anyhow::{Context, Result, bail};
 use indexmap::IndexMap;
 use shimmer_config::Experiment;
 use shimmer_data::{DataPipeline, ModelSource, open_sources};
+use shimmer_models::domain_model::{DomainModel, DomainModelConfig};
 use shimmer_nn::device;
-use shimmer_nn::domain_model::{DomainModel, DomainModelConfig};
 use shimmer_nn::{DomainSpec, GlobalWorkspace};
 use shimmer_plugin_api::LossSpec;
 use std::path::{Path, PathBuf};
@@ -94,13 +95,37 @@ pub(crate) fn build_from(
             (None, None) => bail!("domain `{name}` has no plugin and no `latent_dim`"),
         }
     };
+    // Where each plugin domain's predictions are scored again: the YAML's
+    // loss spec, else the plugin's.
+    let mut spaces: IndexMap<String, PluginSpace> = IndexMap::new();
+    for (name, d) in &exp.domains {
+        if let Some(source) = plugin_sources.get(name) {
+            let spec = match &d.loss {
+                Some(segments) => LossSpec {
+                    segments: segments.clone(),
+                },
+                None => source
+                    .loss_spec()
+                    .unwrap_or_else(|| LossSpec::mse(source.latent_dim())),
+            };
+            spaces.insert(
+                name.clone(),
+                PluginSpace {
+                    source: source.clone(),
+                    spec,
+                    model: None,
+                },
+            );
+        }
+    }
     if let Some(p) = &exp.pretrain {
         let d = &exp.domains[&p.domain];
         let model = DomainModel::new(&d.model.arch, input_dim(&p.domain)?, &device, exp.seed)
             .with_context(|| format!("domain `{}`", p.domain))?;
         let pipeline = DataPipeline::build(&exp.data, &sources, exp.seed, Some(base_dir))
             .context("cannot build the data loaders")?;
-        let task = PretrainTask::new(&p.domain, model, device, exp.seed, p.save_to.clone());
+        let space = spaces.swap_remove(&p.domain);
+        let task = PretrainTask::new(&p.domain, model, space, device, exp.seed, p.save_to.clone());
         return Ok((pipeline, Box::new(task)));
     }
     let mut trained = IndexMap::new();
@@ -111,6 +136,9 @@ pub(crate) fn build_from(
         let seed = exp.seed.wrapping_add(i as u64 + 1);
         let model = DomainModel::from_spec(&d.model, input_dim(name)?, &device, seed)
             .with_context(|| format!("domain `{name}`"))?;
+        if let Some(space) = spaces.get_mut(name) {
+            space.model = Some(model.clone());
+        }
         if !d.model.frozen {
             trained.insert(
                 name.clone(),
@@ -148,7 +176,10 @@ pub(crate) fn build_from(
         exp.precision,
         exp.seed,
     )?;
-    Ok((pipeline, Box::new(GwTask::new(gw, trained, device)?)))
+    Ok((
+        pipeline,
+        Box::new(GwTask::new(gw, trained, spaces, device)?),
+    ))
 }
 
 /// `shimmer validate`: loads an experiment, its plugins, data and model as

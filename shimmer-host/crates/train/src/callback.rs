@@ -121,6 +121,8 @@ pub struct FitContext<'a> {
     pub logger: &'a mut RunLogger,
     /// One training and one validation batch only.
     pub fast_dev_run: bool,
+    /// The model being trained (absent in callback unit tests).
+    pub task: Option<&'a mut dyn crate::task::Task>,
     pub(crate) progress: &'a Progress,
     pub(crate) saves: &'a mut Vec<PathBuf>,
     pub(crate) report: &'a mut FitReport,

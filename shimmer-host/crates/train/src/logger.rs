@@ -43,6 +43,18 @@ impl RunLogger {
             .with_context(|| format!("cannot write {}", self.jsonl_path.display()))
     }
 
+    /// Logs a PNG-encoded RGB image (TensorBoard only).
+    pub fn image(
+        &mut self,
+        tag: &str,
+        step: i64,
+        png: &[u8],
+        width: u32,
+        height: u32,
+    ) -> Result<()> {
+        self.tb.image(tag, step, png, width, height)
+    }
+
     /// Logs text (TensorBoard only).
     pub fn text(&mut self, tag: &str, step: i64, text: &str) -> Result<()> {
         self.tb.text(tag, step, text)

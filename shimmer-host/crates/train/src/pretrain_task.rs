@@ -2,13 +2,16 @@
 //! tutorial's first step), with the same loop, logs and checkpoints as a GW.
 
 use super::task::{StepOutput, Task, tensor_u128, u128_tensor};
+use crate::grid::ImageGrid;
+use crate::task::PluginSpace;
 use anyhow::{Context, Result, bail};
 use candle_core::{Device, Tensor};
 use indexmap::IndexMap;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use shimmer_data::batch::HostBatch;
-use shimmer_nn::domain_model::{self, DomainModel, Mode};
+use shimmer_models::domain_model::{self, DomainModel, Mode};
+use shimmer_nn::losses::domain_loss::segment_metrics;
 use shimmer_nn::params::ParamStore;
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -20,6 +23,10 @@ const NOISE_RNG: &str = "trainer.noise_rng";
 pub struct PretrainTask {
     domain: String,
     model: DomainModel,
+    /// The plugin's space: evaluation scores the reconstruction per
+    /// segment of its loss spec (`reconstruction/accuracy`,
+    /// `reconstruction/mse`), and image grids draw it.
+    space: Option<PluginSpace>,
     rng: ChaCha8Rng,
     device: Device,
     save_to: PathBuf,
@@ -27,10 +34,12 @@ pub struct PretrainTask {
 
 impl PretrainTask {
     /// A task for `domain`'s `model`, noise seeded with `seed`, best weights
-    /// exported to `save_to`.
+    /// exported to `save_to`; validation also scores reconstructions in
+    /// the plugin's `space`, segment by segment.
     pub fn new(
         domain: &str,
         model: DomainModel,
+        space: Option<PluginSpace>,
         device: Device,
         seed: u64,
         save_to: PathBuf,
@@ -38,6 +47,7 @@ impl PretrainTask {
         Self {
             domain: domain.to_string(),
             model,
+            space,
             rng: ChaCha8Rng::seed_from_u64(seed ^ 0x5eed_d0a1),
             device,
             save_to,
@@ -69,6 +79,14 @@ impl PretrainTask {
             .into_iter()
             .filter(|(n, _)| n != domain_model::LOSS)
             .collect();
+        let mut metrics = metrics;
+        if let (Mode::Eval, Some(spec)) = (mode, self.space.as_ref().map(|s| &s.spec)) {
+            let reconstruction = self.model.decode(&self.model.encode(&x)?)?;
+            let ops = self.model.params().ops();
+            for (name, value) in segment_metrics(ops, spec, &reconstruction, &x)? {
+                metrics.insert(format!("reconstruction/{name}"), value);
+            }
+        }
         let (loss_value, metrics) = shimmer_nn::losses::read_back(&loss, &metrics)?;
         Ok(StepOutput {
             loss,
@@ -124,6 +142,27 @@ impl Task for PretrainTask {
             (format!("input/{d}"), x),
         ]
         .into())
+    }
+
+    /// `images/<domain>/reconstruction`: the items above their
+    /// reconstructions (through the posterior mean), drawn by the plugin.
+    fn image_grids(&mut self, batch: &HostBatch) -> Result<Vec<ImageGrid>> {
+        let Some(space) = &self.space else {
+            return Ok(Vec::new());
+        };
+        let x = self.inputs(batch)?;
+        let reconstruction = self.model.decode(&self.model.encode(&x)?)?;
+        let (Some(a), Some(b)) = (space.draw(&x)?, space.draw(&reconstruction)?) else {
+            return Ok(Vec::new());
+        };
+        let tag = format!("images/{}/reconstruction", self.domain);
+        Ok(vec![ImageGrid::new(
+            tag,
+            a.width,
+            a.height,
+            x.dim(0)?,
+            vec![a.rgb, b.rgb],
+        )?])
     }
 
     fn export(&self) -> Result<Option<String>> {

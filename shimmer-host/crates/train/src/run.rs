@@ -4,6 +4,7 @@
 use crate::build::{base_dir, build_from};
 use crate::callbacks;
 use crate::hparams;
+use crate::images::ImageLogger;
 use crate::logger::RunLogger;
 use crate::run_dir::{RunDir, RunStatus, RunSummary};
 use crate::stop;
@@ -188,7 +189,16 @@ impl Run<'_> {
             total_steps(&exp.training, pipeline.train.len())?
         };
         let optimizer = Optimizer::new(task.params().params(), &exp.optim, Some(total as usize))?;
-        let callbacks = callbacks::standard(&exp.training, watcher, stop.clone())?;
+        let mut callbacks = callbacks::standard(&exp.training, watcher, stop.clone())?;
+        if exp.training.images > 0
+            && let Some(val) = &pipeline.val
+            && let Some(first) = val.epoch(0)?.next()
+        {
+            let first = first.context("the first validation batch, for image grids")?;
+            // Before the signal handler, which must stay last.
+            let at = callbacks.len().saturating_sub(1);
+            callbacks.insert(at, Box::new(ImageLogger::new(&first, exp.training.images)));
+        }
         let tb = RunLogger::create(self.run_dir.path())?;
         let mut trainer = Trainer::new(task, optimizer, &exp.training, self.run_dir, tb, callbacks);
         trainer.fast_dev_run = fast_dev_run;

@@ -2,12 +2,77 @@
 //! during pretraining. The loop (logging, validation, checkpoints, resume)
 //! is the same for both.
 
-use anyhow::Result;
-use candle_core::Tensor;
+use anyhow::{Context, Result};
+use candle_core::{Device, Tensor};
 use indexmap::IndexMap;
-use shimmer_data::batch::HostBatch;
+use shimmer_data::batch::{GroupBatch, HostBatch};
+use shimmer_data::{ItemSource, Rendered};
+use shimmer_models::domain_model::DomainModel;
 use shimmer_nn::params::ParamStore;
+use shimmer_plugin_api::LossSpec;
 use std::collections::HashMap;
+use std::sync::Arc;
+
+/// A domain as its plugin gives it: where predictions are scored again
+/// (per loss-spec segment) and drawn, in the plugin's own space.
+pub struct PluginSpace {
+    /// The plugin's latents (before any domain model).
+    pub source: Arc<dyn ItemSource>,
+    /// The loss spec in that space (the YAML's, else the plugin's).
+    pub spec: LossSpec,
+    /// The domain model between the plugin and the GW, if any (its
+    /// decoder brings predictions back to the plugin's space).
+    pub model: Option<DomainModel>,
+}
+
+impl PluginSpace {
+    /// Whether scoring in this space tells more than the GW's own loss: a
+    /// model in between, or several segments.
+    pub fn adds_metrics(&self) -> bool {
+        self.model.is_some() || self.spec.segments.len() > 1
+    }
+
+    /// The plugin's values of `group`'s items of `domain`, `[rows, dim]` on
+    /// `device`: the batch's own latents without a model, else loaded anew.
+    pub fn plugin_values(
+        &self,
+        group: &GroupBatch,
+        domain: &str,
+        device: &Device,
+    ) -> Result<Tensor> {
+        if self.model.is_none()
+            && let Some(latents) = group.domains.get(domain)
+        {
+            return Ok(latents.to_tensor(device)?);
+        }
+        let dim = self.source.latent_dim();
+        let mut raw = vec![0f32; group.items.len() * dim];
+        self.source
+            .load_latents(group.split, &group.items, &mut raw)
+            .with_context(|| format!("loading `{domain}` items in the plugin's space"))?;
+        Ok(Tensor::from_vec(raw, (group.items.len(), dim), device)?)
+    }
+
+    /// GW-side latents of this domain back in the plugin's space.
+    pub fn to_plugin_space(&self, z: &Tensor) -> Result<Tensor> {
+        match &self.model {
+            Some(m) => m.decode(z),
+            None => Ok(z.clone()),
+        }
+    }
+
+    /// The plugin's drawing of plugin-space values `[rows, dim]`, `None`
+    /// when its items cannot be drawn.
+    pub fn draw(&self, values: &Tensor) -> Result<Option<Rendered>> {
+        let rows = values.dim(0)?;
+        let flat = values
+            .to_device(&Device::Cpu)?
+            .to_dtype(candle_core::DType::F32)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        self.source.render(&flat, rows)
+    }
+}
 
 /// One step's loss (with its graph) and metric values under their names.
 pub struct StepOutput {
@@ -49,6 +114,13 @@ pub trait Task {
     fn export(&self) -> Result<Option<String>> {
         Ok(None)
     }
+
+    /// Pictures of what the model makes of `batch`'s items (originals above
+    /// reconstructions, translations), for the domains that can be drawn.
+    fn image_grids(&mut self, batch: &HostBatch) -> Result<Vec<crate::grid::ImageGrid>> {
+        let _ = batch;
+        Ok(Vec::new())
+    }
 }
 
 impl<T: Task + ?Sized> Task for Box<T> {
@@ -75,6 +147,9 @@ impl<T: Task + ?Sized> Task for Box<T> {
     }
     fn predict(&mut self, batch: &HostBatch) -> Result<IndexMap<String, Tensor>> {
         (**self).predict(batch)
+    }
+    fn image_grids(&mut self, batch: &HostBatch) -> Result<Vec<crate::grid::ImageGrid>> {
+        (**self).image_grids(batch)
     }
 }
 

@@ -158,6 +158,7 @@ impl<'a, T: Task> Trainer<'a, T> {
             run_dir: self.run_dir,
             logger: &mut self.tb,
             fast_dev_run: self.fast_dev_run,
+            task: Some(&mut self.task),
             progress,
             saves: &mut saves,
             report: &mut self.report,

@@ -15,7 +15,7 @@
 
 use super::error::{ConfigError, ErrorKind};
 use super::layers::normalize;
-use super::node::{Entry, Map, Node, Scalar, Seg, Value, show};
+use super::node::{Entry, MAX_TEXT, MAX_VALUES, Map, Node, Scalar, Seg, Value, show};
 use super::origin::Origin;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -26,6 +26,7 @@ pub(crate) fn interpolate(root: &Node) -> Result<Node, ConfigError> {
         root,
         stack: Vec::new(),
         done: HashMap::new(),
+        spent: 0,
     };
     resolver.tree(root, &mut Vec::new())
 }
@@ -93,6 +94,8 @@ struct Resolver<'a> {
     stack: Vec<Vec<Seg>>,
     /// Strings already resolved, by path.
     done: HashMap<Vec<Seg>, Node>,
+    /// Weight of every value references copied so far (see [`MAX_VALUES`]).
+    spent: usize,
 }
 
 impl<'a> Resolver<'a> {
@@ -173,20 +176,19 @@ impl<'a> Resolver<'a> {
     ) -> Result<Node, ConfigError> {
         if let [Part::Ref(inner)] = parts.as_slice() {
             let mut value = self.reference(node, path, inner)?;
+            self.spend(node, path, value.weight())?;
             value.origin = node.origin.clone();
             return Ok(value);
         }
         let mut text = String::new();
         for part in parts {
-            match part {
-                Part::Text(t) => text.push_str(&t),
+            let piece = match part {
+                Part::Text(t) => t,
                 Part::Ref(inner) => {
                     let value = self.reference(node, path, &inner)?;
                     match value.value {
-                        Value::Scalar(v) if v.text.is_empty() && v.is_null() => {
-                            text.push_str("null")
-                        }
-                        Value::Scalar(v) => text.push_str(&v.text),
+                        Value::Scalar(v) if v.text.is_empty() && v.is_null() => "null".to_string(),
+                        Value::Scalar(v) => v.text,
                         _ => {
                             let message = format!(
                                 "`${{{inner}}}` is {} and cannot be embedded in text; \
@@ -197,9 +199,30 @@ impl<'a> Resolver<'a> {
                         }
                     }
                 }
+            };
+            if text.len() + piece.len() > MAX_TEXT {
+                let message = format!(
+                    "interpolation makes a string of more than {MAX_TEXT} characters: refused"
+                );
+                return Err(self.error(node, path, message));
             }
+            text.push_str(&piece);
         }
+        self.spend(node, path, 1 + text.len() / 64)?;
         Ok(Node::scalar(text, true, node.origin.clone()))
+    }
+
+    /// Counts what a reference copied, refusing a configuration whose
+    /// references expand it past [`MAX_VALUES`] (each doubling the last).
+    fn spend(&mut self, node: &Node, path: &[Seg], weight: usize) -> Result<(), ConfigError> {
+        self.spent = self.spent.saturating_add(weight);
+        if self.spent > MAX_VALUES {
+            let message = format!(
+                "`${{...}}` references expand the configuration past {MAX_VALUES} values: refused"
+            );
+            return Err(self.error(node, path, message));
+        }
+        Ok(())
     }
 
     /// The value `${inner}` stands for, fully resolved.

@@ -11,6 +11,10 @@ use std::path::{Component, Path, PathBuf};
 /// The key naming the files an experiment file builds on.
 pub(crate) const EXTENDS: &str = "extends";
 
+/// Largest configuration file read (bytes): far above any experiment,
+/// small enough that a wrong path (a device, a dataset) cannot fill memory.
+const MAX_FILE_BYTES: u64 = 4 << 20;
+
 /// The git-ignored per-machine file merged after the experiment.
 pub(crate) const LOCAL: &str = "local.yaml";
 
@@ -72,7 +76,13 @@ fn read_file(
         let message = format!("`extends` cycle: {}", names.join(" -> "));
         return Err(ConfigError::new(ErrorKind::Extends, message).at(from.cloned()));
     }
-    let text = std::fs::read_to_string(real).map_err(cannot_read)?;
+    let text = shimmer_formats::file::read_text(real, MAX_FILE_BYTES).map_err(|e| {
+        ConfigError::new(
+            ErrorKind::Read,
+            format!("cannot read `{}`: {}", path.display(), e.message()),
+        )
+        .at(from.cloned())
+    })?;
     let mut node = parse(&text, Source::File(path))?
         .unwrap_or_else(|| Node::empty_map(Origin::file_start(path.to_path_buf())));
     let Value::Map(map) = &mut node.value else {

@@ -79,7 +79,25 @@ pub(crate) fn show(path: &[Seg]) -> String {
     PathDisplay(path).to_string()
 }
 
+/// Most values (scalars and collections) one configuration may hold once
+/// aliases and `${...}` references are expanded, whatever its size on disk:
+/// a few hundred aliases to aliases would otherwise ask for gigabytes.
+pub(crate) const MAX_VALUES: usize = 200_000;
+
+/// Most characters one interpolated string may hold.
+pub(crate) const MAX_TEXT: usize = 1 << 20;
+
 impl Node {
+    /// What this tree costs against [`MAX_VALUES`]: one per value, plus
+    /// one per 64 characters of its scalars.
+    pub(crate) fn weight(&self) -> usize {
+        match &self.value {
+            Value::Scalar(s) => 1 + s.text.len() / 64,
+            Value::Seq(items) => 1 + items.iter().map(Node::weight).sum::<usize>(),
+            Value::Map(map) => 1 + map.values().map(|e| e.node.weight()).sum::<usize>(),
+        }
+    }
+
     /// A scalar node.
     pub(crate) fn scalar(text: impl Into<String>, quoted: bool, origin: Origin) -> Self {
         Node {

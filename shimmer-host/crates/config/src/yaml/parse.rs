@@ -2,7 +2,7 @@
 //! column, built on `saphyr-parser`'s event stream (which carries spans).
 
 use super::error::{ConfigError, ErrorKind};
-use super::node::{Entry, Map, Node, Value};
+use super::node::{Entry, MAX_VALUES, Map, Node, Value};
 use super::origin::Origin;
 use saphyr_parser::{Event, Marker, Parser, ScalarStyle, ScanError, Span, StrInput, Tag};
 use std::borrow::Cow;
@@ -44,6 +44,7 @@ pub(crate) fn parse(text: &str, source: Source<'_>) -> Result<Option<Node>, Conf
         parser: Parser::new_from_str(text),
         source,
         anchors: HashMap::new(),
+        values: 0,
     };
     builder.stream()
 }
@@ -51,7 +52,10 @@ pub(crate) fn parse(text: &str, source: Source<'_>) -> Result<Option<Node>, Conf
 struct Builder<'input> {
     parser: Parser<'input, StrInput<'input>>,
     source: Source<'input>,
-    anchors: HashMap<usize, Node>,
+    /// Anchored nodes and how many values each holds.
+    anchors: HashMap<usize, (Node, usize)>,
+    /// Values built so far, aliases expanded.
+    values: usize,
 }
 
 impl<'input> Builder<'input> {
@@ -110,8 +114,11 @@ impl<'input> Builder<'input> {
             return Err(self.syntax(span.start, "nested too deeply"));
         }
         let origin = self.source.origin(span.start);
+        let before = self.values;
+        self.count(1, span)?;
         let (node, anchor) = match event {
             Event::Scalar(text, style, anchor, tag) => {
+                self.count(text.len() / 64, span)?;
                 let quoted = self.quoted(style, tag.as_deref(), span)?;
                 (Node::scalar(text.into_owned(), quoted, origin), anchor)
             }
@@ -134,19 +141,39 @@ impl<'input> Builder<'input> {
                 (Node { value, origin }, anchor)
             }
             Event::Alias(id) => {
-                let node = self
+                let size = self
                     .anchors
                     .get(&id)
-                    .cloned()
+                    .map(|(_, size)| *size)
                     .ok_or_else(|| self.syntax(span.start, "alias to an unknown anchor"))?;
+                // Counted before copying: a bomb stops here, not in memory.
+                self.count(size.saturating_sub(1), span)?;
+                let node = self.anchors[&id].0.clone();
                 (node, 0)
             }
             _ => return Err(self.syntax(span.start, "unexpected YAML event")),
         };
         if anchor != 0 {
-            self.anchors.insert(anchor, node.clone());
+            self.anchors
+                .insert(anchor, (node.clone(), self.values - before));
         }
         Ok(node)
+    }
+
+    /// Counts `n` more values, refusing a document that expands past
+    /// [`MAX_VALUES`].
+    fn count(&mut self, n: usize, span: Span) -> Result<(), ConfigError> {
+        self.values = self.values.saturating_add(n);
+        if self.values > MAX_VALUES {
+            return Err(self.syntax(
+                span.start,
+                format!(
+                    "the YAML expands to more than {MAX_VALUES} values (aliases to aliases repeat \
+                     what they name): refused"
+                ),
+            ));
+        }
+        Ok(())
     }
 
     fn mapping(&mut self, depth: usize) -> Result<Map, ConfigError> {

@@ -428,3 +428,49 @@ fn real_experiment_errors_name_position_and_allowed_keys() {
     let err = files.error::<Experiment>("p1.yaml", &["workspace.flavour=fusoin"]);
     assert!(err.contains("expected `two_domains` or `fusion`"), "{err}");
 }
+
+#[test]
+fn alias_bombs_are_refused_before_they_expand() {
+    // Each level lists the previous one ten times: 10^9 values unfolded.
+    let mut text = String::from("a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n");
+    for i in 1..10 {
+        let p = i - 1;
+        text.push_str(&format!(
+            "a{i}: &a{i} [*a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}]\n"
+        ));
+    }
+    text.push_str("name: x\n");
+    let files = Files::new(&[("exp.yaml", &text)]);
+    let err = files.error::<Small>("exp.yaml", &[]);
+    assert!(err.contains("expands to more than 200000 values"), "{err}");
+    assert!(err.starts_with("<dir>/exp.yaml:"), "{err}");
+    // A few aliases are fine.
+    let files = Files::new(&[("exp.yaml", "groups: &g [a, b]\nname: x\nlist: *g\n")]);
+    assert!(files.load::<serde_json::Value>("exp.yaml", &[]).is_ok());
+}
+
+#[test]
+fn doubling_interpolations_are_refused() {
+    let mut text = String::from("k0: abcdefgh\n");
+    for i in 1..31 {
+        text.push_str(&format!("k{i}: \"${{k{p}}}${{k{p}}}\"\n", p = i - 1));
+    }
+    text.push_str("name: ${k30}\n");
+    let files = Files::new(&[("exp.yaml", &text)]);
+    let err = files.error::<serde_json::Value>("exp.yaml", &[]);
+    assert!(
+        err.contains("characters: refused") || err.contains("values: refused"),
+        "{err}"
+    );
+    // The same with whole values: lists of lists.
+    let mut text = String::from("k0: [a, b]\n");
+    for i in 1..40 {
+        text.push_str(&format!(
+            "k{i}: [\"${{k{p}}}\", \"${{k{p}}}\"]\n",
+            p = i - 1
+        ));
+    }
+    let files = Files::new(&[("exp.yaml", &text)]);
+    let err = files.error::<serde_json::Value>("exp.yaml", &[]);
+    assert!(err.contains("values: refused"), "{err}");
+}

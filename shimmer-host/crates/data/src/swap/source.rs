@@ -135,6 +135,10 @@ impl ItemSource for SwappableSource {
         self.current().loss_spec()
     }
 
+    fn render(&self, latents: &[f32], n: usize) -> Result<Option<crate::Rendered>> {
+        self.current().render(latents, n)
+    }
+
     fn generation(&self) -> u64 {
         SwappableSource::generation(self)
     }

@@ -16,7 +16,7 @@
 //! in the `demi_cycles` / `translations` / `fused` means — as shimmer does.
 //! A domain loss disabled for a use is left out.
 
-use super::{EncodedGroup, LossContext, Metrics, mean};
+use super::{EncodedGroup, LossContext, Metrics, Term, mean};
 use crate::gw::Latents;
 use anyhow::{Context, Result};
 use candle_core::Tensor;
@@ -70,8 +70,12 @@ pub fn broadcast_metrics(ctx: &LossContext<'_>, batch: &[EncodedGroup<'_>]) -> R
                 } else {
                     (LossUse::Fused, &mut fused)
                 };
-                if let Some(l) = ctx.domain_loss(d, use_, pred, truth)? {
-                    let name = format!("from_{s_label}_to_{d}_loss");
+                let name = format!("from_{s_label}_to_{d}_loss");
+                let term = Term {
+                    metric: &name,
+                    group: encoded_group.index,
+                };
+                if let Some(l) = ctx.domain_loss(term, d, use_, pred, truth)? {
                     losses.insert(name.clone(), l);
                     list.push(name);
                 }
@@ -87,9 +91,14 @@ pub fn broadcast_metrics(ctx: &LossContext<'_>, batch: &[EncodedGroup<'_>]) -> R
                 let re_decoded = ctx.gw.decode(&back, Some(&selected))?;
                 for d in &selected {
                     let truth = latents.get(*d).context("selected latent")?;
-                    if let Some(l) = ctx.domain_loss(d, LossUse::Cycle, &re_decoded[*d], truth)? {
-                        let name =
-                            format!("from_{s_label}_through_{i_label}_to_{d}_case_{case}_loss");
+                    let name = format!("from_{s_label}_through_{i_label}_to_{d}_case_{case}_loss");
+                    let term = Term {
+                        metric: &name,
+                        group: encoded_group.index,
+                    };
+                    if let Some(l) =
+                        ctx.domain_loss(term, d, LossUse::Cycle, &re_decoded[*d], truth)?
+                    {
                         losses.insert(name.clone(), l);
                         cyc.push(name);
                     }

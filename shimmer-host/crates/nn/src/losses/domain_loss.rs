@@ -60,6 +60,51 @@ pub fn domain_loss(
     Ok(total)
 }
 
+/// Each segment of `spec` scored on its own (whatever its weights), named
+/// by its kind (`mse`, `cross_entropy`; `mse_2` when a kind recurs, by
+/// segment index), and for each cross-entropy segment its accuracy (the
+/// fraction of rows whose predicted class, the argmax, is the target's),
+/// named `accuracy` (`accuracy_2`). Values are scalar tensors.
+pub fn segment_metrics(
+    ops: Ops,
+    spec: &LossSpec,
+    pred: &Tensor,
+    target: &Tensor,
+) -> Result<Vec<(String, Tensor)>> {
+    if pred.dims() != target.dims() {
+        bail!(
+            "prediction shape {:?} differs from target shape {:?}",
+            pred.dims(),
+            target.dims()
+        );
+    }
+    let mut out = Vec::with_capacity(spec.segments.len());
+    for (i, seg) in spec.segments.iter().enumerate() {
+        let recurs = spec.segments.iter().filter(|s| s.kind == seg.kind).count() > 1;
+        let name = |base: &str| {
+            if recurs {
+                format!("{base}_{i}")
+            } else {
+                base.to_string()
+            }
+        };
+        let (p, t) = (
+            pred.narrow(1, seg.start, seg.len)?,
+            target.narrow(1, seg.start, seg.len)?,
+        );
+        out.push((name(seg.kind.name()), segment_loss(ops, seg.kind, &p, &t)?));
+        if seg.kind == LossKind::CrossEntropy {
+            let hits = p
+                .argmax(D::Minus1)?
+                .eq(&t.argmax(D::Minus1)?)?
+                .to_dtype(pred.dtype())?
+                .mean_all()?;
+            out.push((name("accuracy"), hits));
+        }
+    }
+    Ok(out)
+}
+
 /// One elementary loss, reduced to a scalar.
 pub fn segment_loss(ops: Ops, kind: LossKind, p: &Tensor, t: &Tensor) -> Result<Tensor> {
     let _ = ops;
@@ -101,6 +146,36 @@ mod tests {
 
     fn val(x: Tensor) -> f32 {
         x.to_scalar::<f32>().unwrap()
+    }
+
+    #[test]
+    fn segments_are_scored_apart_with_accuracies() {
+        use shimmer_plugin_api::{LossSegment, LossWeights};
+        let ops = Ops::choose(&Device::Cpu, candle_core::DType::F32);
+        let seg = |start, len, kind| LossSegment {
+            start,
+            len,
+            kind,
+            weights: LossWeights::all(1.0),
+        };
+        let spec = LossSpec {
+            segments: vec![
+                seg(0, 2, LossKind::CrossEntropy),
+                seg(2, 1, LossKind::Mse),
+                seg(3, 1, LossKind::Mse),
+            ],
+        };
+        let dev = Device::Cpu;
+        // Rows: predicted class 1 (target 1), class 0 (target 1).
+        let pred = Tensor::new(&[[0f32, 2.0, 1.0, 0.0], [3.0, 1.0, 0.0, 2.0]], &dev).unwrap();
+        let target = Tensor::new(&[[0f32, 1.0, 0.0, 0.0], [0.0, 1.0, 2.0, 0.0]], &dev).unwrap();
+        let got = segment_metrics(ops, &spec, &pred, &target).unwrap();
+        let names: Vec<&str> = got.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["cross_entropy", "accuracy", "mse_1", "mse_2"]);
+        let v: Vec<f32> = got.iter().map(|(_, t)| val(t.clone())).collect();
+        assert_eq!(v[1], 0.5);
+        // mse over column 2: ((1-0)^2 + (0-2)^2) / 2; column 3: (0 + 4) / 2.
+        assert_eq!((v[2], v[3]), (2.5, 2.0));
     }
 
     #[test]

@@ -23,9 +23,37 @@ use anyhow::{Context, Result};
 use candle_core::{DType, Tensor};
 use indexmap::IndexMap;
 use shimmer_plugin_api::{LossSpec, LossUse};
+use std::cell::RefCell;
 
 /// Named scalar metrics, in emission order.
 pub type Metrics = IndexMap<String, Tensor>;
+
+/// A prediction one loss term scored, kept when asked for: what a
+/// caller needs to score it again elsewhere (per loss-spec segment, in the
+/// plugin's space, with accuracies).
+#[derive(Clone, Debug)]
+pub struct Prediction {
+    /// The metric the term logs (`translation_v_to_attr`, `demi_cycle_v`).
+    pub metric: String,
+    /// Position of the group in the batch (the target's rows).
+    pub group: usize,
+    /// The predicted domain.
+    pub domain: String,
+    /// The prediction, `[batch, latent_dim]`, without gradient.
+    pub pred: Tensor,
+}
+
+/// Where [`LossContext::domain_loss`] keeps predictions.
+pub type Predictions = RefCell<Vec<Prediction>>;
+
+/// Which loss term a domain loss belongs to: its metric name and group.
+#[derive(Clone, Copy, Debug)]
+pub struct Term<'a> {
+    /// The metric the term logs.
+    pub metric: &'a str,
+    /// Position of the group in the batch.
+    pub group: usize,
+}
 
 /// What the loss functions need from the model.
 #[derive(Clone, Copy)]
@@ -38,12 +66,16 @@ pub struct LossContext<'a> {
     pub specs: &'a IndexMap<String, LossSpec>,
     /// The model's implementation of the hot spots.
     pub ops: crate::ops::Ops,
+    /// Keeps every scored prediction here, when given.
+    pub predictions: Option<&'a Predictions>,
 }
 
 impl LossContext<'_> {
-    /// `domain`'s loss for `use_`; `None` when disabled.
+    /// `domain`'s loss for `use_` in `term`; `None` when disabled. The
+    /// prediction is kept when the context keeps them.
     pub fn domain_loss(
         &self,
+        term: Term<'_>,
         domain: &str,
         use_: LossUse,
         pred: &Tensor,
@@ -53,8 +85,17 @@ impl LossContext<'_> {
             .specs
             .get(domain)
             .with_context(|| format!("no loss spec for domain `{domain}`"))?;
-        domain_loss::domain_loss(self.ops, spec, use_, pred, target)
-            .with_context(|| format!("loss of domain `{domain}`"))
+        let loss = domain_loss::domain_loss(self.ops, spec, use_, pred, target)
+            .with_context(|| format!("loss of domain `{domain}`"))?;
+        if let (Some(keep), Some(_)) = (self.predictions, &loss) {
+            keep.borrow_mut().push(Prediction {
+                metric: term.metric.to_string(),
+                group: term.group,
+                domain: domain.to_string(),
+                pred: pred.detach(),
+            });
+        }
+        Ok(loss)
     }
 }
 
@@ -62,6 +103,8 @@ impl LossContext<'_> {
 /// per step: the pre-fusion encodings of its domains and, for a one-domain
 /// group, its workspace state (which involves no selection draw).
 pub struct EncodedGroup<'a> {
+    /// Position of the group in the batch.
+    pub index: usize,
     /// The group's latents, `domain -> [B, dim]`, in group order.
     pub latents: &'a Latents,
     /// `e_d(z_d)` for every domain of the group, same order.
@@ -74,7 +117,8 @@ pub struct EncodedGroup<'a> {
 pub fn encode_batch<'a>(ctx: &LossContext<'_>, batch: &'a Batch) -> Result<Vec<EncodedGroup<'a>>> {
     batch
         .values()
-        .map(|latents| {
+        .enumerate()
+        .map(|(index, latents)| {
             let encodings = ctx.gw.encode(latents)?;
             let single_state = if latents.len() == 1 {
                 // A deterministic function of the encoding: no selection draw.
@@ -83,6 +127,7 @@ pub fn encode_batch<'a>(ctx: &LossContext<'_>, batch: &'a Batch) -> Result<Vec<E
                 None
             };
             Ok(EncodedGroup {
+                index,
                 latents,
                 encodings,
                 single_state,

@@ -14,7 +14,7 @@
 //! losses are all disabled) is left out instead of failing as shimmer does.
 
 use super::contrastive::{ContrastiveLoss, contrastive_metrics};
-use super::{EncodedGroup, LossContext, Metrics, mean};
+use super::{EncodedGroup, LossContext, Metrics, Term, mean};
 use crate::gw::Latents;
 use anyhow::{Context, Result};
 use candle_core::Tensor;
@@ -51,8 +51,13 @@ pub fn demi_cycles(ctx: &LossContext<'_>, batch: &[EncodedGroup<'_>]) -> Result<
             continue;
         };
         let pred = ctx.gw.decode(gw, Some(&[d]))?;
-        if let Some(l) = ctx.domain_loss(d, LossUse::DemiCycle, &pred[d], z)? {
-            losses.insert(format!("demi_cycle_{d}"), l);
+        let name = format!("demi_cycle_{d}");
+        let term = Term {
+            metric: &name,
+            group: group.index,
+        };
+        if let Some(l) = ctx.domain_loss(term, d, LossUse::DemiCycle, &pred[d], z)? {
+            losses.insert(name, l);
         }
     }
     with_mean(losses, "demi_cycles")
@@ -72,8 +77,13 @@ pub fn cycles(ctx: &LossContext<'_>, batch: &[EncodedGroup<'_>]) -> Result<Metri
             let mid = ctx.gw.decode(gw, Some(&[t]))?;
             let back = ctx.gw.encode_and_fuse(&mid, ctx.selection)?;
             let pred = ctx.gw.decode(&back, Some(&[s]))?;
-            if let Some(l) = ctx.domain_loss(s, LossUse::Cycle, &pred[s], z)? {
-                losses.insert(format!("cycle_{s}_through_{t}"), l);
+            let name = format!("cycle_{s}_through_{t}");
+            let term = Term {
+                metric: &name,
+                group: group.index,
+            };
+            if let Some(l) = ctx.domain_loss(term, s, LossUse::Cycle, &pred[s], z)? {
+                losses.insert(name, l);
             }
         }
     }
@@ -107,7 +117,11 @@ pub fn translations(ctx: &LossContext<'_>, batch: &[EncodedGroup<'_>]) -> Result
                 .swap_remove(target)
                 .context("translation output")?;
             let z = latents.get(target).context("target latent")?;
-            if let Some(l) = ctx.domain_loss(target, LossUse::Translation, &pred, z)? {
+            let term = Term {
+                metric: &name,
+                group: group.index,
+            };
+            if let Some(l) = ctx.domain_loss(term, target, LossUse::Translation, &pred, z)? {
                 losses.insert(name, l);
             }
         }

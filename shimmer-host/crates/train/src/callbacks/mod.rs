@@ -114,6 +114,7 @@ pub(crate) mod testing {
                 run_dir: &self.run_dir,
                 logger: &mut self.logger,
                 fast_dev_run: false,
+                task: None,
                 progress: &self.progress,
                 saves: &mut self.saves,
                 report: &mut self.report,

@@ -17,11 +17,11 @@
 //! `self.vae = VAE(encoder, decoder, beta)`: `vae.encoder.encoder.0.weight`,
 //! `vae.encoder.q_mean.weight`, `vae.decoder.decoder.0.weight`, ….
 
-use crate::layers::{GwMlp, Linear, gw_mlp};
-use crate::params::ParamStore;
 use anyhow::Result;
 use candle_core::Tensor;
 use rand::Rng;
+use shimmer_nn::layers::{GwMlp, Linear, gw_mlp};
+use shimmer_nn::params::ParamStore;
 
 /// shimmer's `kl_divergence_loss`: `-0.5 * sum(1 + logvar - mean^2 -
 /// exp(logvar))`, summed over every element (batch included).

@@ -4,9 +4,9 @@
 
 use super::*;
 use crate::domain_model::{DomainModel, DomainModelConfig};
-use crate::ops::Ops;
 use candle_core::{DType, Device};
 use rand::SeedableRng;
+use shimmer_nn::ops::Ops;
 
 fn tiny(dtype: DType, ops: Option<Ops>, seed: u64) -> (ParamStore, ConvVae) {
     let mut store = ParamStore::new(&Device::Cpu, dtype);

@@ -18,11 +18,11 @@
 //!   summed over the batch.
 
 use super::vae::{VaeLoss, gaussian_nll, kl_divergence_loss, reparameterize};
-use crate::layers::{BatchNorm2d, Conv2d, ConvTranspose2d, Linear, Mode};
-use crate::params::ParamStore;
 use anyhow::{Result, bail};
 use candle_core::Tensor;
 use rand::Rng;
+use shimmer_nn::layers::{BatchNorm2d, Conv2d, ConvTranspose2d, Linear, Mode};
+use shimmer_nn::params::ParamStore;
 
 /// Side of the images the architecture takes.
 pub const IMAGE_SIZE: usize = 32;

@@ -18,7 +18,7 @@
 //! ```
 //!
 //! A trainer pretrains with [`DomainModel::pretrain_loss`] (backward it,
-//! step an [`Optimizer`](crate::optim::Optimizer) over
+//! step an [`Optimizer`](shimmer_nn::optim::Optimizer) over
 //! `params().params()`), saves with [`DomainModel::save`], and in a GW
 //! experiment builds the model with [`DomainModel::from_spec`] and calls
 //! [`DomainModel::encode`] on plugin latents (detaching and caching the
@@ -27,7 +27,7 @@
 //! ```
 //! use candle_core::{DType, Device, Tensor};
 //! use rand::SeedableRng;
-//! use shimmer_nn::domain_model::{DomainModel, DomainModelConfig, Mode};
+//! use shimmer_models::domain_model::{DomainModel, DomainModelConfig, Mode};
 //!
 //! let cfg = DomainModelConfig::Linear { latent_dim: 32 };
 //! let model = DomainModel::new(&cfg, 8, &Device::Cpu, 0).unwrap();
@@ -48,9 +48,6 @@ pub mod vae;
 
 pub use shimmer_config::domain_model::{DomainModelConfig, DomainModelSpec};
 
-use crate::checkpoint;
-pub use crate::layers::Mode;
-use crate::params::ParamStore;
 use anyhow::{Context, Result, bail};
 use attribute_vae::AttributeVae;
 use autoencoder::Autoencoder;
@@ -58,6 +55,9 @@ use candle_core::{DType, Device, Tensor};
 use conv_vae::ConvVae;
 use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, StandardNormal};
+use shimmer_nn::checkpoint;
+pub use shimmer_nn::layers::Mode;
+use shimmer_nn::params::ParamStore;
 use std::path::Path;
 use vae::Vae;
 
@@ -373,6 +373,7 @@ impl DomainModel {
         if matches!(self.net, Net::ConvVae(_) | Net::AttributeVae(_)) {
             return None;
         }
+        shimmer_formats::file::open_regular(path).ok()?;
         let tensors = candle_core::safetensors::load(path, &Device::Cpu).ok()?;
         let names: Vec<&String> = self.params.params().keys().collect();
         if !names.iter().any(|n| tensors.contains_key(*n)) {

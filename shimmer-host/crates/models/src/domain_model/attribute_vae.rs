@@ -17,11 +17,11 @@
 //!   * attributes`, `loss = reconstruction_loss + beta * kl_loss`.
 
 use super::vae::{VaeLoss, gaussian_nll, kl_divergence_loss, reparameterize};
-use crate::layers::{GwMlp, Linear, gw_mlp};
-use crate::params::ParamStore;
 use anyhow::{Result, bail};
 use candle_core::{D, Tensor};
 use rand::Rng;
+use shimmer_nn::layers::{GwMlp, Linear, gw_mlp};
+use shimmer_nn::params::ParamStore;
 
 /// Metric name of the class term, as shimmer-ssd logs it.
 pub const CATEGORIES_LOSS: &str = "reconstruction_loss_categories";

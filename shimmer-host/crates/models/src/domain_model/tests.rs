@@ -1,7 +1,7 @@
 use super::*;
-use crate::optim::Optimizer;
 use rand_chacha::ChaCha8Rng;
 use shimmer_config::{OptimConfig, SchedulerConfig};
+use shimmer_nn::optim::Optimizer;
 
 const LINEAR: DomainModelConfig = DomainModelConfig::Linear { latent_dim: 32 };
 const MLP: DomainModelConfig = DomainModelConfig::Mlp {

@@ -7,11 +7,11 @@
 //!   x n_layers Linear(h,out)`, named as `nn.Sequential` (`encoder.0.weight`,
 //!   `encoder.2.weight`, …).
 
-use crate::layers::{GwMlp, Linear, gw_mlp};
-use crate::params::ParamStore;
 use anyhow::Result;
 use candle_core::Tensor;
 use rand::Rng;
+use shimmer_nn::layers::{GwMlp, Linear, gw_mlp};
+use shimmer_nn::params::ParamStore;
 
 /// One side of an autoencoder.
 #[derive(Debug, Clone)]
