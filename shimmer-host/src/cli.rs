@@ -4,9 +4,50 @@ use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 
+/// Cargo features this binary was built with.
+pub fn features() -> Vec<String> {
+    let mut features = Vec::new();
+    if cfg!(feature = "fused-kernels") {
+        features.push("fused-kernels".to_string());
+    }
+    if cfg!(feature = "cuda") {
+        features.push("cuda".to_string());
+    }
+    features
+}
+
+/// The build of this binary, as runs record it.
+pub fn host_build() -> shimmer_train::provenance::HostBuild {
+    shimmer_train::provenance::HostBuild {
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        commit: env!("SHIMMER_GIT_COMMIT").to_string(),
+        features: features(),
+    }
+}
+
+/// `shimmer --version`: version, git commit, build features and the CPU
+/// kernels this machine gets.
+fn version_text() -> &'static str {
+    static TEXT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    TEXT.get_or_init(|| {
+        let build = host_build();
+        format!(
+            "{} (commit {}; features: {}; CPU: {})",
+            build.version,
+            build.commit,
+            if build.features.is_empty() {
+                "none".to_string()
+            } else {
+                build.features.join(", ")
+            },
+            shimmer_nn::ops::Ops::describe_cpu()
+        )
+    })
+}
+
 /// Train and inspect Global Workspace models.
 #[derive(Debug, Parser)]
-#[command(name = "shimmer", version, about)]
+#[command(name = "shimmer", version = version_text(), about)]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -100,6 +141,10 @@ struct RunArgs {
     /// the run's config.yaml (repeatable).
     #[arg(long = "set-plugin", value_name = "DOMAIN=PLUGIN", requires = "resume")]
     set_plugins: Vec<String>,
+    /// With --resume: go on although a frozen domain model's checkpoint
+    /// changed since the run started (the run's provenance.json records it).
+    #[arg(long, requires = "resume")]
+    allow_changed_checkpoints: bool,
 }
 
 #[derive(Debug, Args)]
@@ -112,6 +157,10 @@ struct EvalArgs {
     /// Which set: `val` or `test`.
     #[arg(long, default_value = "test", value_parser = parse_split)]
     split: shimmer_plugin_api::Split,
+    /// Evaluate although a frozen domain model's checkpoint changed since
+    /// the run was trained (the run's provenance.json records it).
+    #[arg(long)]
+    allow_changed_checkpoints: bool,
 }
 
 #[derive(Debug, Args)]
@@ -139,6 +188,7 @@ impl EvalArgs {
             run_dir: self.run_dir,
             checkpoint: self.checkpoint,
             split: self.split,
+            allow_changed_checkpoints: self.allow_changed_checkpoints,
         }
     }
 }
@@ -305,14 +355,25 @@ pub fn run(cli: Cli) -> Result<()> {
             shimmer_plugin_host::inspect::run(&a.plugin, &a.config, a.kind.as_deref(), a.json)
         }
         Command::Run(a) => {
+            let (experiment, overrides) = match (&a.resume, a.experiment) {
+                // `--resume RUN key=value ...`: the first setting lands in
+                // the experiment slot; it is a setting too.
+                (Some(_), Some(first)) => {
+                    let mut all = vec![first.to_string_lossy().into_owned()];
+                    all.extend(a.overrides);
+                    (PathBuf::new(), all)
+                }
+                (_, experiment) => (experiment.unwrap_or_default(), a.overrides),
+            };
             let opts = shimmer_train::RunOptions {
-                experiment: a.experiment.unwrap_or_default(),
-                overrides: a.overrides,
+                experiment,
+                overrides,
                 run_dir: a.run_dir,
                 resume: a.resume,
                 fast_dev_run: a.fast_dev_run,
                 watch: a.watch,
                 set_plugins: a.set_plugins,
+                allow_changed_checkpoints: a.allow_changed_checkpoints,
                 stop: shimmer_train::stop::StopRequest::on_signals()?,
             };
             shimmer_train::run(&opts).map(|_| ())

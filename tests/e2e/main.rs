@@ -10,6 +10,7 @@ mod data_pipeline;
 mod hotswap;
 mod parity;
 mod plugins;
+mod refusals;
 mod run;
 mod simple_shapes;
 mod slurm;

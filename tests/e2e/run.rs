@@ -17,7 +17,7 @@ fn tutorial() -> PathBuf {
 /// Pretrains the tutorial's two domain autoencoders (once per test process,
 /// into the target folder) and returns the overrides that point the GW
 /// experiment at them.
-fn pretrained() -> &'static [String] {
+pub(crate) fn pretrained() -> &'static [String] {
     static OVERRIDES: OnceLock<Vec<String>> = OnceLock::new();
     OVERRIDES.get_or_init(|| {
         let dir = common::target_dir().join("e2e-pretrained");

@@ -259,6 +259,30 @@ fn a_killed_sweep_takes_its_running_trials_with_it() {
     let runner_pid = std::fs::read_to_string(dir.join("trials/001/runner.pid")).unwrap();
     let sleeper = std::fs::read_to_string(&pid_file).unwrap();
     assert!(alive(&runner_pid));
+    // While it runs, nobody else may run trials in its folder.
+    let out = sweep(tmp.path())
+        .arg("--resume")
+        .arg(&dir)
+        .env("SHIMMER_SWEEP_RUNNER", &runner)
+        .env("FAKE_LOG", &log)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let in_use = format!(
+        "sweep folder {} is in use (pid {})",
+        dir.display(),
+        child.id()
+    );
+    assert!(text(&out).contains(&in_use), "{}", text(&out));
+    let out = sweep(tmp.path())
+        .arg(tutorial())
+        .arg("--sweep-dir")
+        .arg(&dir)
+        .env("SHIMMER_SWEEP_RUNNER", &runner)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("is not empty"), "{}", text(&out));
     // SIGKILL: the launcher cannot stop anything itself.
     child.kill().unwrap();
     child.wait().unwrap();

@@ -188,6 +188,7 @@ impl Experiment {
         }
         self.loss.check()?;
         self.training.check()?;
+        crate::ranges::check(self)?;
         match &self.pretrain {
             None => {
                 if self.workspace.is_none() {
@@ -627,6 +628,18 @@ pub enum SchedulerConfig {
         #[serde(default)]
         min_lr: f64,
     },
+}
+
+impl SchedulerConfig {
+    /// Whether the schedule's length is the training length (a schedule
+    /// without `total_steps`): changing the length then reshapes it.
+    pub fn total_steps_from_length(&self) -> bool {
+        match self {
+            SchedulerConfig::None => false,
+            SchedulerConfig::OneCycle { total_steps, .. }
+            | SchedulerConfig::Cosine { total_steps, .. } => total_steps.is_none(),
+        }
+    }
 }
 
 fn default_pct_start() -> f64 {

@@ -19,6 +19,7 @@ pub mod check;
 pub mod data;
 pub mod domain_model;
 pub mod experiment;
+pub mod ranges;
 pub mod sweep;
 pub mod training;
 pub mod yaml;
@@ -59,6 +60,7 @@ pub fn load_document(document: &Document) -> Result<Loaded<Experiment>, ConfigEr
         config,
         resolved_yaml: document.to_yaml()?,
         files: document.files().to_vec(),
+        document: document.clone(),
     })
 }
 

@@ -121,6 +121,10 @@ impl ItemSource for CachedSource {
         self.inner.cache_key()
     }
 
+    fn plugin_build(&self) -> Option<crate::source::PluginBuild> {
+        self.inner.plugin_build()
+    }
+
     fn describe(&self) -> String {
         format!("{}, cached", self.inner.describe())
     }
@@ -163,8 +167,16 @@ pub fn encode_split(
     threads: usize,
 ) -> Result<Vec<f32>> {
     let dim = src.latent_dim();
-    let n = src.split_size(split) as usize;
-    let mut table = vec![0.0f32; n * dim];
+    let n = usize::try_from(src.split_size(split))?;
+    let len = n
+        .checked_mul(dim)
+        .with_context(|| format!("domain `{domain}`: {split} split too large to cache"))?;
+    shimmer_sys::memory::ensure_fits(
+        &format!("the latent cache of domain `{domain}`'s {split} split ({n} items x {dim})"),
+        len as u128 * 4,
+        shimmer_sys::memory::available_bytes(),
+    )?;
+    let mut table = vec![0.0f32; len];
     if n == 0 || dim == 0 {
         return Ok(table);
     }

@@ -56,4 +56,4 @@ pub use shimmer_config::data::{
     CacheConfig, CombineMode, DataConfig, DomainSplitItems, EvalSetConfig, GroupConfig, Items,
     RepeatMode, Select,
 };
-pub use source::{ItemSource, MemorySource, PluginSource, Rendered, Sources};
+pub use source::{ItemSource, MemorySource, PluginBuild, PluginSource, Rendered, Sources};

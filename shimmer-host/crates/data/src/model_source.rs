@@ -192,6 +192,10 @@ impl ItemSource for ModelSource {
         })
     }
 
+    fn plugin_build(&self) -> Option<crate::source::PluginBuild> {
+        self.inner.plugin_build()
+    }
+
     fn describe(&self) -> String {
         format!(
             "{} through a frozen {}",

@@ -233,6 +233,11 @@ fn eval_groups(
     Ok(out)
 }
 
+/// Most items a split may have (2^32): item lists hold one `u64` per item,
+/// so a larger count is a plugin or config mistake, refused before any
+/// list is built.
+pub const MAX_SPLIT_ITEMS: u64 = 1 << 32;
+
 /// Items of `split` the group's domains share: the smallest of their
 /// sizes. Items pair by index, so a paired group that takes every item
 /// (`items: all`, the default) needs domains of the same size: different
@@ -250,6 +255,11 @@ fn split_size(sources: &Sources, domains: &[String], split: Split, items: &Items
             )
         })?;
         let n = src.split_size(split);
+        ensure!(
+            n <= MAX_SPLIT_ITEMS,
+            "domain `{d}` says its {split} split has {n} items: at most {MAX_SPLIT_ITEMS} \
+             items per split are supported (check the plugin's config)"
+        );
         if let (Items::All, Some((name, size))) = (items, first) {
             ensure!(
                 n == size,

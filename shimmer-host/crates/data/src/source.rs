@@ -58,12 +58,32 @@ pub trait ItemSource: Send + Sync {
         Ok(None)
     }
 
+    /// The plugin build behind this data, for a run's provenance; `None`
+    /// for data that does not come from a plugin.
+    fn plugin_build(&self) -> Option<PluginBuild> {
+        None
+    }
+
     /// Changes whenever the data behind the source changes while it is in
     /// use (a hot-swapped plugin), so that what was computed from it can be
     /// dropped; 0 for data that never changes.
     fn generation(&self) -> u64 {
         0
     }
+}
+
+/// Which plugin build provides a domain: what a run records so that a
+/// later resume or evaluation can tell when the build changed.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PluginBuild {
+    /// Plugin name, from its descriptor.
+    pub plugin: String,
+    /// Plugin version, from its descriptor.
+    pub version: String,
+    /// The library file it was loaded from.
+    pub file: std::path::PathBuf,
+    /// SHA-256 of the library's bytes as loaded.
+    pub sha256: String,
 }
 
 /// Items drawn as images by [`ItemSource::render`].
@@ -104,6 +124,16 @@ impl PluginSource {
 }
 
 impl ItemSource for PluginSource {
+    fn plugin_build(&self) -> Option<PluginBuild> {
+        let lib = self.handle.library();
+        Some(PluginBuild {
+            plugin: lib.name().to_string(),
+            version: lib.version().to_string(),
+            file: lib.source().to_path_buf(),
+            sha256: lib.sha256().to_string(),
+        })
+    }
+
     fn latent_dim(&self) -> usize {
         self.handle.info().latent_dim
     }

@@ -68,6 +68,46 @@ pub struct GlobalWorkspace {
     coefs: IndexMap<shimmer_config::LossFamily, f64>,
 }
 
+/// What training a workspace needs in memory, estimated from its sizes
+/// before anything is built, so one that cannot fit is refused with the
+/// estimate rather than ending in an allocation failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemoryEstimate {
+    /// Trained parameters of the encoders and decoders.
+    pub parameters: u128,
+    /// Bytes: each parameter four times in f32 (value, gradient, AdamW's
+    /// two moments) plus the activations of one batch.
+    pub bytes: u128,
+}
+
+/// [`MemoryEstimate`] of training a workspace `ws` over `domains` (name,
+/// latent size) with batches of `batch` items per group. The activations
+/// count every layer output of an encoder and decoder pass, kept for the
+/// backward pass, for the four kinds of pass a step makes per domain
+/// (demi-cycle, cycle, translation, contrastive encoding) and their
+/// gradients: a rough figure, right in its order of magnitude.
+pub fn memory_estimate(
+    ws: &WorkspaceConfig,
+    domains: &[(String, usize)],
+    batch: usize,
+) -> MemoryEstimate {
+    let parameters = GwModule::parameter_count(domains, ws.dim, &ws.encoders, &ws.decoders);
+    let widths: u128 = domains
+        .iter()
+        .map(|(_, dim)| {
+            let enc = ws.encoders.hidden as u128 * (ws.encoders.n_layers as u128 + 1);
+            let dec = ws.decoders.hidden as u128 * (ws.decoders.n_layers as u128 + 1);
+            2 * (enc + dec) + ws.dim as u128 + *dim as u128
+        })
+        .sum();
+    let passes = 4 * domains.len() as u128;
+    let activations = batch as u128 * widths * passes * 2;
+    MemoryEstimate {
+        parameters,
+        bytes: (parameters * 4 + activations) * 4,
+    }
+}
+
 impl GlobalWorkspace {
     /// Builds a float32 workspace for `domains` (model order) on `device`,
     /// weights drawn from an RNG seeded with `seed`.

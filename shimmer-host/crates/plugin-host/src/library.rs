@@ -30,6 +30,7 @@ struct Loaded {
     _copy_dir: tempfile::TempDir,
     descriptor: *const PluginDescriptor,
     source: PathBuf,
+    sha256: String,
     name: String,
     version: String,
     abi_minor: u32,
@@ -90,6 +91,7 @@ impl PluginLibrary {
         let file_name = path.file_name().unwrap_or(path.as_os_str());
         let copy = copy_dir.path().join(file_name);
         std::fs::copy(path, &copy).map_err(io)?;
+        let sha256 = shimmer_sys::fs::sha256_file(&copy).map_err(io)?;
 
         // SAFETY: loading runs the library's initialisers. A shimmer plugin
         // is trusted native code, like any shared library the user names.
@@ -151,6 +153,7 @@ impl PluginLibrary {
                 _copy_dir: copy_dir,
                 descriptor,
                 source: path.to_path_buf(),
+                sha256,
                 name,
                 version,
                 kinds,
@@ -176,6 +179,12 @@ impl PluginLibrary {
     /// The file the plugin was loaded from (not the private copy).
     pub fn source(&self) -> &Path {
         &self.inner.source
+    }
+
+    /// SHA-256 of the library file as loaded (lowercase hex): which build
+    /// this is, for a run's provenance.
+    pub fn sha256(&self) -> &str {
+        &self.inner.sha256
     }
 
     /// Domain kinds the plugin can create.

@@ -28,6 +28,7 @@ pub use manifest::{Manifest, SweepDir, TrialState};
 pub use shimmer_config::sweep::{LauncherKind, SlurmConfig, SweepConfig};
 
 use anyhow::{Context, Result, anyhow, bail};
+use shimmer_sys::lock::{FolderLock, LOCK_FILE};
 use std::path::{Path, PathBuf};
 
 /// What `shimmer sweep <experiment>` was asked to do.
@@ -138,7 +139,7 @@ pub fn start(opts: &SweepOptions) -> Result<()> {
     if opts.dry_run {
         return dry_run(&manifest, &dir, &all);
     }
-    create_dir(&root, opts.sweep_dir.is_some())?;
+    let _lock = create_dir(&root, opts.sweep_dir.is_some())?;
     manifest.save(&dir)?;
     println!(
         "sweep {}: {} trials of {} (launcher: {}); TensorBoard: tensorboard --logdir {}",
@@ -160,6 +161,7 @@ pub fn resume(
     slurm: &SlurmConfig,
 ) -> Result<()> {
     let (mut manifest, dir) = Manifest::load(root)?;
+    let _lock = FolderLock::acquire(root, "sweep folder")?;
     apply_flags(&mut manifest, launcher, jobs, slurm);
     let active = match manifest.launcher.kind {
         LauncherKind::Slurm => slurm::squeue(&slurm::job_ids(&manifest)).unwrap_or_default(),
@@ -424,14 +426,18 @@ fn default_dir(runs_dir: &Path, name: &str) -> Result<PathBuf> {
     Ok(dir)
 }
 
-/// Creates the sweep folder; an explicit one may exist only if empty.
-fn create_dir(root: &Path, explicit: bool) -> Result<()> {
-    if explicit && root.exists() {
-        let empty = std::fs::read_dir(root)
+/// Creates the sweep folder and takes it for this process; an explicit
+/// one may exist only if empty (a lock file aside).
+fn create_dir(root: &Path, explicit: bool) -> Result<FolderLock> {
+    let ensure_empty = || -> Result<()> {
+        if !root.exists() {
+            return Ok(());
+        }
+        let taken = std::fs::read_dir(root)
             .with_context(|| format!("cannot read {}", root.display()))?
-            .next()
-            .is_none();
-        if !empty {
+            .flatten()
+            .any(|e| e.file_name() != LOCK_FILE);
+        if taken {
             bail!(
                 "sweep folder {} exists and is not empty: choose another, or \
                  `shimmer sweep --resume {}` to continue that sweep",
@@ -439,7 +445,15 @@ fn create_dir(root: &Path, explicit: bool) -> Result<()> {
                 root.display()
             );
         }
+        Ok(())
+    };
+    if explicit {
+        ensure_empty()?;
     }
     std::fs::create_dir_all(root)
-        .with_context(|| format!("cannot create sweep folder {}", root.display()))
+        .with_context(|| format!("cannot create sweep folder {}", root.display()))?;
+    let lock = FolderLock::acquire(root, "sweep folder")?;
+    // Another sweep may have started in it between the two looks.
+    ensure_empty()?;
+    Ok(lock)
 }

@@ -23,6 +23,8 @@
 #![allow(unsafe_code)]
 
 pub mod fs;
+pub mod lock;
+pub mod memory;
 pub mod proc;
 pub mod process;
 pub mod time;

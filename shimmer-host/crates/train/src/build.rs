@@ -13,6 +13,7 @@ use shimmer_config::Experiment;
 use shimmer_data::{DataPipeline, ModelSource, open_sources};
 use shimmer_models::domain_model::{DomainModel, DomainModelConfig};
 use shimmer_nn::device;
+use shimmer_nn::workspace::memory_estimate;
 use shimmer_nn::{DomainSpec, GlobalWorkspace};
 use shimmer_plugin_api::LossSpec;
 use std::path::{Path, PathBuf};
@@ -168,6 +169,21 @@ pub(crate) fn build_from(
     let pipeline = DataPipeline::build(&exp.data, &sources, exp.seed, Some(base_dir))
         .context("cannot build the data loaders")?;
     let specs = domain_specs(exp, &sources, &trained)?;
+    if device.is_cpu() {
+        let dims: Vec<(String, usize)> = specs
+            .iter()
+            .map(|d| (d.name.clone(), d.latent_dim))
+            .collect();
+        let estimate = memory_estimate(exp.workspace()?, &dims, exp.data.batch_size);
+        shimmer_sys::memory::ensure_fits(
+            &format!(
+                "training this workspace ({} parameters, batches of {})",
+                estimate.parameters, exp.data.batch_size
+            ),
+            estimate.bytes,
+            shimmer_sys::memory::available_bytes(),
+        )?;
+    }
     let gw = GlobalWorkspace::with_precision(
         exp.workspace()?,
         &exp.loss,
@@ -182,11 +198,61 @@ pub(crate) fn build_from(
     ))
 }
 
+/// Checks that `training.monitor` and `training.early_stopping.monitor`
+/// name validation metrics the run will log, by evaluating one validation
+/// batch (the task's random state is put back, so the run's numbers do not
+/// change): a misspelt metric is refused before training rather than at
+/// the first validation. Without a validation set nothing is monitored and
+/// nothing is checked.
+///
+/// # Errors
+/// The outer error when the batch cannot be evaluated; the inner one names
+/// the key whose metric does not exist, with the metrics that do.
+pub fn check_monitors(
+    exp: &Experiment,
+    pipeline: &DataPipeline,
+    task: &mut dyn Task,
+) -> Result<Result<(), shimmer_config::check::CheckError>> {
+    let Some(val) = &pipeline.val else {
+        return Ok(Ok(()));
+    };
+    let saved: std::collections::HashMap<String, candle_core::Tensor> =
+        task.state()?.into_iter().collect();
+    let means = crate::trainer::evaluate(task, val, "val", true)
+        .context("cannot evaluate a validation batch to check the monitored metrics")?;
+    task.load_state(&saved)?;
+    let training = &exp.training;
+    let mut wanted = vec![("training.monitor", training.monitor.as_str())];
+    if let Some(m) = training
+        .early_stopping
+        .as_ref()
+        .and_then(|e| e.monitor.as_deref())
+    {
+        wanted.push(("training.early_stopping.monitor", m));
+    }
+    for (key, metric) in wanted {
+        if !means.contains_key(metric) {
+            let known: Vec<&str> = means.keys().map(String::as_str).collect();
+            return Ok(Err(shimmer_config::check::CheckError::new(
+                key,
+                format!(
+                    "`{metric}` is not a validation metric of this experiment; it logs {}",
+                    known.join(", ")
+                ),
+            )));
+        }
+    }
+    Ok(Ok(()))
+}
+
 /// `shimmer validate`: loads an experiment, its plugins, data and model as
 /// `shimmer run` would, without training; returns a short report.
 pub fn validate(experiment: &Path, overrides: &[String]) -> Result<String> {
-    let exp = shimmer_config::load(experiment, overrides)?.config;
-    let (pipeline, task) = build(&exp, &base_dir(Some(experiment)))?;
+    let loaded = shimmer_config::load(experiment, overrides)?;
+    let exp = &loaded.config;
+    let (pipeline, mut task) = build(exp, &base_dir(Some(experiment)))?;
+    check_monitors(exp, &pipeline, task.as_mut())?
+        .map_err(|e| loaded.invalid_at(&e.key, e.message))?;
     let steps = total_steps(&exp.training, pipeline.train.len())?;
     let mut report = format!(
         "{}: ok\n  domains      {}\n  model        {}\n  device       {}\n  training     {} batches per epoch, {steps} steps\n",

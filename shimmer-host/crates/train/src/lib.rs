@@ -22,6 +22,7 @@ mod position;
 mod predict;
 mod pretrain_task;
 mod progress;
+pub mod provenance;
 pub mod resume;
 mod run;
 pub mod run_dir;

@@ -4,6 +4,7 @@
 use super::run_dir::{RunDir, write_atomic};
 use super::task::{Task, fullest_group};
 use super::trainer::evaluate;
+use crate::provenance::Provenance;
 use anyhow::{Context, Result, bail};
 use candle_core::{DType, Tensor};
 use indexmap::IndexMap;
@@ -20,6 +21,9 @@ pub struct EvalOptions {
     pub checkpoint: Option<PathBuf>,
     /// `val` or `test`.
     pub split: Split,
+    /// Evaluate although a frozen domain model's checkpoint changed since
+    /// the run was trained (see [`crate::provenance`]).
+    pub allow_changed_checkpoints: bool,
 }
 
 /// The run's model with the chosen weights, and the loader of the split.
@@ -27,8 +31,15 @@ fn load(opts: &EvalOptions) -> Result<(Box<dyn Task>, shimmer_data::DataLoader, 
     let run = RunDir::open(&opts.run_dir)?;
     let exp = shimmer_config::load(&run.config_file(), &[])?.config;
     let experiment_file = run.experiment_file()?;
-    let (pipeline, task) =
-        crate::build::build(&exp, &crate::build::base_dir(experiment_file.as_deref()))?;
+    let sources = shimmer_data::open_sources(&exp)?;
+    if let Some(recorded) = Provenance::read(&run)? {
+        let now = Provenance::of(&exp, &sources)?;
+        for note in now.compare(&recorded, opts.allow_changed_checkpoints)? {
+            eprintln!("note: {note}");
+        }
+    }
+    let base = crate::build::base_dir(experiment_file.as_deref());
+    let (pipeline, task) = crate::build::build_from(&exp, &base, &sources, false)?;
     let checkpoint = match &opts.checkpoint {
         Some(c) => c.clone(),
         None if run.best_checkpoint().exists() => run.best_checkpoint(),

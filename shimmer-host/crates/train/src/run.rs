@@ -6,11 +6,12 @@ use crate::callbacks;
 use crate::hparams;
 use crate::images::ImageLogger;
 use crate::logger::RunLogger;
+use crate::provenance::Provenance;
 use crate::run_dir::{RunDir, RunStatus, RunSummary};
 use crate::stop;
 use crate::task::Task;
 use crate::trainer::{Loaders, Trainer, evaluate, total_steps};
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use shimmer_config::Experiment;
 use shimmer_data::swap::PluginWatcher;
 use shimmer_data::{DataPipeline, open_sources};
@@ -38,6 +39,9 @@ pub struct RunOptions {
     /// With `resume`: `DOMAIN=PLUGIN` changes of a domain's plugin, checked
     /// and recorded in the run's config (see [`crate::resume`]).
     pub set_plugins: Vec<String>,
+    /// With `resume`: go on although a frozen domain model's checkpoint
+    /// changed since the run started (see [`crate::provenance`]).
+    pub allow_changed_checkpoints: bool,
     /// When set, the run stops at the next step boundary, saving its last
     /// checkpoint ([`stop::StopRequest::on_signals`] sets it on SIGINT,
     /// SIGTERM or SIGHUP).
@@ -58,6 +62,8 @@ impl RunOptions {
 struct Prepared {
     exp: Experiment,
     resolved_yaml: String,
+    /// The merged config, to place errors found after loading at their key.
+    document: shimmer_config::Document,
     /// The experiment file (for a resumed run, the one it was started from).
     experiment_file: Option<PathBuf>,
     run_dir: Option<RunDir>,
@@ -65,14 +71,12 @@ struct Prepared {
 
 fn prepare(opts: &RunOptions) -> Result<Prepared> {
     if let Some(dir) = &opts.resume {
-        if !opts.overrides.is_empty() {
-            bail!("a resumed run keeps its own config: drop the overrides, or start a new run");
-        }
-        let run_dir = RunDir::open(dir)?;
-        let loaded = crate::resume::load_config(&run_dir, &opts.set_plugins)?;
+        let run_dir = RunDir::open(dir)?.take()?;
+        let loaded = crate::resume::load_config(&run_dir, &opts.set_plugins, &opts.overrides)?;
         return Ok(Prepared {
             exp: loaded.config,
             resolved_yaml: loaded.resolved_yaml,
+            document: loaded.document,
             experiment_file: run_dir.experiment_file()?,
             run_dir: Some(run_dir),
         });
@@ -82,6 +86,7 @@ fn prepare(opts: &RunOptions) -> Result<Prepared> {
         experiment_file: Some(opts.experiment.clone()),
         exp: loaded.config,
         resolved_yaml: loaded.resolved_yaml,
+        document: loaded.document,
         run_dir: None,
     })
 }
@@ -92,13 +97,28 @@ fn prepare(opts: &RunOptions) -> Result<Prepared> {
 pub fn run(opts: &RunOptions) -> Result<RunSummary> {
     let p = prepare(opts)?;
     // Plugins, data and model first: bad input leaves no run folder behind.
-    let (pipeline, task, watcher) = open_inputs(&p, opts.watch)?;
+    let (pipeline, mut task, watcher, mut provenance) = open_inputs(&p, opts.watch)?;
+    crate::build::check_monitors(&p.exp, &pipeline, task.as_mut())?
+        .map_err(|e| p.document.invalid_at(&e.key, e.message))?;
     let (run_dir, resuming) = match &p.run_dir {
-        Some(dir) => (dir.clone(), true),
+        Some(dir) => {
+            if let Some(recorded) = Provenance::read(dir)? {
+                let notes = provenance.compare(&recorded, opts.allow_changed_checkpoints)?;
+                let stamp = shimmer_sys::time::utc_stamp(std::time::SystemTime::now());
+                provenance.changes = recorded.changes;
+                for note in notes {
+                    eprintln!("note: {note}");
+                    provenance.changes.push(format!("resumed {stamp}: {note}"));
+                }
+            }
+            provenance.write(dir)?;
+            (dir.clone(), true)
+        }
         None => {
             let training = &p.exp.training;
             let dir = RunDir::create(opts.run_dir.as_deref(), &training.runs_dir, &p.exp.name)?;
             dir.write_config(&p.resolved_yaml)?;
+            provenance.write(&dir)?;
             (dir, false)
         }
     };
@@ -136,16 +156,25 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary> {
 
 /// Opens the plugins (watched ones with `--watch`, which keep their own
 /// latent cache), builds the loaders and the model.
-fn open_inputs(
-    p: &Prepared,
-    watch: bool,
-) -> Result<(DataPipeline, Box<dyn Task>, Option<PluginWatcher>)> {
+/// What [`open_inputs`] opens: the data, the task, the plugin watcher
+/// (with `--watch`) and what they were made from.
+type Inputs = (
+    DataPipeline,
+    Box<dyn Task>,
+    Option<PluginWatcher>,
+    Provenance,
+);
+
+fn open_inputs(p: &Prepared, watch: bool) -> Result<Inputs> {
     let base = base_dir(p.experiment_file.as_deref());
     if !watch {
-        let (pipeline, task) = build_from(&p.exp, &base, &open_sources(&p.exp)?, false)?;
-        return Ok((pipeline, task, None));
+        let sources = open_sources(&p.exp)?;
+        let provenance = Provenance::of(&p.exp, &sources)?;
+        let (pipeline, task) = build_from(&p.exp, &base, &sources, false)?;
+        return Ok((pipeline, task, None, provenance));
     }
     let (sources, mut watcher) = shimmer_data::swap::open_watched_sources(&p.exp)?;
+    let provenance = Provenance::of(&p.exp, &sources)?;
     let mut uncached = p.exp.clone();
     uncached.data.cache.enabled = false;
     // Watched: frozen domain models keep their outputs themselves.
@@ -161,7 +190,7 @@ fn open_inputs(
             .enable_cache(p.exp.data.workers)
             .context("data: building the latent cache")?;
     }
-    Ok((pipeline, task, Some(watcher)))
+    Ok((pipeline, task, Some(watcher), provenance))
 }
 
 /// One run being trained.

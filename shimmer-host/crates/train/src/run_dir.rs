@@ -4,59 +4,75 @@
 
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
+use shimmer_sys::lock::{FolderLock, LOCK_FILE, remove_stale_temp_files};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// File name of the resolved config inside a run folder.
 pub const CONFIG_FILE: &str = "config.yaml";
 /// File name of the run summary.
 pub const SUMMARY_FILE: &str = "summary.json";
 
-/// A run folder.
+/// A run folder. One made or opened to train holds its lock (see
+/// [`shimmer_sys::lock`]) for as long as any clone of it lives.
 #[derive(Clone, Debug)]
 pub struct RunDir {
     path: PathBuf,
+    lock: Option<Arc<FolderLock>>,
 }
 
 impl RunDir {
-    /// Creates a fresh run folder: `dir` itself when given (it must not
-    /// exist, or be empty), else `<runs_dir>/<experiment>/<date>_<time>`
-    /// with a `-N` suffix when taken.
+    /// Creates a fresh run folder and takes it: `dir` itself when given (it
+    /// must not exist, or be empty), else `<runs_dir>/<experiment>/<date>_<time>`
+    /// with a `-N` suffix when taken. Two processes never get one folder.
     pub fn create(dir: Option<&Path>, runs_dir: &Path, experiment: &str) -> Result<Self> {
-        let path = match dir {
+        let (path, lock) = match dir {
             Some(d) => {
-                if d.exists()
-                    && std::fs::read_dir(d)
-                        .with_context(|| format!("cannot read run folder {}", d.display()))?
-                        .next()
-                        .is_some()
-                {
-                    bail!(
-                        "run folder {} already exists and is not empty; \
-                         choose another one or resume it with `--resume`",
-                        d.display()
-                    );
-                }
-                d.to_path_buf()
+                ensure_empty(d)?;
+                std::fs::create_dir_all(d)
+                    .with_context(|| format!("cannot create run folder {}", d.display()))?;
+                let lock = FolderLock::acquire(d, "run folder")?;
+                // Another process may have filled it between the two looks.
+                ensure_empty(d)?;
+                (d.to_path_buf(), lock)
             }
             None => {
                 let parent = runs_dir.join(experiment);
+                std::fs::create_dir_all(&parent)
+                    .with_context(|| format!("cannot create folder {}", parent.display()))?;
                 let stamp = timestamp();
-                let mut candidate = parent.join(&stamp);
-                let mut n = 1;
-                while candidate.exists() {
-                    candidate = parent.join(format!("{stamp}-{n}"));
-                    n += 1;
-                }
-                candidate
+                let mut n = 0;
+                let candidate = loop {
+                    let candidate = if n == 0 {
+                        parent.join(&stamp)
+                    } else {
+                        parent.join(format!("{stamp}-{n}"))
+                    };
+                    match std::fs::create_dir(&candidate) {
+                        Ok(()) => break candidate,
+                        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => n += 1,
+                        Err(e) => {
+                            return Err(e).with_context(|| {
+                                format!("cannot create run folder {}", candidate.display())
+                            });
+                        }
+                    }
+                };
+                let lock = FolderLock::acquire(&candidate, "run folder")?;
+                (candidate, lock)
             }
         };
         std::fs::create_dir_all(path.join("checkpoints"))
             .with_context(|| format!("cannot create run folder {}", path.display()))?;
-        Ok(Self { path })
+        Ok(Self {
+            path,
+            lock: Some(Arc::new(lock)),
+        })
     }
 
-    /// Opens an existing run folder to resume it.
+    /// Opens an existing run folder to read it (`test`, `predict`: a run
+    /// may be read while it trains). [`RunDir::take`] it to write.
     pub fn open(path: &Path) -> Result<Self> {
         if !path.join(CONFIG_FILE).is_file() {
             bail!(
@@ -66,7 +82,30 @@ impl RunDir {
         }
         Ok(Self {
             path: path.to_path_buf(),
+            lock: None,
         })
+    }
+
+    /// Takes the folder for this process (to resume it), refusing while
+    /// another process trains in it, and removes the temporary files a
+    /// killed write left behind.
+    ///
+    /// # Errors
+    /// `run folder X is in use (pid N)`.
+    pub fn take(mut self) -> Result<Self> {
+        if self.lock.is_none() {
+            self.lock = Some(Arc::new(FolderLock::acquire(&self.path, "run folder")?));
+        }
+        let freed = remove_stale_temp_files(&self.path)
+            + remove_stale_temp_files(&self.path.join("checkpoints"));
+        if freed > 0 {
+            eprintln!(
+                "removed {} of temporary files an interrupted write left in {}",
+                shimmer_sys::memory::human_bytes(u128::from(freed)),
+                self.path.display()
+            );
+        }
+        Ok(self)
     }
 
     /// The folder.
@@ -121,6 +160,25 @@ impl RunDir {
             .map(Some)
             .with_context(|| format!("{} is not a run summary", file.display()))
     }
+}
+
+/// Refuses `dir` when it holds anything but a lock file.
+fn ensure_empty(dir: &Path) -> Result<()> {
+    if !dir.exists() {
+        return Ok(());
+    }
+    let taken = std::fs::read_dir(dir)
+        .with_context(|| format!("cannot read run folder {}", dir.display()))?
+        .flatten()
+        .any(|e| e.file_name() != LOCK_FILE);
+    if taken {
+        bail!(
+            "run folder {} already exists and is not empty; \
+             choose another one or resume it with `--resume`",
+            dir.display()
+        );
+    }
+    Ok(())
 }
 
 /// Where a run stands, as `summary.json` records it.

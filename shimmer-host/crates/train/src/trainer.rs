@@ -408,7 +408,7 @@ impl<'a, T: Task> Trainer<'a, T> {
 
 /// Means of `loss` and every metric over one pass of `loader`, weighted by
 /// batch size, named `{prefix}/{name}`.
-pub fn evaluate<T: Task>(
+pub fn evaluate<T: Task + ?Sized>(
     task: &mut T,
     loader: &DataLoader,
     prefix: &str,

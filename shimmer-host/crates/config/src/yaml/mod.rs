@@ -77,6 +77,17 @@ pub struct Loaded<T> {
     pub resolved_yaml: String,
     /// Every file read, in merge order (bases, experiment, `local.yaml`).
     pub files: Vec<PathBuf>,
+    /// The merged document, to place later errors at their key.
+    pub document: Document,
+}
+
+impl<T> Loaded<T> {
+    /// An error about the value at the dotted key path `key`, placed where
+    /// that key was set (for checks made after loading, e.g. of metric
+    /// names only a built model knows).
+    pub fn invalid_at(&self, key: &str, message: impl Into<String>) -> ConfigError {
+        self.document.invalid_at(key, message)
+    }
 }
 
 /// Reads the experiment at `path` with its layers and `overrides`, and
@@ -94,7 +105,8 @@ pub fn load<T: DeserializeOwned>(
     Ok(Loaded {
         config: document.deserialize()?,
         resolved_yaml: document.to_yaml()?,
-        files: document.files,
+        files: document.files.clone(),
+        document,
     })
 }
 

@@ -123,6 +123,10 @@ impl ItemSource for SwappableSource {
         None
     }
 
+    fn plugin_build(&self) -> Option<crate::source::PluginBuild> {
+        self.current().plugin_build()
+    }
+
     fn describe(&self) -> String {
         format!(
             "{} (hot-swap generation {})",

@@ -75,6 +75,32 @@ impl GwModule {
         })
     }
 
+    /// Parameters the encoders and decoders of a workspace of these sizes
+    /// hold, computed without building it.
+    pub fn parameter_count(
+        domains: &[(String, usize)],
+        workspace_dim: usize,
+        encoders: &MlpConfig,
+        decoders: &MlpConfig,
+    ) -> u128 {
+        domains
+            .iter()
+            .map(|(_, dim)| {
+                crate::layers::gw_mlp_parameters(
+                    *dim,
+                    encoders.hidden,
+                    workspace_dim,
+                    encoders.n_layers,
+                ) + crate::layers::gw_mlp_parameters(
+                    workspace_dim,
+                    decoders.hidden,
+                    *dim,
+                    decoders.n_layers,
+                )
+            })
+            .sum()
+    }
+
     /// Model domain names, in model order.
     pub fn domains(&self) -> impl Iterator<Item = &str> {
         self.encoders.keys().map(String::as_str)

@@ -138,6 +138,19 @@ pub fn gw_mlp(
     Ok(GwMlp { layers })
 }
 
+/// Parameters of a [`gw_mlp`] of these sizes (weights and biases), in
+/// 128 bits so that no setting overflows it: what memory checks estimate
+/// from before building anything.
+pub fn gw_mlp_parameters(in_dim: usize, hidden: usize, out_dim: usize, n_layers: usize) -> u128 {
+    let (i, h, o, n) = (
+        in_dim as u128,
+        hidden as u128,
+        out_dim as u128,
+        n_layers as u128,
+    );
+    (i + 1) * h + n * (h + 1) * h + (h + 1) * o
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
