@@ -5,6 +5,7 @@
 use crate::common;
 
 use safetensors::SafeTensors;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
@@ -177,14 +178,16 @@ fn weights(path: &Path) -> Vec<(String, Vec<u8>)> {
     let mut out: Vec<(String, Vec<u8>)> = st
         .tensors()
         .into_iter()
-        .filter(|(n, _)| !n.starts_with("trainer.wall_time"))
+        // Wall time and where the logs stood differ between any two runs.
+        .filter(|(n, _)| !n.starts_with("trainer.wall_time") && !n.starts_with("trainer.log."))
         .map(|(n, t)| (n, t.data().to_vec()))
         .collect();
     out.sort();
     out
 }
 
-/// The last checkpoints of two runs hold the same bits (wall time aside).
+/// The last checkpoints of two runs hold the same bits (wall time and log
+/// positions aside).
 fn assert_same_last_weights(a: &Path, b: &Path, after: &str) {
     let a = weights(&a.join("checkpoints/last.safetensors"));
     let b = weights(&b.join("checkpoints/last.safetensors"));
@@ -245,6 +248,107 @@ fn killed_run_resumes_to_the_same_weights() {
     assert_eq!(summary(&killed)["steps"], summary(&straight)["steps"]);
 
     assert_same_last_weights(&straight, &killed, "kill and resume");
+}
+
+/// `(tag, step)` of every scalar TensorBoard's reader finds in `dir`, and
+/// of every line of `scalars.jsonl`, each with how often it appears.
+fn logged_once_each(
+    dir: &Path,
+) -> (
+    BTreeMap<(String, i64), usize>,
+    BTreeMap<(String, i64), usize>,
+) {
+    let mut tb = BTreeMap::new();
+    let read = common::read_tensorboard(dir);
+    for (tag, points) in read["scalars"].as_object().unwrap() {
+        for p in points.as_array().unwrap() {
+            *tb.entry((tag.clone(), p[0].as_i64().unwrap())).or_insert(0) += 1;
+        }
+    }
+    let mut jsonl = BTreeMap::new();
+    for (step, tag, _) in logged_scalars(dir) {
+        *jsonl.entry((tag, step)).or_insert(0) += 1;
+    }
+    (tb, jsonl)
+}
+
+#[test]
+fn every_step_is_logged_once_across_kills_and_resumes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let long = [
+        "training.max_epochs=150",
+        "training.checkpoint_every_n_steps=7",
+        "training.val_every_n_epochs=10",
+        "training.log_every_n_steps=3",
+    ];
+    let straight = tmp.path().join("straight");
+    let out = run_args(&tutorial_args(&straight, &long));
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    let killed = tmp.path().join("killed");
+    let last = killed.join("checkpoints/last.safetensors");
+    let k = killed.to_str().unwrap();
+    let mut seen = None;
+    for attempt in 0..3 {
+        let mut cmd = common::shimmer();
+        cmd.arg("run");
+        if attempt == 0 {
+            cmd.args(tutorial_args(&killed, &long));
+        } else {
+            cmd.args(["--resume", k]);
+        }
+        let mut child = cmd
+            .current_dir(common::workspace_root())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        // Killed once it has written a checkpoint of its own.
+        let started = Instant::now();
+        loop {
+            let now = std::fs::metadata(&last).and_then(|m| m.modified()).ok();
+            if now.is_some() && now != seen {
+                seen = now;
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(120),
+                "no checkpoint appeared"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        std::thread::sleep(Duration::from_millis(30 * attempt));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert_eq!(
+            summary(&killed)["status"],
+            "running",
+            "ended before the kill"
+        );
+    }
+    // A disk that filled mid-line.
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(killed.join("scalars.jsonl"))
+        .unwrap();
+    std::io::Write::write_all(&mut f, b"{\"step\": 12, \"ta").unwrap();
+    let out = run(&["--resume", k]);
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    for line in std::fs::read_to_string(killed.join("scalars.jsonl"))
+        .unwrap()
+        .lines()
+    {
+        assert!(
+            serde_json::from_str::<serde_json::Value>(line).is_ok(),
+            "{line}"
+        );
+    }
+    let (tb_straight, jsonl_straight) = logged_once_each(&straight);
+    let (tb_killed, jsonl_killed) = logged_once_each(&killed);
+    assert!(tb_straight.values().all(|&n| n == 1));
+    assert_eq!(tb_killed, tb_straight, "TensorBoard's reader");
+    assert_eq!(jsonl_killed, jsonl_straight, "scalars.jsonl");
+    assert_same_last_weights(&straight, &killed, "three kills and resumes");
 }
 
 #[test]

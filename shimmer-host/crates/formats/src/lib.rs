@@ -23,6 +23,7 @@
 //! ```
 
 pub mod array;
+pub mod checksum;
 pub mod domain_split;
 pub mod dtype;
 pub mod error;

@@ -73,11 +73,26 @@ pub fn load_training(
         .collect())
 }
 
+/// The `trainer.*` entries of a training checkpoint, on the CPU, without
+/// loading it into a model (what a resume needs before building one).
+pub fn read_trainer_entries(path: &Path) -> Result<HashMap<String, Tensor>> {
+    Ok(read_on(path, &candle_core::Device::Cpu)?
+        .into_iter()
+        .filter(|(k, _)| k.starts_with(TRAINER_PREFIX))
+        .collect())
+}
+
 fn read(path: &Path, params: &ParamStore) -> Result<HashMap<String, Tensor>> {
+    read_on(path, params.device())
+}
+
+fn read_on(path: &Path, device: &candle_core::Device) -> Result<HashMap<String, Tensor>> {
     // A regular file only: a path to a device or FIFO would be read forever.
-    shimmer_formats::file::open_regular(path)
+    let file = shimmer_formats::file::map_regular(path)
         .map_err(|e| anyhow::anyhow!("cannot read checkpoint {e}"))?;
-    candle_core::safetensors::load(path, params.device())
+    shimmer_formats::checksum::verify(path, file.bytes())
+        .map_err(|e| anyhow::anyhow!("checkpoint {e}"))?;
+    candle_core::safetensors::load_buffer(file.bytes(), device)
         .with_context(|| format!("cannot read checkpoint {}", path.display()))
 }
 
@@ -103,12 +118,53 @@ pub fn load_weights(path: &Path, params: &ParamStore) -> Result<()> {
     load(path, params, None)
 }
 
+/// Writes `tensors` with their checksum in the file's metadata (see
+/// [`shimmer_formats::checksum`]), refusing non-finite values: a checkpoint
+/// is only worth keeping if training can go on from it.
 fn write_atomic(path: &Path, tensors: &HashMap<String, Tensor>) -> Result<()> {
-    // candle moves tensors to the host itself while serialising.
+    let mut sorted: Vec<(&String, &Tensor)> = tensors.iter().collect();
+    sorted.sort_by(|a, b| a.0.cmp(b.0));
+    let mut sum = shimmer_formats::checksum::TensorChecksum::default();
+    for (name, t) in &sorted {
+        ensure_finite(name, t).with_context(|| {
+            format!(
+                "not writing checkpoint {}: the last one written is kept",
+                path.display()
+            )
+        })?;
+        // candle moves tensors to the host itself while serialising.
+        let view = safetensors::View::data(t);
+        sum.add(
+            name,
+            &format!("{:?}", safetensors::View::dtype(t)),
+            t.dims(),
+            &view,
+        );
+    }
+    let metadata = HashMap::from([(
+        shimmer_formats::checksum::CHECKSUM_KEY.to_string(),
+        sum.finish(),
+    )]);
     shimmer_sys::fs::write_atomic_with(path, |tmp, _| {
-        Ok(candle_core::safetensors::save(tensors, tmp)?)
+        Ok(safetensors::serialize_to_file(sorted, Some(metadata), tmp)?)
     })
     .with_context(|| format!("cannot write checkpoint {}", path.display()))
+}
+
+/// Refuses a floating-point tensor holding NaN or an infinity.
+fn ensure_finite(name: &str, t: &Tensor) -> Result<()> {
+    use candle_core::DType;
+    if !t.dtype().is_float() {
+        return Ok(());
+    }
+    let values = t.flatten_all()?.to_dtype(DType::F64)?.to_vec1::<f64>()?;
+    if let Some(v) = values.iter().find(|v| !v.is_finite()) {
+        anyhow::bail!(
+            "`{name}` holds a non-finite value ({v}): the weights or optimiser state \
+             diverged"
+        );
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -208,5 +264,48 @@ mod tests {
             err.contains("gw_mod.gw_encoders.a.0.weight") && err.contains("[5, 3]"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_checkpoint_whose_bytes_changed_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ck.safetensors");
+        let gw = model(1);
+        save_weights(&path, gw.params()).unwrap();
+        let mut bytes = std::fs::read(&path).unwrap();
+        // The last byte belongs to a tensor's data, after the header.
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0x01;
+        std::fs::write(&path, &bytes).unwrap();
+        let err = format!("{:#}", load_weights(&path, model(2).params()).unwrap_err());
+        assert!(
+            err.contains("ck.safetensors") && err.contains("is corrupt"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn non_finite_state_is_never_written_over_a_good_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("last.safetensors");
+        let gw = model(1);
+        let mut opt =
+            Optimizer::new(gw.params().params(), &OptimConfig::default(), Some(6)).unwrap();
+        train(&gw, &mut opt, 0..2);
+        save(&path, gw.params(), Some(&opt)).unwrap();
+        let good = std::fs::read(&path).unwrap();
+        // An infinite loss drives the optimiser moments to inf and NaN.
+        let mut inf = batch(2);
+        let key = GroupKey::new(["a"]);
+        let a = Tensor::full(f32::INFINITY, (4, 3), &Device::Cpu).unwrap();
+        inf.insert(key, [("a".to_string(), a)].into());
+        let out = gw.step_loss(&inf).unwrap();
+        opt.step(&out.loss.backward().unwrap()).unwrap();
+        let err = format!("{:#}", save(&path, gw.params(), Some(&opt)).unwrap_err());
+        assert!(
+            err.contains("not writing checkpoint") && err.contains("non-finite"),
+            "{err}"
+        );
+        assert_eq!(std::fs::read(&path).unwrap(), good);
     }
 }

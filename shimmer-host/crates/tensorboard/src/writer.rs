@@ -91,6 +91,49 @@ impl EventWriter {
         Ok(writer)
     }
 
+    /// Reopens the event file at `path` to append to it, first cutting it
+    /// back to its first `len` bytes: a resumed run drops what was logged
+    /// after the checkpoint it resumes from (and logs it again).
+    ///
+    /// # Errors
+    /// When the file cannot be opened, or is shorter than `len` (it is not
+    /// the file the checkpoint saw).
+    pub fn reopen(path: &Path, len: u64) -> Result<Self> {
+        let file = File::options()
+            .append(true)
+            .open(path)
+            .with_context(|| format!("cannot open event file {}", path.display()))?;
+        let found = file
+            .metadata()
+            .with_context(|| format!("cannot read event file {}", path.display()))?
+            .len();
+        anyhow::ensure!(
+            found >= len,
+            "event file {} has {found} bytes, fewer than the {len} its checkpoint saw",
+            path.display()
+        );
+        file.set_len(len)
+            .with_context(|| format!("cannot cut event file {}", path.display()))?;
+        Ok(Self {
+            out: BufWriter::new(file),
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// Bytes written so far, everything flushed first.
+    ///
+    /// # Errors
+    /// When the file cannot be written.
+    pub fn flushed_len(&mut self) -> Result<u64> {
+        self.flush()?;
+        Ok(self
+            .out
+            .get_ref()
+            .metadata()
+            .with_context(|| format!("cannot read event file {}", self.path.display()))?
+            .len())
+    }
+
     /// The event file.
     pub fn path(&self) -> &Path {
         &self.path

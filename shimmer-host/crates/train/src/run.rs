@@ -5,7 +5,7 @@ use crate::build::{base_dir, build_from};
 use crate::callbacks;
 use crate::hparams;
 use crate::images::ImageLogger;
-use crate::logger::RunLogger;
+use crate::logger::{LogPosition, RunLogger};
 use crate::provenance::Provenance;
 use crate::run_dir::{RunDir, RunStatus, RunSummary};
 use crate::stop;
@@ -228,7 +228,20 @@ impl Run<'_> {
             let at = callbacks.len().saturating_sub(1);
             callbacks.insert(at, Box::new(ImageLogger::new(&first, exp.training.images)));
         }
-        let tb = RunLogger::create(self.run_dir.path())?;
+        let tb = if self.resuming {
+            let last = self.run_dir.last_checkpoint();
+            let entries = checkpoint::read_trainer_entries(&last)?;
+            let step =
+                crate::position::Position::from_tensors(&entries, &last.display().to_string())?
+                    .global_step as i64;
+            RunLogger::resume(
+                self.run_dir.path(),
+                LogPosition::from_tensors(&entries).as_ref(),
+                step,
+            )?
+        } else {
+            RunLogger::create(self.run_dir.path())?
+        };
         let mut trainer = Trainer::new(task, optimizer, &exp.training, self.run_dir, tb, callbacks);
         trainer.fast_dev_run = fast_dev_run;
         self.start(&mut trainer)?;
@@ -239,7 +252,10 @@ impl Run<'_> {
         let fitted = trainer.fit(&loaders, total);
         record(summary, &trainer);
         if let Err(e) = fitted {
-            let _ = trainer.tb.session_end(SessionStatus::Failure);
+            // An interrupted run is not over: its resume writes the end.
+            if e.downcast_ref::<stop::Stopped>().is_none() {
+                let _ = trainer.tb.session_end(SessionStatus::Failure);
+            }
             let _ = trainer.tb.flush();
             return Err(e);
         }
@@ -267,7 +283,6 @@ impl Run<'_> {
     fn start<T: Task>(&self, trainer: &mut Trainer<'_, T>) -> Result<()> {
         if self.resuming {
             trainer.resume()?;
-            trainer.tb.restart_at(trainer.position.global_step as i64)?;
             eprintln!(
                 "resuming at step {} (epoch {}, batch {})",
                 trainer.position.global_step,

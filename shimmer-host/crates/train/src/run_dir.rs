@@ -40,7 +40,7 @@ impl RunDir {
             None => {
                 let parent = runs_dir.join(experiment);
                 std::fs::create_dir_all(&parent)
-                    .with_context(|| format!("cannot create folder {}", parent.display()))?;
+                    .with_context(|| format!("cannot create run folder {}", parent.display()))?;
                 let stamp = timestamp();
                 let mut n = 0;
                 let candidate = loop {

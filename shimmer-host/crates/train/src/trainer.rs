@@ -132,8 +132,10 @@ impl<'a, T: Task> Trainer<'a, T> {
         Ok(())
     }
 
-    fn save(&self, path: &std::path::Path) -> Result<()> {
+    fn save(&mut self, path: &std::path::Path) -> Result<()> {
         let mut extra = self.position.to_tensors()?;
+        // Everything logged so far is on disk before the checkpoint is.
+        extra.extend(self.tb.position()?.to_tensors()?);
         extra.extend(self.task.state()?);
         for cb in &self.callbacks {
             extra.extend(cb.state()?);
