@@ -14,7 +14,7 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {}", cli::one_paragraph(&e));
-            ExitCode::from(2)
+            ExitCode::from(shimmer_train::failure::exit_code(&e))
         }
     }
 }

@@ -400,7 +400,7 @@ fn sigterm_saves_a_checkpoint_at_the_step_and_resume_matches_a_straight_run() {
         stop_asked.elapsed() < Duration::from_secs(10),
         "stops promptly"
     );
-    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert_eq!(out.status.code(), Some(143), "{}", stderr(&out));
     let err = stderr(&out);
     assert!(
         err.contains("stopped by SIGTERM after step") && err.contains("shimmer run --resume"),
@@ -583,6 +583,7 @@ fn nan_loss_stops_and_keeps_the_last_good_checkpoint() {
         &out,
         &["loss became NaN at step 5", "last good checkpoint is kept"],
     );
+    assert_eq!(out.status.code(), Some(3), "a NaN stop has its own status");
     let s = summary(&dir);
     assert_eq!(s["status"], "failed");
     assert!(s["error"].as_str().unwrap().contains("NaN"));

@@ -29,6 +29,7 @@ pub use shimmer_config::sweep::{LauncherKind, SlurmConfig, SweepConfig};
 
 use anyhow::{Context, Result, anyhow, bail};
 use shimmer_sys::lock::{FolderLock, LOCK_FILE};
+use shimmer_train::failure::{Failed, Interrupted};
 use std::path::{Path, PathBuf};
 
 /// What `shimmer sweep <experiment>` was asked to do.
@@ -212,20 +213,24 @@ fn launch(manifest: &mut Manifest, dir: &SweepDir, indices: &[usize]) -> Result<
             println!();
             print_summary(manifest, dir)?;
             if outcome.interrupted > 0 {
-                bail!(
-                    "sweep interrupted: {} trial(s) did not finish; run \
-                     `shimmer sweep --resume {}` to finish them",
-                    outcome.interrupted,
-                    dir.root().display()
-                );
+                return Err(Interrupted {
+                    message: format!(
+                        "sweep interrupted: {} trial(s) did not finish; run \
+                         `shimmer sweep --resume {}` to finish them",
+                        outcome.interrupted,
+                        dir.root().display()
+                    ),
+                }
+                .into());
             }
             if outcome.failed > 0 {
-                bail!(
+                return Err(Failed(format!(
                     "{} of {} trial(s) failed (errors in the table above and in {}/logs/)",
                     outcome.failed,
                     indices.len(),
                     dir.root().display()
-                );
+                ))
+                .into());
             }
             Ok(())
         }

@@ -13,6 +13,7 @@ mod build;
 pub mod callback;
 pub mod callbacks;
 mod eval;
+pub mod failure;
 pub mod grid;
 mod gw_task;
 mod hparams;

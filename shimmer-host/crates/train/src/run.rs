@@ -3,6 +3,7 @@
 
 use crate::build::{base_dir, build_from};
 use crate::callbacks;
+use crate::failure::TrainingFailed;
 use crate::hparams;
 use crate::images::ImageLogger;
 use crate::logger::{LogPosition, RunLogger};
@@ -253,11 +254,15 @@ impl Run<'_> {
         record(summary, &trainer);
         if let Err(e) = fitted {
             // An interrupted run is not over: its resume writes the end.
-            if e.downcast_ref::<stop::Stopped>().is_none() {
-                let _ = trainer.tb.session_end(SessionStatus::Failure);
+            if e.downcast_ref::<stop::Stopped>().is_some() {
+                let _ = trainer.tb.flush();
+                return Err(e);
             }
+            let _ = trainer.tb.session_end(SessionStatus::Failure);
             let _ = trainer.tb.flush();
-            return Err(e);
+            return Err(e.context(TrainingFailed {
+                step: trainer.position.global_step,
+            }));
         }
         if !fast_dev_run {
             self.evaluate_best(&mut trainer, pipeline, summary)?;

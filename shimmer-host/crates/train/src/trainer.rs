@@ -336,7 +336,7 @@ impl<'a, T: Task> Trainer<'a, T> {
         let loss = out.loss_value;
         if !loss.is_finite() {
             let last = self.run_dir.last_checkpoint();
-            bail!(
+            return Err(anyhow::Error::new(crate::failure::NonFiniteLoss(format!(
                 "the training loss became {loss} at step {step} (epoch {}, batch {k}); \
                  training stopped. {} Metrics of that step: {}",
                 self.position.epoch,
@@ -350,7 +350,7 @@ impl<'a, T: Task> Trainer<'a, T> {
                     .map(|(n, v)| format!("{n}={v}"))
                     .collect::<Vec<_>>()
                     .join(", ")
-            );
+            ))));
         }
         let (lr, _beta1) = self.optimizer.current()?;
         let mut grads = out.loss.backward()?;
