@@ -250,14 +250,12 @@ fn killed_run_resumes_to_the_same_weights() {
     assert_same_last_weights(&straight, &killed, "kill and resume");
 }
 
+/// How often each `(tag, step)` was logged.
+type LogCounts = BTreeMap<(String, i64), usize>;
+
 /// `(tag, step)` of every scalar TensorBoard's reader finds in `dir`, and
 /// of every line of `scalars.jsonl`, each with how often it appears.
-fn logged_once_each(
-    dir: &Path,
-) -> (
-    BTreeMap<(String, i64), usize>,
-    BTreeMap<(String, i64), usize>,
-) {
+fn logged_once_each(dir: &Path) -> (LogCounts, LogCounts) {
     let mut tb = BTreeMap::new();
     let read = common::read_tensorboard(dir);
     for (tag, points) in read["scalars"].as_object().unwrap() {
