@@ -304,6 +304,73 @@ fn a_killed_sweep_takes_its_running_trials_with_it() {
 }
 
 #[test]
+fn a_sweep_resumes_only_on_the_config_it_started_with() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("sw");
+    let log = tmp.path().join("calls.log");
+    let runner = fake_runner(tmp.path());
+    let exp = tmp.path().join("exp.yaml");
+    let yaml = format!(
+        "extends: {}\nsweep: {{grid: {{seed: [1, 2]}}}}\ntraining: {{max_epochs: 40}}\n",
+        tutorial().display()
+    );
+    std::fs::write(&exp, &yaml).unwrap();
+    let mut child = sweep(tmp.path())
+        .arg(&exp)
+        .args(["--jobs=1", "--sweep-dir"])
+        .arg(&dir)
+        .env("SHIMMER_SWEEP_RUNNER", &runner)
+        .env("FAKE_LOG", &log)
+        .env("FAKE_SLOW_SEED", "1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid_file = dir.join("trials/000/sleep.pid");
+    wait_for("trial 0 to hang", Duration::from_secs(60), || {
+        pid_file.is_file()
+    });
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let runner_pid = std::fs::read_to_string(dir.join("trials/000/runner.pid")).unwrap();
+    wait_for("the orphaned trial to end", Duration::from_secs(5), || {
+        !alive(&runner_pid)
+    });
+    let _ = Command::new("kill")
+        .arg(std::fs::read_to_string(&pid_file).unwrap().trim())
+        .status();
+    // The experiment is edited before the resume: refused, naming the file.
+    std::fs::write(&exp, yaml.replace("max_epochs: 40", "max_epochs: 300")).unwrap();
+    let resume = |allow: bool| {
+        let mut cmd = sweep(tmp.path());
+        cmd.arg("--resume").arg(&dir);
+        if allow {
+            cmd.arg("--allow-changed-config");
+        }
+        cmd.env("SHIMMER_SWEEP_RUNNER", &runner)
+            .env("FAKE_LOG", &log)
+            .output()
+            .unwrap()
+    };
+    let out = resume(false);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let said = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        said.contains("changed since the sweep started") && said.contains(exp.to_str().unwrap()),
+        "{said}"
+    );
+    assert_eq!(state(&dir, "001"), "pending", "nothing ran");
+    let out = resume(true);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("note: the experiment's config changed"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(state(&dir, "001"), "finished");
+}
+
+#[test]
 fn interrupted_sweep_resumes_only_unfinished_trials() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("sw");

@@ -57,7 +57,13 @@ pub struct SweepOptions {
 /// that every trial's configuration is valid, before anything runs.
 /// Returns the sweep and the experiment's runs folder (`training.runs_dir`).
 pub fn plan(experiment: &Path, overrides: &[String]) -> Result<(Manifest, PathBuf)> {
-    let exp = shimmer_config::load(experiment, overrides)?.config;
+    let loaded = shimmer_config::load(experiment, overrides)?;
+    let config_files = loaded
+        .files
+        .iter()
+        .map(|f| manifest::ConfigFile::record(f))
+        .collect::<Result<Vec<_>>>()?;
+    let exp = loaded.config;
     let Some(section) = exp.sweep else {
         bail!(
             "{} has no `sweep:` section: add one, e.g. \
@@ -97,6 +103,7 @@ pub fn plan(experiment: &Path, overrides: &[String]) -> Result<(Manifest, PathBu
         trials,
         launcher: section.launcher,
         slurm_jobs: Vec::new(),
+        config_files,
     };
     Ok((manifest, runs_dir))
 }
@@ -160,9 +167,30 @@ pub fn resume(
     launcher: Option<LauncherKind>,
     jobs: Option<usize>,
     slurm: &SlurmConfig,
+    allow_changed_config: bool,
 ) -> Result<()> {
     let (mut manifest, dir) = Manifest::load(root)?;
     let _lock = FolderLock::acquire(root, "sweep folder")?;
+    let changed: Vec<String> = manifest
+        .config_files
+        .iter()
+        .filter(|f| !f.unchanged())
+        .map(|f| f.path.display().to_string())
+        .collect();
+    if !changed.is_empty() {
+        let files = changed.join(", ");
+        if !allow_changed_config {
+            bail!(
+                "the experiment's config changed since the sweep started ({files}): trials not \
+                 yet run would use the new one, and the sweep's table would mix two configs. \
+                 Restore it, or pass --allow-changed-config to run them on the new config"
+            );
+        }
+        eprintln!(
+            "note: the experiment's config changed since the sweep started ({files}); \
+             trials not yet run use the new one (--allow-changed-config)"
+        );
+    }
     apply_flags(&mut manifest, launcher, jobs, slurm);
     let active = match manifest.launcher.kind {
         LauncherKind::Slurm => slurm::squeue(&slurm::job_ids(&manifest)).unwrap_or_default(),

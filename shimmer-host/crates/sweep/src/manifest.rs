@@ -45,6 +45,36 @@ pub struct Manifest {
     /// Slurm job arrays submitted for this sweep, oldest first.
     #[serde(default)]
     pub slurm_jobs: Vec<SlurmJob>,
+    /// Every config file the experiment was read from when the sweep
+    /// started, with its SHA-256: a resume checks they are unchanged, so
+    /// one sweep never mixes trials of two configs.
+    #[serde(default)]
+    pub config_files: Vec<ConfigFile>,
+}
+
+/// A config file of the sweep's experiment, by content.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfigFile {
+    /// Its path, absolute.
+    pub path: PathBuf,
+    /// SHA-256 of its bytes when the sweep started.
+    pub sha256: String,
+}
+
+impl ConfigFile {
+    /// Records `path` as it is now.
+    pub fn record(path: &Path) -> Result<Self> {
+        let path = std::path::absolute(path)
+            .with_context(|| format!("cannot resolve {}", path.display()))?;
+        let sha256 = shimmer_sys::fs::sha256_file(&path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        Ok(Self { path, sha256 })
+    }
+
+    /// Whether the file still holds what was recorded.
+    pub fn unchanged(&self) -> bool {
+        shimmer_sys::fs::sha256_file(&self.path).is_ok_and(|s| s == self.sha256)
+    }
 }
 
 /// One `sbatch` submission.

@@ -255,6 +255,7 @@ mod tests {
                 ..Default::default()
             },
             slurm_jobs: vec![],
+            config_files: vec![],
         }
     }
 
