@@ -103,6 +103,17 @@ fn tutorial_sweep_runs_every_trial_and_ranks_them() {
         let h: u32 = hidden.parse().unwrap();
         assert!((16..=64).contains(&h));
         assert_eq!(state(&dir, &format!("{i:03}")), "finished");
+        // Two trials at a time share the cores.
+        let log = std::fs::read_to_string(dir.join(format!("logs/{i:03}.log"))).unwrap();
+        let cores = std::thread::available_parallelism().unwrap().get();
+        let threads = format!("RAYON_NUM_THREADS={} ", (cores / 2).max(1));
+        let user_set = std::env::var_os("RAYON_NUM_THREADS").is_some()
+            || std::env::var_os("CANDLE_NUM_THREADS").is_some();
+        assert_eq!(log.contains(&threads), !user_set, "{log}");
+        if !user_set {
+            let described = format!("{} thread(s)", (cores / 2).max(1));
+            assert!(log.contains(&described), "{log}");
+        }
     }
 
     // The table (printed at the end, and by --summary) and its CSV rank

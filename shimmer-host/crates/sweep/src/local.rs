@@ -84,7 +84,13 @@ pub fn run(
     stop: &AtomicBool,
 ) -> Result<Outcome> {
     let jobs = jobs.max(1);
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let user_set = ["RAYON_NUM_THREADS", "CANDLE_NUM_THREADS"]
+        .iter()
+        .any(|v| std::env::var_os(v).is_some_and(|x| !x.is_empty()));
+    let threads = (!user_set).then(|| threads_per_trial(cores, jobs, indices.len()));
     let mut pool = Pool {
+        threads,
         dir,
         total: indices.len(),
         ended: 0,
@@ -112,8 +118,18 @@ pub fn run(
     Ok(pool.outcome)
 }
 
+/// CPU threads each trial gets when `jobs` of `trials` run at once on
+/// `cores` cores: the cores shared out, at least one. Without this every
+/// trial would start one thread per core and they would fight for them.
+pub fn threads_per_trial(cores: usize, jobs: usize, trials: usize) -> usize {
+    let at_once = jobs.min(trials).max(1);
+    (cores / at_once).max(1)
+}
+
 /// The trials running now, and what became of the others.
 struct Pool<'a> {
+    /// Threads per trial (`RAYON_NUM_THREADS` of each), unless the user set them.
+    threads: Option<usize>,
     dir: &'a SweepDir,
     total: usize,
     ended: usize,
@@ -133,7 +149,7 @@ impl Pool<'_> {
 
     /// Starts trial `index`; a trial that cannot start is recorded failed.
     fn start(&mut self, manifest: &Manifest, index: usize) -> Result<()> {
-        match trial::spawn(manifest, self.dir, index) {
+        match trial::spawn(manifest, self.dir, index, self.threads) {
             Ok((child, record)) => self.running.push(Running {
                 index,
                 child,
@@ -204,5 +220,18 @@ impl Pool<'_> {
             self.outcome.interrupted += 1;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cores_are_shared_among_the_trials_running_at_once() {
+        assert_eq!(threads_per_trial(16, 4, 10), 4);
+        assert_eq!(threads_per_trial(16, 4, 2), 8);
+        assert_eq!(threads_per_trial(2, 4, 4), 1);
+        assert_eq!(threads_per_trial(8, 1, 3), 8);
     }
 }

@@ -91,7 +91,13 @@ fn prepare(dir: &SweepDir, index: usize, record: &TrialRecord) -> Result<bool> {
 /// output appended to `logs/<NNN>.log`; marks it running. On Linux the
 /// trial also gets SIGTERM when the launcher dies, even from SIGKILL (it
 /// then stops at a step boundary, and `--resume` continues it).
-pub fn spawn(manifest: &Manifest, dir: &SweepDir, index: usize) -> Result<(Child, TrialRecord)> {
+/// `threads` sets the trial's CPU threads (`RAYON_NUM_THREADS`).
+pub fn spawn(
+    manifest: &Manifest,
+    dir: &SweepDir,
+    index: usize,
+    threads: Option<usize>,
+) -> Result<(Child, TrialRecord)> {
     let mut record = dir.record(index)?;
     let resume = prepare(dir, index, &record)?;
     let args = run_args(manifest, dir, index, resume);
@@ -106,9 +112,10 @@ pub fn spawn(manifest: &Manifest, dir: &SweepDir, index: usize) -> Result<(Child
         .append(true)
         .open(&log_path)
         .with_context(|| format!("cannot open trial log {}", log_path.display()))?;
+    let with_threads = threads.map_or(String::new(), |n| format!("RAYON_NUM_THREADS={n} "));
     writeln!(
         log,
-        "== attempt {}: {} {}",
+        "== attempt {}: {with_threads}{} {}",
         record.attempts + 1,
         program.display(),
         args.join(" ")
@@ -125,6 +132,9 @@ pub fn spawn(manifest: &Manifest, dir: &SweepDir, index: usize) -> Result<(Child
         .stdout(log)
         .stderr(err_log)
         .process_group(0);
+    if let Some(n) = threads {
+        command.env("RAYON_NUM_THREADS", n.to_string());
+    }
     shimmer_sys::process::end_with_parent(&mut command);
     let child = command
         .spawn()
