@@ -603,8 +603,29 @@ fn nan_loss_stops_and_keeps_the_last_good_checkpoint() {
 
 #[test]
 fn fast_dev_run_and_validate_work_on_the_tutorial() {
-    let (_t, out) = bad_run(&["--fast-dev-run"]);
+    let (t, out) = bad_run(&["--fast-dev-run"]);
     assert!(out.status.success(), "{}", stderr(&out));
+    // Marked, and out of TensorBoard's sight (no event file, no HParams).
+    let run = t.path().join("run");
+    assert_eq!(summary(&run)["fast_dev_run"], true);
+    let names: Vec<String> = std::fs::read_dir(&run)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        !names.iter().any(|n| n.starts_with("events.out.tfevents")),
+        "{names:?}"
+    );
+    assert!(!logged_scalars(&run).is_empty());
+    // Without --run-dir it lands apart from the runs it checks.
+    let runs = tempfile::tempdir().unwrap();
+    let mut args = vec![tutorial().display().to_string(), "--fast-dev-run".to_string()];
+    args.extend(pretrained().iter().cloned());
+    args.push(format!("training.runs_dir={}", runs.path().display()));
+    let out = run_args(&args);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let apart = runs.path().join("tutorial/fast-dev-run");
+    assert_eq!(std::fs::read_dir(&apart).unwrap().count(), 1, "{}", apart.display());
     let out = Command::new(common::build_all().join("shimmer"))
         .args(["validate", tutorial().to_str().unwrap()])
         .args(pretrained())

@@ -67,7 +67,9 @@ impl LogPosition {
 
 /// Writes scalars to the event file and to `scalars.jsonl`.
 pub struct RunLogger {
-    tb: EventWriter,
+    /// `None` for a fast dev run, which TensorBoard never sees (as
+    /// Lightning's `fast_dev_run` disables its loggers).
+    tb: Option<EventWriter>,
     jsonl: BufWriter<File>,
     jsonl_path: PathBuf,
 }
@@ -75,7 +77,16 @@ pub struct RunLogger {
 impl RunLogger {
     /// Opens a new event file and appends to `scalars.jsonl` in `dir`.
     pub fn create(dir: &Path) -> Result<Self> {
-        let tb = EventWriter::create(dir)?;
+        Self::open(dir, Some(EventWriter::create(dir)?))
+    }
+
+    /// Logs of a fast dev run: `scalars.jsonl` only, so that the check
+    /// shows up in no TensorBoard comparison.
+    pub fn without_tensorboard(dir: &Path) -> Result<Self> {
+        Self::open(dir, None)
+    }
+
+    fn open(dir: &Path, tb: Option<EventWriter>) -> Result<Self> {
         let jsonl_path = dir.join(SCALARS_FILE);
         let file = File::options()
             .create(true)
@@ -120,7 +131,7 @@ impl RunLogger {
             .open(&jsonl_path)
             .with_context(|| format!("cannot open {}", jsonl_path.display()))?;
         let mut logger = Self {
-            tb,
+            tb: Some(tb),
             jsonl: BufWriter::new(file),
             jsonl_path,
         };
@@ -142,13 +153,16 @@ impl RunLogger {
             .metadata()
             .with_context(|| format!("cannot read {}", self.jsonl_path.display()))?
             .len();
-        let events_len = self.tb.flushed_len()?;
-        let events_file = self
-            .tb
-            .path()
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
+        let (events_file, events_len) = match &mut self.tb {
+            Some(tb) => (
+                tb.path()
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
+                tb.flushed_len()?,
+            ),
+            None => (String::new(), 0),
+        };
         Ok(LogPosition {
             events_file,
             events_len,
@@ -158,7 +172,9 @@ impl RunLogger {
 
     /// Logs a scalar.
     pub fn scalar(&mut self, tag: &str, step: i64, value: f32) -> Result<()> {
-        self.tb.scalar(tag, step, value)?;
+        if let Some(tb) = &mut self.tb {
+            tb.scalar(tag, step, value)?;
+        }
         let line = serde_json::json!({ "step": step, "tag": tag, "value": value });
         writeln!(self.jsonl, "{line}")
             .with_context(|| format!("cannot write {}", self.jsonl_path.display()))
@@ -173,22 +189,26 @@ impl RunLogger {
         width: u32,
         height: u32,
     ) -> Result<()> {
-        self.tb.image(tag, step, png, width, height)
+        self.tb
+            .as_mut()
+            .map_or(Ok(()), |tb| tb.image(tag, step, png, width, height))
     }
 
     /// Logs text (TensorBoard only).
     pub fn text(&mut self, tag: &str, step: i64, text: &str) -> Result<()> {
-        self.tb.text(tag, step, text)
+        self.tb.as_mut().map_or(Ok(()), |tb| tb.text(tag, step, text))
     }
 
     /// Records hyperparameters (TensorBoard only).
     pub fn hparams(&mut self, hparams: &[(String, HParam)], metrics: &[String]) -> Result<()> {
-        self.tb.hparams(hparams, metrics)
+        self.tb
+            .as_mut()
+            .map_or(Ok(()), |tb| tb.hparams(hparams, metrics))
     }
 
     /// Marks the end of the run.
     pub fn session_end(&mut self, status: SessionStatus) -> Result<()> {
-        self.tb.session_end(status)
+        self.tb.as_mut().map_or(Ok(()), |tb| tb.session_end(status))
     }
 
     /// Pushes everything to disk.
@@ -196,7 +216,7 @@ impl RunLogger {
         self.jsonl
             .flush()
             .with_context(|| format!("cannot write {}", self.jsonl_path.display()))?;
-        self.tb.flush()
+        self.tb.as_mut().map_or(Ok(()), EventWriter::flush)
     }
 }
 

@@ -117,13 +117,20 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary> {
         }
         None => {
             let training = &p.exp.training;
-            let dir = RunDir::create(opts.run_dir.as_deref(), &training.runs_dir, &p.exp.name)?;
+            // Fast dev runs are kept apart from the runs they check.
+            let name = if opts.fast_dev_run {
+                format!("{}/fast-dev-run", p.exp.name)
+            } else {
+                p.exp.name.clone()
+            };
+            let dir = RunDir::create(opts.run_dir.as_deref(), &training.runs_dir, &name)?;
             dir.write_config(&p.resolved_yaml)?;
             provenance.write(&dir)?;
             (dir, false)
         }
     };
     let mut summary = RunSummary::start(&p.exp, p.experiment_file.as_deref(), &run_dir);
+    summary.fast_dev_run = opts.fast_dev_run;
     run_dir.write_summary(&summary)?;
     eprintln!("run folder {}", run_dir.path().display());
     eprintln!(
@@ -240,6 +247,8 @@ impl Run<'_> {
                 LogPosition::from_tensors(&entries).as_ref(),
                 step,
             )?
+        } else if fast_dev_run {
+            RunLogger::without_tensorboard(self.run_dir.path())?
         } else {
             RunLogger::create(self.run_dir.path())?
         };

@@ -236,6 +236,10 @@ pub struct RunSummary {
     /// Why training stopped before its last step (early stopping), if it did.
     #[serde(default)]
     pub stop_reason: Option<String>,
+    /// A `--fast-dev-run` check (one batch), not a training: kept out of
+    /// comparisons.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub fast_dev_run: bool,
     /// The step it stopped at.
     #[serde(default)]
     pub stopped_at_step: Option<u64>,
@@ -280,6 +284,7 @@ impl RunSummary {
             metrics: Default::default(),
             top_k: Vec::new(),
             stop_reason: None,
+            fast_dev_run: false,
             stopped_at_step: None,
         }
     }
