@@ -419,6 +419,10 @@ fn sigterm_saves_a_checkpoint_at_the_step_and_resume_matches_a_straight_run() {
     );
     assert_eq!(summary(&stopped)["status"], "finished");
     assert_same_last_weights(&straight, &stopped, "stop and resume");
+    // TensorBoard's HParams tab sees it finished, not failed.
+    let read = common::read_tensorboard(&stopped);
+    let end = &read["hparams"]["_hparams_/session_end_info"]["session_end_info"];
+    assert_eq!(end["status"], "STATUS_SUCCESS", "{read}");
 }
 
 pub(crate) fn assert_clear_failure(out: &Output, needles: &[&str]) {
@@ -619,13 +623,21 @@ fn fast_dev_run_and_validate_work_on_the_tutorial() {
     assert!(!logged_scalars(&run).is_empty());
     // Without --run-dir it lands apart from the runs it checks.
     let runs = tempfile::tempdir().unwrap();
-    let mut args = vec![tutorial().display().to_string(), "--fast-dev-run".to_string()];
+    let mut args = vec![
+        tutorial().display().to_string(),
+        "--fast-dev-run".to_string(),
+    ];
     args.extend(pretrained().iter().cloned());
     args.push(format!("training.runs_dir={}", runs.path().display()));
     let out = run_args(&args);
     assert!(out.status.success(), "{}", stderr(&out));
     let apart = runs.path().join("tutorial/fast-dev-run");
-    assert_eq!(std::fs::read_dir(&apart).unwrap().count(), 1, "{}", apart.display());
+    assert_eq!(
+        std::fs::read_dir(&apart).unwrap().count(),
+        1,
+        "{}",
+        apart.display()
+    );
     let out = Command::new(common::build_all().join("shimmer"))
         .args(["validate", tutorial().to_str().unwrap()])
         .args(pretrained())

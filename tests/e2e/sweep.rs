@@ -116,6 +116,8 @@ fn tutorial_sweep_runs_every_trial_and_ranks_them() {
         }
     }
 
+    assert_hparams_tab_shows_the_sweep(&dir, trials);
+
     // The table (printed at the end, and by --summary) and its CSV rank
     // the trials by val/loss, lowest first.
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -574,4 +576,73 @@ fn dry_runs_print_trials_or_the_slurm_script_and_create_nothing() {
     assert!(script.contains("sweep --run-trial '"), "{script}");
     assert!(script.contains("\"$SLURM_ARRAY_TASK_ID\""), "{script}");
     assert!(!tmp.path().join("runs").exists(), "nothing created");
+}
+
+/// What TensorBoard's HParams tab shows of the sweep in `dir`, asked
+/// through its HTTP API: the swept keys as differing columns, and per
+/// trial its values, its best monitored value and test loss as in its
+/// `summary.json`.
+fn assert_hparams_tab_shows_the_sweep(dir: &Path, trials: &[Value]) {
+    let out = Command::new(common::test_python())
+        .arg(common::workspace_root().join("tests/tb_hparams_http.py"))
+        .arg(dir)
+        .arg(trials.len().to_string())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let tab: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let infos = tab["experiment"]["hparamInfos"].as_array().unwrap();
+    let mut names: Vec<&str> = infos.iter().map(|i| i["name"].as_str().unwrap()).collect();
+    names.sort();
+    let manifest = json(&dir.join("sweep.json"));
+    let mut swept: Vec<&str> = manifest["params"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap())
+        .collect();
+    swept.sort();
+    assert_eq!(names, swept, "the columns are the swept keys");
+    assert!(infos.iter().all(|i| i["differs"] == true), "{infos:?}");
+    let metrics: Vec<&str> = tab["experiment"]["metricInfos"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["name"]["tag"].as_str().unwrap())
+        .collect();
+    assert_eq!(metrics[0], "best/val/loss", "{metrics:?}");
+    assert!(metrics.contains(&"test/loss"), "{metrics:?}");
+    let groups = tab["session_groups"]["sessionGroups"].as_array().unwrap();
+    assert_eq!(groups.len(), trials.len());
+    for group in groups {
+        let name = group["name"].as_str().unwrap();
+        let index: usize = name.trim_start_matches("trials/").parse().unwrap();
+        let summary = json(&dir.join(name).join("summary.json"));
+        let metric = |tag: &str| {
+            group["metricValues"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|m| m["name"]["tag"] == tag)
+                .and_then(|m| m["value"].as_f64())
+                .unwrap_or_else(|| panic!("{name}: no {tag} in {group}"))
+        };
+        let close = |a: f64, b: f64| (a - b).abs() <= 1e-6 * b.abs().max(1.0);
+        let best = summary["best_value"].as_f64().unwrap();
+        assert!(
+            close(metric("best/val/loss"), best),
+            "{name}: {group} vs {best}"
+        );
+        let test = summary["metrics"]["test/loss"].as_f64().unwrap();
+        assert!(
+            close(metric("test/loss"), test),
+            "{name}: {group} vs {test}"
+        );
+        for (key, value) in trials[index]["values"].as_object().unwrap() {
+            let yaml: f64 = value.as_str().unwrap().parse().unwrap();
+            let shown = group["hparams"][key].as_f64().unwrap();
+            assert!(close(shown, yaml), "{name}: {key} {shown} vs {yaml}");
+        }
+        assert_eq!(group["sessions"][0]["status"], "STATUS_SUCCESS");
+    }
 }

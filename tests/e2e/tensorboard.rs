@@ -2,7 +2,7 @@
 
 use crate::common;
 
-use shimmer_tensorboard::{EventWriter, HParam, SessionStatus};
+use shimmer_tensorboard::{EventWriter, HParam, HParamColumn, SessionStatus};
 
 #[test]
 fn tensorboard_reads_back_every_scalar_text_and_hparam() {
@@ -20,21 +20,28 @@ fn tensorboard_reads_back_every_scalar_text_and_hparam() {
     }
     tb.text("config", 0, "```yaml\nname: tutorial\nseed: 0\n```")
         .unwrap();
-    tb.hparams(
-        &[
-            ("optim.lr".to_string(), HParam::Number(3e-4)),
-            (
-                "workspace.flavour".to_string(),
-                HParam::Text("fusion".into()),
-            ),
-            (
-                "workspace.contrastive.learn".to_string(),
-                HParam::Bool(true),
-            ),
-        ],
-        &["val/loss".to_string()],
-    )
-    .unwrap();
+    let values = [
+        ("optim.lr".to_string(), HParam::Number(3e-4)),
+        (
+            "workspace.flavour".to_string(),
+            HParam::Text("fusion".into()),
+        ),
+        (
+            "workspace.contrastive.learn".to_string(),
+            HParam::Bool(true),
+        ),
+    ];
+    let columns: Vec<HParamColumn> = values
+        .iter()
+        .map(|(name, sample)| HParamColumn {
+            name: name.clone(),
+            sample: sample.clone(),
+            differs: name == "optim.lr",
+        })
+        .collect();
+    tb.hparams_experiment(&columns, &["val/loss".to_string()])
+        .unwrap();
+    tb.session_start(&values).unwrap();
     tb.session_end(SessionStatus::Success).unwrap();
     tb.flush().unwrap();
     drop(tb);
@@ -67,6 +74,11 @@ fn tensorboard_reads_back_every_scalar_text_and_hparam() {
         Some("val/loss")
     );
     assert_eq!(exp["hparam_infos"].as_array().map(Vec::len), Some(3));
+    assert_eq!(exp["hparam_infos"][0]["differs"].as_bool(), Some(true));
+    assert_eq!(
+        exp["hparam_infos"][1]["type"].as_str(),
+        Some("DATA_TYPE_STRING")
+    );
     let end = &read["hparams"]["_hparams_/session_end_info"]["session_end_info"];
     assert_eq!(end["status"].as_str(), Some("STATUS_SUCCESS"));
 }

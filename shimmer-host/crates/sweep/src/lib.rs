@@ -18,6 +18,7 @@
 //! ```
 
 pub mod expand;
+mod hparams;
 mod local;
 mod manifest;
 mod slurm;
@@ -333,6 +334,7 @@ fn print_summary(manifest: &Manifest, dir: &SweepDir) -> Result<()> {
         if table.maximize { "max" } else { "min" }
     );
     print!("{}", table.to_text());
+    hparams::write_experiment(manifest, dir, &table.monitor)?;
     let csv = dir.summary_csv();
     std::fs::write(&csv, table.to_csv())
         .with_context(|| format!("cannot write {}", csv.display()))?;

@@ -8,7 +8,7 @@
 //! let mut tb = EventWriter::create(std::path::Path::new("runs/demo/0"))?;
 //! tb.scalar("train/loss", 0, 0.8)?;
 //! tb.text("config", 0, "```yaml\nseed: 0\n```")?;
-//! tb.hparams(&[("optim.lr".into(), HParam::Number(1e-3))], &["val/loss".into()])?;
+//! tb.session_start(&[("optim.lr".into(), HParam::Number(1e-3))])?;
 //! tb.flush()?;
 //! # Ok::<(), anyhow::Error>(())
 //! ```
@@ -17,4 +17,4 @@ pub mod proto;
 mod record;
 mod writer;
 
-pub use writer::{EventWriter, HParam, SessionStatus};
+pub use writer::{EventWriter, HParam, HParamColumn, SessionStatus};

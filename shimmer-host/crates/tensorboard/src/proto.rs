@@ -230,6 +230,10 @@ pub struct HParamInfo {
     /// `DataType`: 1 string, 2 bool, 3 float64.
     #[prost(int32, tag = "4")]
     pub r#type: i32,
+    /// Whether the value differs between the sessions (TensorBoard shows
+    /// the columns that differ).
+    #[prost(bool, tag = "7")]
+    pub differs: bool,
 }
 
 /// `tensorboard.hparams.MetricInfo`.

@@ -20,6 +20,17 @@ pub enum HParam {
     Bool(bool),
 }
 
+/// A hyperparameter column of an HParams experiment.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HParamColumn {
+    /// Its key (`optim.lr`), as the sessions record it.
+    pub name: String,
+    /// One of its values, which gives the column's type.
+    pub sample: HParam,
+    /// Whether its value differs between the runs.
+    pub differs: bool,
+}
+
 /// How a run ended, for the HParams tab.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SessionStatus {
@@ -245,21 +256,27 @@ impl EventWriter {
         )
     }
 
-    /// Records the run's hyperparameters for TensorBoard's HParams tab, with
-    /// the scalar tags (`val/loss`, ...) to show beside them, so the trials
-    /// of a sweep compare side by side.
-    pub fn hparams(&mut self, hparams: &[(String, HParam)], metrics: &[String]) -> Result<()> {
+    /// Declares an HParams experiment: the hyperparameters to show as
+    /// columns and the scalar tags to
+    /// show as metrics. Written once, at the top of a folder that holds
+    /// several runs (a sweep), so TensorBoard shows what the sweep varied
+    /// rather than every setting of every run.
+    pub fn hparams_experiment(
+        &mut self,
+        hparams: &[HParamColumn],
+        metrics: &[String],
+    ) -> Result<()> {
         use proto::hparams_plugin_data::Data;
-        use proto::proto_value::Kind;
         let infos = hparams
             .iter()
-            .map(|(name, v)| proto::HParamInfo {
-                name: name.clone(),
-                r#type: match v {
+            .map(|c| proto::HParamInfo {
+                name: c.name.clone(),
+                r#type: match c.sample {
                     HParam::Text(_) => 1,
                     HParam::Bool(_) => 2,
                     HParam::Number(_) => 3,
                 },
+                differs: c.differs,
             })
             .collect();
         let metric_infos = metrics
@@ -279,7 +296,15 @@ impl EventWriter {
                 metric_infos,
                 ..Default::default()
             }),
-        )?;
+        )
+    }
+
+    /// Records one run's hyperparameter values (an HParams session). Without
+    /// an experiment above it, TensorBoard builds one from all sessions and
+    /// marks which values differ between them.
+    pub fn session_start(&mut self, hparams: &[(String, HParam)]) -> Result<()> {
+        use proto::hparams_plugin_data::Data;
+        use proto::proto_value::Kind;
         let values = hparams
             .iter()
             .map(|(name, v)| {

@@ -196,14 +196,17 @@ impl RunLogger {
 
     /// Logs text (TensorBoard only).
     pub fn text(&mut self, tag: &str, step: i64, text: &str) -> Result<()> {
-        self.tb.as_mut().map_or(Ok(()), |tb| tb.text(tag, step, text))
-    }
-
-    /// Records hyperparameters (TensorBoard only).
-    pub fn hparams(&mut self, hparams: &[(String, HParam)], metrics: &[String]) -> Result<()> {
         self.tb
             .as_mut()
-            .map_or(Ok(()), |tb| tb.hparams(hparams, metrics))
+            .map_or(Ok(()), |tb| tb.text(tag, step, text))
+    }
+
+    /// Records the run's hyperparameters as an HParams session
+    /// (TensorBoard only).
+    pub fn hparams(&mut self, hparams: &[(String, HParam)]) -> Result<()> {
+        self.tb
+            .as_mut()
+            .map_or(Ok(()), |tb| tb.session_start(hparams))
     }
 
     /// Marks the end of the run.

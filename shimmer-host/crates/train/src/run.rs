@@ -306,8 +306,7 @@ impl Run<'_> {
         } else {
             let config = format!("```yaml\n{}\n```", self.resolved_yaml);
             trainer.tb.text("config", 0, &config)?;
-            let monitor = std::slice::from_ref(&self.exp.training.monitor);
-            trainer.tb.hparams(&hparams::of(self.exp)?, monitor)?;
+            trainer.tb.hparams(&hparams::of(self.exp)?)?;
         }
         trainer.tb.flush()
     }
