@@ -323,9 +323,10 @@ struct InspectArgs {
     /// Path of the plugin library, or its name (searched on SHIMMER_PLUGIN_PATH
     /// and beside this binary).
     plugin: String,
-    /// Domain config handed to every domain kind, as JSON.
-    #[arg(long, default_value = "{}")]
-    config: String,
+    /// Domain config handed to every domain kind, as JSON (without it,
+    /// kinds that need one say what they need).
+    #[arg(long)]
+    config: Option<String>,
     /// Only this domain kind.
     #[arg(long)]
     kind: Option<String>,
@@ -355,9 +356,12 @@ struct ReplayArgs {
 /// Runs the parsed command.
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Plugins(PluginsCommand::Inspect(a)) => {
-            shimmer_plugin_host::inspect::run(&a.plugin, &a.config, a.kind.as_deref(), a.json)
-        }
+        Command::Plugins(PluginsCommand::Inspect(a)) => shimmer_plugin_host::inspect::run(
+            &a.plugin,
+            a.config.as_deref(),
+            a.kind.as_deref(),
+            a.json,
+        ),
         Command::Run(a) => {
             let (experiment, overrides) = match (&a.resume, a.experiment) {
                 // `--resume RUN key=value ...`: the first setting lands in

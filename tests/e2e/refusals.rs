@@ -409,3 +409,76 @@ fn a_run_records_its_provenance_and_refuses_a_changed_frozen_checkpoint() {
         stderr(&out)
     );
 }
+
+#[test]
+fn plugin_messages_name_what_the_user_wrote() {
+    // Without --config: the plugin's facts, and what its domain needs.
+    let out = common::shimmer()
+        .args(["plugins", "inspect", "random-vectors"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("plugin  random-vectors")
+            && text.contains("kinds   vectors")
+            && text.contains("needs a config")
+            && text.contains("missing field `dim`"),
+        "{text}"
+    );
+
+    // plugins.paths is taken from the experiment's folder, not the working one.
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::create_dir(tmp.path().join("libs")).unwrap();
+    std::fs::copy(
+        common::plugin_path("random_vectors"),
+        tmp.path().join("libs/libmy_vectors.so"),
+    )
+    .unwrap();
+    let exp = write(
+        tmp.path(),
+        "exp.yaml",
+        "name: paths\nplugins: { paths: [libs] }\ndomains:\n  \
+         a: { plugin: my-vectors, config: { dim: 3 } }\n  \
+         b: { plugin: my-vectors, config: { dim: x } }\n\
+         workspace: { flavour: two_domains, dim: 4 }\n\
+         data: { batch_size: 4, groups: [{ domains: [a, b], items: { count: 8 } }] }\n\
+         training: { max_steps: 2 }\n",
+    );
+    let e = exp.to_str().unwrap();
+    // The plugin refuses `dim: x`: the error is at that YAML key.
+    refused(
+        &["validate", e],
+        &[&format!("{e}:5:"), "domains.b.config.dim", "expected usize"],
+    );
+    let m = refused(
+        &["validate", e, "domains.a.plugin=missing"],
+        &["libmissing.so"],
+    );
+    let libs = tmp.path().join("libs");
+    assert!(
+        stderr(&m.out).contains(&format!("in: {}", libs.display())),
+        "absolute folders: {}",
+        stderr(&m.out)
+    );
+    let out = common::shimmer()
+        .args(["validate", e, "domains.b.config.dim=5"])
+        .current_dir(common::workspace_root())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    // The loader's own words, said once.
+    let bad = write(tmp.path(), "libbad.so", "not ELF\n");
+    let m = refused(
+        &["plugins", "inspect", bad.to_str().unwrap()],
+        &["is not a loadable shared library", "file too short"],
+    );
+    let missing = tmp.path().join("libnone.so");
+    let m2 = refused(
+        &["plugins", "inspect", missing.to_str().unwrap()],
+        &["No such file or directory"],
+    );
+    assert_eq!(stderr(&m.out).matches("file too short").count(), 1);
+    assert_eq!(stderr(&m2.out).matches("No such file").count(), 1);
+}

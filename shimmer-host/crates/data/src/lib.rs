@@ -34,6 +34,7 @@
 pub mod batch;
 mod cache;
 mod combined;
+pub mod config_position;
 pub mod group;
 mod loader;
 mod model_source;

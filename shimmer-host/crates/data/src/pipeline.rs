@@ -325,7 +325,23 @@ pub fn open_plugin_domains(exp: &Experiment) -> Result<Vec<OpenedDomain>> {
             ),
         };
         let config_json = serde_json::to_string(&d.config).with_context(at)?;
-        let handle = lib.create_domain(&kind, &config_json).with_context(at)?;
+        let handle = match lib.create_domain(&kind, &config_json) {
+            Ok(handle) => handle,
+            Err(e) => {
+                let message = e.to_string();
+                // A parse error of the config: name the YAML key it is about.
+                if let Some((key, text)) = crate::config_position::locate(&d.config, &message) {
+                    let key = if key.is_empty() {
+                        format!("domains.{name}.config")
+                    } else {
+                        format!("domains.{name}.config.{key}")
+                    };
+                    let text = format!("{}: {text}", at());
+                    return Err(shimmer_config::check::CheckError::new(key, text).into());
+                }
+                return Err(anyhow::Error::from(e).context(at()));
+            }
+        };
         let source = PluginSource::new(handle, config_json.clone());
         if let Some(dim) = d.latent_dim {
             ensure!(

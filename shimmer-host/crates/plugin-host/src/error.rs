@@ -17,12 +17,12 @@ pub enum PluginError {
         searched: String,
     },
     /// The file does not exist or cannot be copied.
-    #[error("cannot read plugin file {}: {source}", path.display())]
+    #[error("cannot read plugin file {}: {cause}", path.display())]
     Io {
         /// The file.
         path: PathBuf,
-        /// The cause.
-        source: std::io::Error,
+        /// The cause (in the message, not a separate source: said once).
+        cause: std::io::Error,
     },
     /// The file is not a shared library the system loader accepts.
     #[error("{} is not a loadable shared library: {reason}", path.display())]

@@ -19,8 +19,23 @@ pub struct PluginReport {
     pub abi_minor: u32,
     /// The library file.
     pub path: String,
+    /// Every domain kind the plugin can create.
+    pub domain_kinds: Vec<String>,
     /// One entry per domain kind inspected.
     pub domains: Vec<DomainReport>,
+    /// Kinds that need a config to say more (no `--config` was given):
+    /// each with what the plugin said of the empty one.
+    pub needs_config: Vec<NeedsConfig>,
+}
+
+/// A domain kind that cannot be created without a config.
+#[derive(Debug, Serialize)]
+pub struct NeedsConfig {
+    /// Domain kind.
+    pub kind: String,
+    /// What the plugin answered to an empty config (e.g. `missing field
+    /// `dim``): what the domain needs.
+    pub says: String,
 }
 
 /// One domain kind, as created from the config.
@@ -49,8 +64,12 @@ impl DomainReport {
 }
 
 /// Loads `plugin` (a path or a name), creates each domain kind (or only
-/// `kind`) from `config_json`, and describes them.
-pub fn report(plugin: &str, config_json: &str, kind: Option<&str>) -> Result<PluginReport> {
+/// `kind`) from `config_json`, and describes them. Without a config
+/// (`None`), kinds that refuse an empty one are listed with what the
+/// plugin says they need instead of failing the report.
+pub fn report(plugin: &str, config_json: Option<&str>, kind: Option<&str>) -> Result<PluginReport> {
+    let given = config_json.is_some();
+    let config_json = config_json.unwrap_or("{}");
     serde_json::from_str::<serde_json::Value>(config_json)
         .with_context(|| format!("--config is not valid JSON: {config_json}"))?;
     let library = PluginLibrary::find(plugin, &[])?;
@@ -58,23 +77,37 @@ pub fn report(plugin: &str, config_json: &str, kind: Option<&str>) -> Result<Plu
         Some(k) => vec![k.to_string()],
         None => library.domain_kinds().to_vec(),
     };
-    let domains = kinds
-        .iter()
-        .map(|k| {
-            library
-                .create_domain(k, config_json)
-                .map(|d| DomainReport::of(&d))
-                .map_err(anyhow::Error::from)
-        })
-        .collect::<Result<Vec<_>>>()?;
+    let mut domains = Vec::new();
+    let mut needs_config = Vec::new();
+    for k in &kinds {
+        match library.create_domain(k, config_json) {
+            Ok(d) => domains.push(DomainReport::of(&d)),
+            Err(crate::PluginError::Call {
+                message,
+                panicked: false,
+                ..
+            }) if !given => {
+                needs_config.push(NeedsConfig {
+                    kind: k.clone(),
+                    says: message,
+                });
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
     let (abi_version, abi_minor) = library.abi();
     Ok(PluginReport {
         name: library.name().to_string(),
         version: library.version().to_string(),
         abi_version,
         abi_minor,
-        path: library.source().display().to_string(),
+        path: std::path::absolute(library.source())
+            .unwrap_or_else(|_| library.source().to_path_buf())
+            .display()
+            .to_string(),
+        domain_kinds: library.domain_kinds().to_vec(),
         domains,
+        needs_config,
     })
 }
 
@@ -86,6 +119,15 @@ pub fn render(report: &PluginReport) -> String {
         "plugin  {} {} (ABI v{}.{})\nfile    {}",
         report.name, report.version, report.abi_version, report.abi_minor, report.path
     );
+    let _ = writeln!(s, "kinds   {}", report.domain_kinds.join(", "));
+    for n in &report.needs_config {
+        let _ = writeln!(
+            s,
+            "domain  {}\n  needs a config (--config '{{...}}', or `config:` in the experiment); \
+             with none the plugin says: {}",
+            n.kind, n.says
+        );
+    }
     for d in &report.domains {
         let i = &d.info;
         let _ = writeln!(s, "domain  {}", d.kind);
@@ -143,7 +185,7 @@ fn use_name(u: LossUse) -> &'static str {
 }
 
 /// Prints what a plugin provides, as text or JSON.
-pub fn run(plugin: &str, config_json: &str, kind: Option<&str>, json: bool) -> Result<()> {
+pub fn run(plugin: &str, config_json: Option<&str>, kind: Option<&str>, json: bool) -> Result<()> {
     let report = report(plugin, config_json, kind)?;
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);

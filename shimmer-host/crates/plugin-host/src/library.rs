@@ -76,9 +76,9 @@ impl PluginLibrary {
     /// Opens the plugin library at `path`, checking its ABI version and
     /// descriptor size.
     pub fn open(path: &Path) -> Result<Self, PluginError> {
-        let io = |source| PluginError::Io {
+        let io = |cause| PluginError::Io {
             path: path.to_path_buf(),
-            source,
+            cause,
         };
         let meta = std::fs::metadata(path).map_err(io)?;
         if !meta.is_file() {
@@ -211,7 +211,14 @@ impl PluginLibrary {
 
 /// The system loader's message, with the private copy's path replaced by the
 /// user's file.
+/// The system loader's own words (`dlerror`, which libloading keeps as the
+/// error's source), naming the user's file rather than its private copy.
 fn loader_reason(e: &libloading::Error, copy: &Path, original: &Path) -> String {
-    let text = e.to_string();
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        text = format!("{text}: {cause}");
+        source = cause.source();
+    }
     text.replace(&copy.display().to_string(), &original.display().to_string())
 }

@@ -198,6 +198,16 @@ pub(crate) fn build_from(
     ))
 }
 
+/// An error about a key of the config met while opening the inputs (a
+/// plugin refusing its `config`), placed where that key is in the YAML;
+/// other errors as they are.
+pub(crate) fn place_at_key(e: anyhow::Error, document: &shimmer_config::Document) -> anyhow::Error {
+    match e.downcast_ref::<shimmer_config::check::CheckError>() {
+        Some(c) => document.invalid_at(&c.key, c.message.clone()).into(),
+        None => e,
+    }
+}
+
 /// Checks that `training.monitor` and `training.early_stopping.monitor`
 /// name validation metrics the run will log, by evaluating one validation
 /// batch (the task's random state is put back, so the run's numbers do not
@@ -250,7 +260,8 @@ pub fn check_monitors(
 pub fn validate(experiment: &Path, overrides: &[String]) -> Result<String> {
     let loaded = shimmer_config::load(experiment, overrides)?;
     let exp = &loaded.config;
-    let (pipeline, mut task) = build(exp, &base_dir(Some(experiment)))?;
+    let (pipeline, mut task) =
+        build(exp, &base_dir(Some(experiment))).map_err(|e| place_at_key(e, &loaded.document))?;
     check_monitors(exp, &pipeline, task.as_mut())?
         .map_err(|e| loaded.invalid_at(&e.key, e.message))?;
     let steps = total_steps(&exp.training, pipeline.train.len())?;

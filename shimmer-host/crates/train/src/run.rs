@@ -98,7 +98,8 @@ fn prepare(opts: &RunOptions) -> Result<Prepared> {
 pub fn run(opts: &RunOptions) -> Result<RunSummary> {
     let p = prepare(opts)?;
     // Plugins, data and model first: bad input leaves no run folder behind.
-    let (pipeline, mut task, watcher, mut provenance) = open_inputs(&p, opts.watch)?;
+    let (pipeline, mut task, watcher, mut provenance) =
+        open_inputs(&p, opts.watch).map_err(|e| crate::build::place_at_key(e, &p.document))?;
     crate::build::check_monitors(&p.exp, &pipeline, task.as_mut())?
         .map_err(|e| p.document.invalid_at(&e.key, e.message))?;
     let (run_dir, resuming) = match &p.run_dir {

@@ -119,6 +119,47 @@ pub struct Document {
     files: Vec<PathBuf>,
 }
 
+/// Makes the folders of `plugins.paths` absolute, each relative one taken
+/// from the folder of the file that says it (as `${path:...}` and item-list
+/// files are), or from the working folder for a command-line override: an
+/// experiment then finds its plugins from wherever it is run.
+fn anchor_plugin_paths(root: &mut node::Node) {
+    let node::Value::Map(top) = &mut root.value else {
+        return;
+    };
+    let Some(plugins) = top.get_mut("plugins") else {
+        return;
+    };
+    let node::Value::Map(plugins) = &mut plugins.node.value else {
+        return;
+    };
+    let Some(paths) = plugins.get_mut("paths") else {
+        return;
+    };
+    let node::Value::Seq(items) = &mut paths.node.value else {
+        return;
+    };
+    for item in items {
+        let node::Value::Scalar(scalar) = &mut item.value else {
+            continue;
+        };
+        let path = Path::new(&scalar.text);
+        if path.is_absolute() || scalar.text.is_empty() {
+            continue;
+        }
+        let base = match &item.origin {
+            origin::Origin::File { path, .. } => {
+                path.parent().map(Path::to_path_buf).unwrap_or_default()
+            }
+            origin::Origin::Override { .. } => PathBuf::new(),
+        };
+        let joined = base.join(path);
+        let joined = std::path::absolute(&joined).unwrap_or(joined);
+        scalar.text = layers::normalize(&joined).to_string_lossy().into_owned();
+        scalar.quoted = true;
+    }
+}
+
 impl Document {
     /// Reads `path` with its `extends` bases and `local.yaml`, applies
     /// `overrides` in order, and resolves interpolations.
@@ -132,8 +173,10 @@ impl Document {
         for text in overrides {
             overrides::apply(&mut root, text)?;
         }
+        let mut root = interpolate::interpolate(&root)?;
+        anchor_plugin_paths(&mut root);
         Ok(Document {
-            root: interpolate::interpolate(&root)?,
+            root,
             files: layers.files,
         })
     }
