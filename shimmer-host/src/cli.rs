@@ -63,6 +63,12 @@ enum Command {
     Run(RunArgs),
     /// Check an experiment (config, plugins, data, model) without training.
     Validate(ValidateArgs),
+    /// Print an experiment's resolved config with every default, as a run
+    /// records it in its config.yaml (layers, overrides and `${...}` applied).
+    Config(ValidateArgs),
+    /// Print a shell completion script: `shimmer completions bash >
+    /// ~/.local/share/bash-completion/completions/shimmer`.
+    Completions(CompletionsArgs),
     /// Evaluate a run's checkpoint on its validation or test set.
     Test(EvalArgs),
     /// Write a run's predictions (workspace states, translations, ...) on a set.
@@ -75,6 +81,13 @@ enum Command {
     /// Time training steps of an experiment on preloaded batches (steps/s,
     /// samples/s, peak memory); threads from `RAYON_NUM_THREADS`.
     Bench(BenchArgs),
+}
+
+#[derive(Debug, Args)]
+struct CompletionsArgs {
+    /// The shell.
+    #[arg(value_enum)]
+    shell: clap_complete::Shell,
 }
 
 #[derive(Debug, Args)]
@@ -385,6 +398,16 @@ pub fn run(cli: Cli) -> Result<()> {
                 stop: shimmer_train::stop::StopRequest::on_signals()?,
             };
             shimmer_train::run(&opts).map(|_| ())
+        }
+        Command::Config(a) => {
+            let exp = shimmer_config::load(&a.experiment, &a.overrides)?;
+            print!("{}", exp.resolved_yaml);
+            Ok(())
+        }
+        Command::Completions(a) => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(a.shell, &mut command, "shimmer", &mut std::io::stdout());
+            Ok(())
         }
         Command::Validate(a) => {
             let report = shimmer_train::validate(&a.experiment, &a.overrides)?;

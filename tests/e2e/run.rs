@@ -648,3 +648,57 @@ fn fast_dev_run_and_validate_work_on_the_tutorial() {
     assert!(text.contains("8 batches per epoch, 32 steps"), "{text}");
     assert!(text.contains("device       cpu, f32, "), "{text}");
 }
+
+#[test]
+fn config_prints_every_default_and_a_run_records_the_same() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("run");
+    let out = run_args(&tutorial_args(&dir, &["training.max_epochs=1"]));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let mut args = vec!["config".to_string(), tutorial().display().to_string()];
+    args.extend(pretrained().iter().cloned());
+    args.push("training.max_epochs=1".to_string());
+    let out = common::shimmer()
+        .args(&args)
+        .current_dir(common::workspace_root())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let printed = String::from_utf8(out.stdout).unwrap();
+    for default in [
+        "drop_last: true",
+        "pct_start: 0.3",
+        "- 0.999",
+        "save_top_k: 1",
+    ] {
+        assert!(printed.contains(default), "{default} missing:\n{printed}");
+    }
+    let recorded = std::fs::read_to_string(dir.join("config.yaml")).unwrap();
+    assert_eq!(recorded, printed);
+
+    // Hydra's habits: delete an inherited key, add a new one.
+    let sweep = common::workspace_root().join("experiments/tutorial/sweep.yaml");
+    let out = common::shimmer()
+        .args(["config", sweep.to_str().unwrap(), "~sweep", "+vars.extra=3"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let printed = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        printed.contains("sweep: null") && printed.contains("extra: 3"),
+        "{printed}"
+    );
+
+    for shell in ["bash", "zsh", "fish"] {
+        let out = common::shimmer()
+            .args(["completions", shell])
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        let script = String::from_utf8(out.stdout).unwrap();
+        assert!(
+            script.contains("shimmer") && script.contains("resume"),
+            "{shell}"
+        );
+    }
+}

@@ -56,12 +56,24 @@ pub fn load_document(document: &Document) -> Result<Loaded<Experiment>, ConfigEr
     config
         .check()
         .map_err(|e| document.invalid_at(&e.key, e.message))?;
+    let resolved_yaml = with_defaults(&config)
+        .map_err(|e| document.invalid_at("", format!("cannot write the resolved config: {e}")))?;
     Ok(Loaded {
         config,
-        resolved_yaml: document.to_yaml()?,
+        resolved_yaml,
         files: document.files().to_vec(),
         document: document.clone(),
     })
+}
+
+/// The experiment as YAML with every setting, defaults included (what
+/// `shimmer config` prints and a run records in its `config.yaml`): it
+/// loads back into the same experiment.
+///
+/// # Errors
+/// When a value cannot be written as YAML (not for a loaded experiment).
+pub fn with_defaults(exp: &Experiment) -> Result<String, serde_norway::Error> {
+    serde_norway::to_string(exp)
 }
 
 /// An experiment from YAML text (no layers), checked as [`load`] does;

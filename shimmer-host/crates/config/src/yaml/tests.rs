@@ -205,6 +205,45 @@ fn overrides_create_keys_and_index_lists() {
 }
 
 #[test]
+fn hydra_overrides_delete_add_and_force_keys() {
+    let files = Files::new(&[
+        (
+            "base.yaml",
+            "name: base\nmodel: { dim: 4, hidden: 8 }\ngroups: [a, b]\n",
+        ),
+        ("exp.yaml", "extends: base.yaml\nname: exp\n"),
+    ]);
+    // `~` deletes an inherited key.
+    let loaded = files.load::<Small>("exp.yaml", &["~model"]).unwrap();
+    assert_eq!(loaded.config.model, None);
+    let loaded = files.load::<Small>("exp.yaml", &["~groups.0"]).unwrap();
+    assert_eq!(loaded.config.groups, ["b"]);
+    let err = files.error::<Small>("exp.yaml", &["~model.width"]);
+    assert!(err.contains("there is no `model.width` to delete"), "{err}");
+    let err = files.error::<Small>("exp.yaml", &["~model=1"]);
+    assert!(err.contains("without a value"), "{err}");
+    // `+` adds a key that is not set, and only such a key.
+    let loaded = files
+        .load::<Small>("exp.yaml", &["~model", "+model.dim=2"])
+        .unwrap();
+    assert_eq!(loaded.config.model, Some(Model { dim: 2, hidden: 0 }));
+    let err = files.error::<Small>("exp.yaml", &["+model.dim=2"]);
+    assert!(
+        err.contains("already set (at") && err.contains("base.yaml"),
+        "{err}"
+    );
+    // `++` replaces a mapping instead of merging into it.
+    let merged = files
+        .load::<Small>("exp.yaml", &["model={dim: 1}"])
+        .unwrap();
+    assert_eq!(merged.config.model, Some(Model { dim: 1, hidden: 8 }));
+    let replaced = files
+        .load::<Small>("exp.yaml", &["++model={dim: 1}"])
+        .unwrap();
+    assert_eq!(replaced.config.model, Some(Model { dim: 1, hidden: 0 }));
+}
+
+#[test]
 fn interpolation_keeps_types_and_embeds_text() {
     let files = Files::new(&[(
         "exp.yaml",
