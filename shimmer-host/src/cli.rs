@@ -73,6 +73,10 @@ enum Command {
     Test(EvalArgs),
     /// Write a run's predictions (workspace states, translations, ...) on a set.
     Predict(PredictArgs),
+    /// Write a run's weights as one safetensors state dict that shimmer's
+    /// `GlobalWorkspace2Domains` / `GlobalWorkspace` loads with
+    /// `load_state_dict(strict=True)`: GW, domain modules, `loss_mod.*` aliases.
+    Export(ExportArgs),
     /// Replay training steps on given batches from given weights (parity checks).
     Replay(ReplayArgs),
     /// Run an experiment's `sweep:` trials locally or as a Slurm job array;
@@ -81,6 +85,23 @@ enum Command {
     /// Time training steps of an experiment on preloaded batches (steps/s,
     /// samples/s, peak memory); threads from `RAYON_NUM_THREADS`.
     Bench(BenchArgs),
+}
+
+#[derive(Debug, Args)]
+struct ExportArgs {
+    /// The run folder.
+    run_dir: PathBuf,
+    /// Which weights: `best`, `last`, or a checkpoint file (default: best,
+    /// else last).
+    #[arg(long)]
+    checkpoint: Option<String>,
+    /// Output file (default: `<run>/shimmer-state-dict.safetensors`).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Export although a frozen domain model's checkpoint changed since the
+    /// run was trained.
+    #[arg(long)]
+    allow_changed_checkpoints: bool,
 }
 
 #[derive(Debug, Args)]
@@ -402,6 +423,26 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Config(a) => {
             let exp = shimmer_config::load(&a.experiment, &a.overrides)?;
             print!("{}", exp.resolved_yaml);
+            Ok(())
+        }
+        Command::Export(a) => {
+            let checkpoint = a.checkpoint.as_deref().map(|c| match c {
+                "best" => a.run_dir.join("checkpoints/best.safetensors"),
+                "last" => a.run_dir.join("checkpoints/last.safetensors"),
+                path => PathBuf::from(path),
+            });
+            let out = a
+                .out
+                .clone()
+                .unwrap_or_else(|| a.run_dir.join("shimmer-state-dict.safetensors"));
+            let opts = shimmer_train::EvalOptions {
+                run_dir: a.run_dir,
+                checkpoint,
+                split: shimmer_plugin_api::Split::Val,
+                allow_changed_checkpoints: a.allow_changed_checkpoints,
+            };
+            let (n, from) = shimmer_train::export(&opts, &out)?;
+            println!("{} ({n} tensors, from {})", out.display(), from.display());
             Ok(())
         }
         Command::Completions(a) => {

@@ -702,3 +702,53 @@ fn config_prints_every_default_and_a_run_records_the_same() {
         );
     }
 }
+
+#[test]
+fn export_writes_shimmers_state_dict_that_numpy_recomputes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("run");
+    let out = run_args(&tutorial_args(&dir, &["training.max_epochs=2"]));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let d = dir.to_str().unwrap();
+    let shimmer = |args: &[&str]| {
+        let out = common::shimmer()
+            .args(args)
+            .current_dir(common::workspace_root())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let said = shimmer(&["export", d]);
+    let export = dir.join("shimmer-state-dict.safetensors");
+    assert!(said.contains("65 tensors"), "{said}");
+    let predictions = dir.join("predictions.safetensors");
+    shimmer(&["predict", d, "--out", predictions.to_str().unwrap()]);
+    let mut check = Command::new(common::test_python());
+    check
+        .arg(common::workspace_root().join("tests/export_check.py"))
+        .arg(&export)
+        .arg(dir.join("checkpoints/best.safetensors"))
+        .arg(&predictions);
+    for (d, o) in ["domain1", "domain2"].iter().zip(pretrained()) {
+        check.arg(format!("{d}={}", o.split_once('=').unwrap().1));
+    }
+    let out = check.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        stderr(&out)
+    );
+    // Another checkpoint, another file.
+    let last = tmp.path().join("last.safetensors");
+    shimmer(&[
+        "export",
+        d,
+        "--checkpoint",
+        "last",
+        "--out",
+        last.to_str().unwrap(),
+    ]);
+    assert!(last.is_file());
+}

@@ -182,6 +182,29 @@ impl Task for GwTask {
     /// workspace state from each domain alone (`gw/<d>`) and from all of
     /// them (`gw/all`), and every state decoded to every domain
     /// (`pred/<from>_to_<to>`: demi-cycles, translations, fused).
+    /// shimmer's names: the workspace's own (`gw_mod.*`, `selection_mod.*`,
+    /// `loss_mod.contrastive_fn.logit_scale`), every domain model, trained or
+    /// frozen, under `gw_mod.domain_mods.<d>.`, and the aliases shimmer's
+    /// loss module adds by holding the same modules (`loss_mod.gw_mod.*`,
+    /// `loss_mod.selection_mod.*`).
+    fn state_dict(&self) -> Result<IndexMap<String, Tensor>> {
+        let mut out = self.gw.params().tensors();
+        for (name, space) in &self.spaces {
+            if let Some(model) = &space.model {
+                for (k, t) in model.params().tensors() {
+                    out.insert(format!("gw_mod.domain_mods.{name}.{k}"), t);
+                }
+            }
+        }
+        let aliases: Vec<(String, Tensor)> = out
+            .iter()
+            .filter(|(k, _)| k.starts_with("gw_mod.") || k.starts_with("selection_mod."))
+            .map(|(k, t)| (format!("loss_mod.{k}"), t.clone()))
+            .collect();
+        out.extend(aliases);
+        Ok(out)
+    }
+
     fn predict(&mut self, batch: &HostBatch) -> Result<IndexMap<String, Tensor>> {
         let Some((_, group)) = super::task::fullest_group(batch) else {
             anyhow::bail!("an empty batch");

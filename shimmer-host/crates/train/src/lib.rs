@@ -33,7 +33,7 @@ mod trainer;
 
 pub use build::{build, validate};
 pub use gw_task::{AttachedModel, GwTask};
-pub use predict::{EvalOptions, predict, test};
+pub use predict::{EvalOptions, export, predict, test};
 pub use pretrain_task::PretrainTask;
 pub use run::{RunOptions, run};
 pub use run_dir::{RunDir, RunStatus, RunSummary};

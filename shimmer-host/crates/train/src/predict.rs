@@ -26,8 +26,8 @@ pub struct EvalOptions {
     pub allow_changed_checkpoints: bool,
 }
 
-/// The run's model with the chosen weights, and the loader of the split.
-fn load(opts: &EvalOptions) -> Result<(Box<dyn Task>, shimmer_data::DataLoader, PathBuf)> {
+/// The run's model with the chosen weights (and the data pipeline).
+fn load_model(opts: &EvalOptions) -> Result<(Box<dyn Task>, shimmer_data::DataPipeline, PathBuf)> {
     let run = RunDir::open(&opts.run_dir)?;
     let exp = shimmer_config::load(&run.config_file(), &[])?.config;
     let experiment_file = run.experiment_file()?;
@@ -47,6 +47,12 @@ fn load(opts: &EvalOptions) -> Result<(Box<dyn Task>, shimmer_data::DataLoader, 
         None => bail!("{} has no checkpoint yet", run.path().display()),
     };
     checkpoint::load_weights(&checkpoint, task.params())?;
+    Ok((task, pipeline, checkpoint))
+}
+
+/// The run's model with the chosen weights, and the loader of the split.
+fn load(opts: &EvalOptions) -> Result<(Box<dyn Task>, shimmer_data::DataLoader, PathBuf)> {
+    let (task, pipeline, checkpoint) = load_model(opts)?;
     let loader = match opts.split {
         Split::Val => pipeline.val,
         Split::Test => pipeline.test,
@@ -108,4 +114,22 @@ pub fn predict(opts: &EvalOptions, out: &Path) -> Result<usize> {
         .with_context(|| format!("cannot write {}", tmp.display()))?;
     std::fs::rename(&tmp, out).with_context(|| format!("cannot write {}", out.display()))?;
     Ok(rows)
+}
+
+/// Writes the run's weights (`opts.checkpoint`, else its best, else its
+/// last) as one safetensors file holding shimmer's state dict (see
+/// [`Task::state_dict`]), and returns how many tensors it holds.
+///
+/// # Errors
+/// A run without checkpoint, or an unwritable `out`.
+pub fn export(opts: &EvalOptions, out: &Path) -> Result<(usize, PathBuf)> {
+    let (task, _, checkpoint) = load_model(opts)?;
+    let tensors: std::collections::HashMap<String, Tensor> =
+        task.state_dict()?.into_iter().collect();
+    let n = tensors.len();
+    shimmer_sys::fs::write_atomic_with(out, |tmp, _| {
+        Ok(candle_core::safetensors::save(&tensors, tmp)?)
+    })
+    .with_context(|| format!("cannot write {}", out.display()))?;
+    Ok((n, checkpoint))
 }

@@ -121,6 +121,13 @@ pub trait Task {
         let _ = batch;
         Ok(Vec::new())
     }
+
+    /// Every tensor of the model under the name shimmer's own
+    /// `state_dict()` gives it (`shimmer export`), so that the Python
+    /// module loads them with `load_state_dict(strict=True)`.
+    fn state_dict(&self) -> Result<IndexMap<String, Tensor>> {
+        Ok(self.params().tensors())
+    }
 }
 
 impl<T: Task + ?Sized> Task for Box<T> {
@@ -150,6 +157,9 @@ impl<T: Task + ?Sized> Task for Box<T> {
     }
     fn image_grids(&mut self, batch: &HostBatch) -> Result<Vec<crate::grid::ImageGrid>> {
         (**self).image_grids(batch)
+    }
+    fn state_dict(&self) -> Result<IndexMap<String, Tensor>> {
+        (**self).state_dict()
     }
 }
 
