@@ -101,7 +101,7 @@ fn panicking_load_is_an_error_and_the_domain_keeps_working() {
         .unwrap_err()
         .to_string();
     assert!(
-        text.starts_with("plugin `faulty`, domain `faulty`: load of train items panicked"),
+        text.starts_with("plugin `faulty`, domain `faulty`: load of 2 train items (1, 7) panicked"),
         "{text}"
     );
     assert!(text.contains("item 7 is corrupted on disk"), "{text}");

@@ -482,3 +482,81 @@ fn plugin_messages_name_what_the_user_wrote() {
     assert_eq!(stderr(&m.out).matches("file too short").count(), 1);
     assert_eq!(stderr(&m2.out).matches("No such file").count(), 1);
 }
+
+#[test]
+fn a_hung_plugin_is_named_and_a_second_ctrl_c_ends_the_run_on_record() {
+    let tmp = tempfile::tempdir().unwrap();
+    let faulty = common::plugin_path("faulty_plugin");
+    let exp = write(
+        tmp.path(),
+        "hang.yaml",
+        &format!(
+            "name: hang\ndomains:\n  \
+             a: {{ plugin: {}, config: {{ dim: 4, items: 64, hang_on: 20 }} }}\n  \
+             b: {{ plugin: random-vectors, config: {{ dim: 3, train: 64, val: 64, test: 64 }} }}\n\
+             workspace: {{ flavour: two_domains, dim: 4 }}\n\
+             data:\n  batch_size: 8\n  shuffle: false\n  workers: 1\n  cache: {{ enabled: false }}\n  \
+             groups: [ {{ domains: [a, b] }} ]\n  \
+             val: [ {{ domains: [a, b], items: {{ range: [0, 8] }} }} ]\n  \
+             test: [ {{ domains: [a, b], items: {{ range: [0, 8] }} }} ]\n\
+             training: {{ max_epochs: 2, watchdog_s: 1 }}\n",
+            faulty.display()
+        ),
+    );
+    let dir = tmp.path().join("run");
+    let mut child = common::shimmer()
+        .args([
+            "run",
+            exp.to_str().unwrap(),
+            "--run-dir",
+            dir.to_str().unwrap(),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let err = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufRead::lines(std::io::BufReader::new(err)).map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut seen = String::new();
+    let mut wait_for = |needle: &str| {
+        let start = Instant::now();
+        while !seen.contains(needle) {
+            assert!(start.elapsed() < TIME_LIMIT, "no `{needle}` in: {seen}");
+            if let Ok(line) = rx.recv_timeout(Duration::from_millis(100)) {
+                seen.push_str(&line);
+                seen.push('\n');
+            }
+        }
+        seen.clone()
+    };
+    let hung = "plugin `faulty` (domain `faulty`): load of 8 train items (16, 17, 18, 19, ...)";
+    let said = wait_for("warning: still waiting after");
+    assert!(said.contains(hung), "{said}");
+    let sigint = || {
+        // SAFETY: signals our own child, not yet reaped.
+        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
+    };
+    sigint();
+    let said = wait_for("Ctrl-C again ends at once");
+    assert!(
+        said.contains(&format!("SIGINT (Ctrl-C): stopping after {hung}")),
+        "{said}"
+    );
+    sigint();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130));
+    let said = wait_for("second Ctrl-C: ending now");
+    assert!(said.contains(hung), "{said}");
+    let summary: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["status"], "interrupted");
+    assert!(
+        summary["error"].as_str().unwrap().contains("second Ctrl-C"),
+        "{summary}"
+    );
+}

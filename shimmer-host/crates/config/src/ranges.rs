@@ -167,6 +167,12 @@ pub fn check(exp: &Experiment) -> Result<(), CheckError> {
     if let Some(v) = t.val_every_n_steps {
         int("training.val_every_n_steps", v, 1, usize::MAX)?;
     }
+    int(
+        "training.watchdog_s",
+        t.watchdog_s as usize,
+        0,
+        7 * 24 * 3600,
+    )?;
     if let Some(c) = t.gradient_clip {
         float("training.gradient_clip", c, 0.0, false, 1e12)?;
     }

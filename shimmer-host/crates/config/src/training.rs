@@ -61,6 +61,15 @@ pub struct TrainingConfig {
     /// draws its items); 0 turns the grids off.
     #[serde(default = "default_images")]
     pub images: usize,
+    /// Seconds a call into a plugin may take before the run names it (the
+    /// plugin, domain, operation and items) on the terminal; 0 turns the
+    /// watchdog off. The run keeps waiting: Ctrl-C stops it.
+    #[serde(default = "default_watchdog_s")]
+    pub watchdog_s: u64,
+}
+
+fn default_watchdog_s() -> u64 {
+    300
 }
 
 /// Most items an image grid shows.
@@ -99,6 +108,7 @@ impl Default for TrainingConfig {
             gradient_clip: None,
             runs_dir: default_runs_dir(),
             images: default_images(),
+            watchdog_s: default_watchdog_s(),
         }
     }
 }

@@ -71,6 +71,11 @@ fn call(
     op: &str,
     f: impl FnOnce(*mut MsgBuf) -> Status,
 ) -> Result<Status, PluginError> {
+    // Named while it runs, for the watchdog and Ctrl-C (see shimmer_sys::activity).
+    let _doing = shimmer_sys::activity::begin(format!(
+        "plugin `{}` (domain `{kind}`): {op}",
+        library.name()
+    ));
     let mut bytes = vec![0u8; MSG_CAPACITY];
     let mut msg = MsgBuf {
         ptr: bytes.as_mut_ptr(),
@@ -217,7 +222,14 @@ impl DomainHandle {
         }
         self.check_len("load output", out.len(), indices.len() * info.item_len)?;
         let f = self.inner.library.functions();
-        self.call(&format!("load of {split} items"), |msg| {
+        let shown: Vec<String> = indices.iter().take(4).map(u64::to_string).collect();
+        let more = if indices.len() > 4 { ", ..." } else { "" };
+        let op = format!(
+            "load of {} {split} items ({}{more})",
+            indices.len(),
+            shown.join(", ")
+        );
+        self.call(&op, |msg| {
             // SAFETY: live domain; buffers valid and sized as checked above.
             unsafe {
                 (f.load)(

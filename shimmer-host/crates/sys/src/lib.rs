@@ -22,6 +22,7 @@
 // each block says why it holds.
 #![allow(unsafe_code)]
 
+pub mod activity;
 pub mod fs;
 pub mod lock;
 pub mod memory;

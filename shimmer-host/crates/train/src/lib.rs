@@ -30,6 +30,7 @@ pub mod run_dir;
 pub mod stop;
 pub mod task;
 mod trainer;
+pub mod watchdog;
 
 pub use build::{build, validate};
 pub use gw_task::{AttachedModel, GwTask};

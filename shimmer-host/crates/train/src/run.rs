@@ -97,6 +97,8 @@ fn prepare(opts: &RunOptions) -> Result<Prepared> {
 /// when training stopped on one.
 pub fn run(opts: &RunOptions) -> Result<RunSummary> {
     let p = prepare(opts)?;
+    // From the first plugin call on: opening plugins and caches may hang too.
+    let watchdog = crate::watchdog::Watchdog::start(p.exp.training.watchdog_s);
     // Plugins, data and model first: bad input leaves no run folder behind.
     let (pipeline, mut task, watcher, mut provenance) =
         open_inputs(&p, opts.watch).map_err(|e| crate::build::place_at_key(e, &p.document))?;
@@ -145,7 +147,23 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary> {
         resuming,
         fast_dev_run: opts.fast_dev_run,
     };
+    let folder = run_dir.path().to_path_buf();
+    opts.stop.on_forced_exit(move || {
+        let Ok(dir) = RunDir::open(&folder) else {
+            return;
+        };
+        if let Ok(Some(mut s)) = dir.read_summary() {
+            s.status = RunStatus::Interrupted;
+            s.error = Some(
+                "ended by a second Ctrl-C, without a final checkpoint: `shimmer run --resume` \
+                 continues from the last one"
+                    .to_string(),
+            );
+            let _ = dir.write_summary(&s);
+        }
+    });
     let result = run.train(&pipeline, task, &mut summary, watcher, &opts.stop);
+    drop(watchdog);
     match &result {
         Ok(()) => summary.status = RunStatus::Finished,
         Err(e) => {

@@ -2,24 +2,39 @@
 //! `kill`, Slurm's time limit (SIGTERM, then SIGKILL after `KillWait`), a
 //! sweep launcher stopping or dying. The run finishes the step in flight,
 //! writes its last checkpoint and ends with an error that says how to
-//! resume; nothing since the last checkpoint is lost. A second Ctrl-C ends
-//! the process at once; repeated SIGTERMs do not (under Slurm a trial gets
-//! one from Slurm and one from its sweep launcher at the same moment).
+//! resume; nothing since the last checkpoint is lost. Each signal says
+//! what the run is waiting for (a plugin call in flight, say). A second
+//! Ctrl-C ends the process at once, its summary marked interrupted;
+//! repeated SIGTERMs do not (under Slurm a trial gets one from Slurm and
+//! one from its sweep launcher at the same moment).
 
 use anyhow::{Context, Result};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
-use std::sync::Arc;
+use signal_hook::iterator::Signals;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 /// Exit status when a second Ctrl-C ends the process at once (128 + SIGINT,
 /// the shell's convention).
 const FORCED_EXIT: i32 = 130;
+
+/// What to do before the process ends on a second Ctrl-C (record in the
+/// run's summary that it was cut short).
+#[derive(Default)]
+struct LastWords(Mutex<Option<Box<dyn FnOnce() + Send>>>);
+
+impl std::fmt::Debug for LastWords {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LastWords")
+    }
+}
 
 /// Whether a stop was asked for, and by which signal.
 #[derive(Clone, Debug, Default)]
 pub struct StopRequest {
     asked: Arc<AtomicBool>,
     signal: Arc<AtomicUsize>,
+    last_words: Arc<LastWords>,
 }
 
 impl StopRequest {
@@ -28,20 +43,50 @@ impl StopRequest {
         Self::default()
     }
 
-    /// Handles SIGINT, SIGTERM and SIGHUP for the rest of the process: each
-    /// sets the request; a SIGINT after any of them ends the process.
+    /// Handles SIGINT, SIGTERM and SIGHUP for the rest of the process, on a
+    /// thread of their own: each sets the request and says what the run is
+    /// waiting for before it can stop (see [`shimmer_sys::activity`]); a
+    /// SIGINT after any of them runs the last words
+    /// ([`StopRequest::on_forced_exit`]) and ends the process with status 130.
     pub fn on_signals() -> Result<Self> {
         let stop = Self::default();
-        // Registered before the flag is set, so it sees the flag as an
-        // earlier signal left it: the first Ctrl-C only asks.
-        signal_hook::flag::register_conditional_shutdown(SIGINT, FORCED_EXIT, stop.asked.clone())
-            .context("cannot handle SIGINT")?;
-        for sig in [SIGINT, SIGTERM, SIGHUP] {
-            signal_hook::flag::register_usize(sig, stop.signal.clone(), sig as usize)
-                .and_then(|_| signal_hook::flag::register(sig, stop.asked.clone()))
-                .with_context(|| format!("cannot handle signal {sig}"))?;
-        }
+        let mut signals = Signals::new([SIGINT, SIGTERM, SIGHUP])
+            .context("cannot handle SIGINT, SIGTERM and SIGHUP")?;
+        let seen = stop.clone();
+        std::thread::Builder::new()
+            .name("shimmer-signals".to_string())
+            .spawn(move || {
+                for sig in signals.forever() {
+                    if sig == SIGINT && seen.asked.load(Ordering::SeqCst) {
+                        eprintln!(
+                            "\nsecond Ctrl-C: ending now, without a final checkpoint (it was \
+                             waiting for {}); `shimmer run --resume` continues from the last one",
+                            shimmer_sys::activity::describe()
+                        );
+                        let words = seen.last_words.0.lock().ok().and_then(|mut w| w.take());
+                        if let Some(words) = words {
+                            words();
+                        }
+                        std::process::exit(FORCED_EXIT);
+                    }
+                    seen.signal.store(sig as usize, Ordering::SeqCst);
+                    seen.asked.store(true, Ordering::SeqCst);
+                    eprintln!(
+                        "\n{}: stopping after {} and saving a checkpoint; Ctrl-C again ends at once",
+                        seen.asked().unwrap_or("a signal"),
+                        shimmer_sys::activity::describe()
+                    );
+                }
+            })
+            .context("cannot start the signal thread")?;
         Ok(stop)
+    }
+
+    /// Sets what runs before the process ends on a second Ctrl-C.
+    pub fn on_forced_exit(&self, words: impl FnOnce() + Send + 'static) {
+        if let Ok(mut slot) = self.last_words.0.lock() {
+            *slot = Some(Box::new(words));
+        }
     }
 
     /// The name of the signal that asked for a stop, if one did.
