@@ -61,7 +61,7 @@ pub fn current() -> Vec<Waiting> {
                 .collect()
         })
         .unwrap_or_default();
-    out.sort_by(|a, b| b.elapsed.cmp(&a.elapsed));
+    out.sort_by_key(|w| std::cmp::Reverse(w.elapsed));
     out
 }
 
