@@ -376,6 +376,7 @@ fn a_run_records_its_provenance_and_refuses_a_changed_frozen_checkpoint() {
     let version = common::shimmer().arg("--version").output().unwrap();
     let version = String::from_utf8_lossy(&version.stdout).into_owned();
     assert!(version.contains(&format!("commit {commit}")), "{version}");
+    assert!(version.contains("features: fused-kernels"), "{version}");
 
     // The encoder is retrained over the same file with another seed:
     // evaluation and resume refuse it until allowed.
@@ -558,5 +559,28 @@ fn a_hung_plugin_is_named_and_a_second_ctrl_c_ends_the_run_on_record() {
     assert!(
         summary["error"].as_str().unwrap().contains("second Ctrl-C"),
         "{summary}"
+    );
+}
+
+#[test]
+fn a_checkpoint_whose_bytes_changed_is_refused_on_resume() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("run");
+    let mut args = tutorial_args(&dir, &["training.max_epochs=1"]);
+    args.insert(0, "run".to_string());
+    let out = common::shimmer()
+        .args(&args)
+        .current_dir(common::workspace_root())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let last = dir.join("checkpoints/last.safetensors");
+    let mut bytes = std::fs::read(&last).unwrap();
+    let at = bytes.len() - 5;
+    bytes[at] ^= 0x40;
+    std::fs::write(&last, bytes).unwrap();
+    refused(
+        &["run", "--resume", dir.to_str().unwrap()],
+        &[last.to_str().unwrap(), "is corrupt"],
     );
 }
