@@ -188,7 +188,6 @@ impl Experiment {
         }
         self.loss.check()?;
         self.training.check()?;
-        crate::ranges::check(self)?;
         match &self.pretrain {
             None => {
                 if self.workspace.is_none() {

@@ -55,6 +55,7 @@ pub fn load_document(document: &Document) -> Result<Loaded<Experiment>, ConfigEr
     let config: Experiment = document.deserialize()?;
     config
         .check()
+        .and_then(|()| ranges::check(&config))
         .map_err(|e| document.invalid_at(&e.key, e.message))?;
     let resolved_yaml = with_defaults(&config)
         .map_err(|e| document.invalid_at("", format!("cannot write the resolved config: {e}")))?;
