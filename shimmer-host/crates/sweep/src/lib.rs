@@ -29,7 +29,7 @@ pub use manifest::{Manifest, SweepDir, TrialState};
 pub use shimmer_config::sweep::{LauncherKind, SlurmConfig, SweepConfig};
 
 use anyhow::{Context, Result, anyhow, bail};
-use shimmer_sys::lock::{FolderLock, LOCK_FILE};
+use shimmer_sys::lock::{FolderLock, holds_more_than_a_lock};
 use shimmer_train::failure::{Failed, Interrupted};
 use std::path::{Path, PathBuf};
 
@@ -465,14 +465,7 @@ fn default_dir(runs_dir: &Path, name: &str) -> Result<PathBuf> {
 /// one may exist only if empty (a lock file aside).
 fn create_dir(root: &Path, explicit: bool) -> Result<FolderLock> {
     let ensure_empty = || -> Result<()> {
-        if !root.exists() {
-            return Ok(());
-        }
-        let taken = std::fs::read_dir(root)
-            .with_context(|| format!("cannot read {}", root.display()))?
-            .flatten()
-            .any(|e| e.file_name() != LOCK_FILE);
-        if taken {
+        if holds_more_than_a_lock(root)? {
             bail!(
                 "sweep folder {} exists and is not empty: choose another, or \
                  `shimmer sweep --resume {}` to continue that sweep",

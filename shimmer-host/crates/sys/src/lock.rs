@@ -72,6 +72,21 @@ impl FolderLock {
     }
 }
 
+/// Whether `dir` exists and holds anything besides a lock file (a folder
+/// already in use, or someone else's).
+///
+/// # Errors
+/// When it exists but cannot be read.
+pub fn holds_more_than_a_lock(dir: &Path) -> Result<bool> {
+    if !dir.exists() {
+        return Ok(false);
+    }
+    Ok(std::fs::read_dir(dir)
+        .with_context(|| format!("cannot read {}", dir.display()))?
+        .flatten()
+        .any(|e| e.file_name() != LOCK_FILE))
+}
+
 /// Removes the temporary files an interrupted atomic write left in
 /// `folder` (`.<name>.<random>.tmp`, see [`crate::fs::write_atomic`]), and
 /// returns how many bytes it freed. Call it only while holding the

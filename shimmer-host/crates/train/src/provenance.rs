@@ -107,15 +107,7 @@ impl Provenance {
     /// # Errors
     /// When the file exists but cannot be read or parsed.
     pub fn read(run: &RunDir) -> Result<Option<Self>> {
-        let file = run.path().join(PROVENANCE_FILE);
-        if !file.exists() {
-            return Ok(None);
-        }
-        let text = std::fs::read_to_string(&file)
-            .with_context(|| format!("cannot read {}", file.display()))?;
-        serde_json::from_str(&text)
-            .map(Some)
-            .with_context(|| format!("{} is not a provenance record", file.display()))
+        run.read_json(PROVENANCE_FILE, "a provenance record")
     }
 
     /// Writes the record into `run`.

@@ -4,7 +4,7 @@
 
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
-use shimmer_sys::lock::{FolderLock, LOCK_FILE, remove_stale_temp_files};
+use shimmer_sys::lock::{FolderLock, holds_more_than_a_lock, remove_stale_temp_files};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -150,7 +150,17 @@ impl RunDir {
 
     /// Reads `summary.json`, if the run wrote one.
     pub fn read_summary(&self) -> Result<Option<RunSummary>> {
-        let file = self.path.join(SUMMARY_FILE);
+        self.read_json(SUMMARY_FILE, "a run summary")
+    }
+
+    /// Reads the JSON file `name` of the run folder as `T`, if it exists;
+    /// `what` names the content in errors.
+    pub fn read_json<T: serde::de::DeserializeOwned>(
+        &self,
+        name: &str,
+        what: &str,
+    ) -> Result<Option<T>> {
+        let file = self.path.join(name);
         if !file.exists() {
             return Ok(None);
         }
@@ -158,20 +168,13 @@ impl RunDir {
             .with_context(|| format!("cannot read {}", file.display()))?;
         serde_json::from_str(&text)
             .map(Some)
-            .with_context(|| format!("{} is not a run summary", file.display()))
+            .with_context(|| format!("{} is not {what}", file.display()))
     }
 }
 
 /// Refuses `dir` when it holds anything but a lock file.
 fn ensure_empty(dir: &Path) -> Result<()> {
-    if !dir.exists() {
-        return Ok(());
-    }
-    let taken = std::fs::read_dir(dir)
-        .with_context(|| format!("cannot read run folder {}", dir.display()))?
-        .flatten()
-        .any(|e| e.file_name() != LOCK_FILE);
-    if taken {
+    if holds_more_than_a_lock(dir)? {
         bail!(
             "run folder {} already exists and is not empty; \
              choose another one or resume it with `--resume`",
