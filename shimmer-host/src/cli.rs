@@ -248,10 +248,6 @@ struct SweepArgs {
     /// Run the trials that did not finish in this sweep folder.
     #[arg(long, value_name = "SWEEP_DIR")]
     resume: Option<PathBuf>,
-    /// With --resume: run the remaining trials although the experiment's
-    /// files changed since the sweep started (they then use the new config).
-    #[arg(long, requires = "resume")]
-    allow_changed_config: bool,
     /// Print the trials ranked by the monitored metric, and write summary.csv.
     #[arg(long, value_name = "SWEEP_DIR")]
     summary: Option<PathBuf>,
@@ -320,7 +316,7 @@ fn sweep(a: SweepArgs) -> Result<()> {
         return sweep::status(dir);
     }
     if let Some(dir) = &a.resume {
-        return sweep::resume(dir, a.launcher, a.jobs, &a.slurm(), a.allow_changed_config);
+        return sweep::resume(dir, a.launcher, a.jobs, &a.slurm());
     }
     if let Some([dir, index]) = a.run_trial.as_deref() {
         let index = index

@@ -317,7 +317,7 @@ fn a_killed_sweep_takes_its_running_trials_with_it() {
 }
 
 #[test]
-fn a_sweep_resumes_only_on_the_config_it_started_with() {
+fn a_sweep_resumes_on_the_config_it_started_with() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("sw");
     let log = tmp.path().join("calls.log");
@@ -352,35 +352,35 @@ fn a_sweep_resumes_only_on_the_config_it_started_with() {
     let _ = Command::new("kill")
         .arg(std::fs::read_to_string(&pid_file).unwrap().trim())
         .status();
-    // The experiment is edited before the resume: refused, naming the file.
+    // The experiment is edited before the resume: the trials still run
+    // the config recorded at the start, and the resume says so.
     std::fs::write(&exp, yaml.replace("max_epochs: 40", "max_epochs: 300")).unwrap();
-    let resume = |allow: bool| {
-        let mut cmd = sweep(tmp.path());
-        cmd.arg("--resume").arg(&dir);
-        if allow {
-            cmd.arg("--allow-changed-config");
-        }
-        cmd.env("SHIMMER_SWEEP_RUNNER", &runner)
-            .env("FAKE_LOG", &log)
-            .output()
-            .unwrap()
-    };
-    let out = resume(false);
-    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let out = sweep(tmp.path())
+        .arg("--resume")
+        .arg(&dir)
+        .env("SHIMMER_SWEEP_RUNNER", &runner)
+        .env("FAKE_LOG", &log)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
     let said = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(
         said.contains("changed since the sweep started") && said.contains(exp.to_str().unwrap()),
         "{said}"
     );
-    assert_eq!(state(&dir, "001"), "pending", "nothing ran");
-    let out = resume(true);
-    assert!(out.status.success(), "{}", text(&out));
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("note: the experiment's config changed"),
-        "{}",
-        text(&out)
-    );
     assert_eq!(state(&dir, "001"), "finished");
+    let recorded = dir.join("configs/001.yaml");
+    let config = std::fs::read_to_string(&recorded).unwrap();
+    assert!(
+        config.contains("max_epochs: 40") && config.contains("seed: 2"),
+        "{config}"
+    );
+    let calls = std::fs::read_to_string(&log).unwrap();
+    let trial = calls.lines().find(|l| l.contains("trials/001")).unwrap();
+    assert!(
+        trial.starts_with(&format!("run {} ", recorded.display())),
+        "{trial}"
+    );
 }
 
 #[test]

@@ -181,6 +181,34 @@ pub enum Items {
     DomainSplit(DomainSplitItems),
 }
 
+impl Items {
+    /// Makes a relative item file absolute, taken from `base` (the
+    /// experiment's folder): for a config written elsewhere (a sweep's
+    /// recorded trial configs) that must still find its files.
+    pub fn anchor(&mut self, base: &std::path::Path) {
+        let file = match self {
+            Items::File(file) => file,
+            Items::DomainSplit(d) => &mut d.file,
+            _ => return,
+        };
+        if file.is_relative() {
+            *file = base.join(&*file);
+        }
+    }
+}
+
+impl DataConfig {
+    /// [`Items::anchor`] for every group and evaluation set.
+    pub fn anchor_item_files(&mut self, base: &std::path::Path) {
+        for g in &mut self.groups {
+            g.items.anchor(base);
+        }
+        for e in self.val.iter_mut().chain(&mut self.test) {
+            e.items.anchor(base);
+        }
+    }
+}
+
 /// Which entry of which domain-split file a group takes its items from.
 ///
 /// ```yaml
@@ -314,6 +342,28 @@ mod tests {
 
     fn parse(yaml: &str) -> Result<DataConfig, serde_norway::Error> {
         serde_norway::from_str(yaml)
+    }
+
+    #[test]
+    fn item_files_are_anchored_to_a_folder() {
+        let mut c = parse(
+            "groups:\n  - { domains: [a], items: { file: 'lists/{split}.txt' } }\n  \
+             - { domains: [a, b], items: { domain_split: /abs/s.npy } }\n  \
+             - { domains: [b], items: { count: 3 } }\n\
+             val: [{ items: { file: v.npy } }]\n",
+        )
+        .unwrap();
+        c.anchor_item_files(std::path::Path::new("/exp"));
+        assert_eq!(
+            c.groups[0].items,
+            Items::File("/exp/lists/{split}.txt".into())
+        );
+        let Items::DomainSplit(d) = &c.groups[1].items else {
+            panic!("{:?}", c.groups[1].items)
+        };
+        assert_eq!(d.file, std::path::PathBuf::from("/abs/s.npy"));
+        assert_eq!(c.groups[2].items, Items::Count(3));
+        assert_eq!(c.val[0].items, Items::File("/exp/v.npy".into()));
     }
 
     #[test]

@@ -109,6 +109,33 @@ pub fn plan(experiment: &Path, overrides: &[String]) -> Result<(Manifest, PathBu
     Ok((manifest, runs_dir))
 }
 
+/// Writes each trial's resolved config (every default, item files made
+/// absolute) to `configs/<NNN>.yaml`: trials run from these, so a resume
+/// runs what the sweep started with even if the experiment changed since.
+fn record_trial_configs(
+    manifest: &Manifest,
+    dir: &SweepDir,
+    experiment: &Path,
+    overrides: &[String],
+) -> Result<()> {
+    let base = std::path::absolute(experiment)
+        .ok()
+        .and_then(|p| p.parent().map(Path::to_path_buf))
+        .unwrap_or_default();
+    let folder = dir.root().join("configs");
+    std::fs::create_dir_all(&folder)
+        .with_context(|| format!("cannot create {}", folder.display()))?;
+    for trial in &manifest.trials {
+        let all: Vec<String> = overrides.iter().chain(&trial.overrides).cloned().collect();
+        let mut exp = shimmer_config::load(experiment, &all)?.config;
+        exp.data.anchor_item_files(&base);
+        let text = shimmer_config::with_defaults(&exp)
+            .with_context(|| format!("cannot write the config of trial {}", trial.index))?;
+        shimmer_sys::fs::write_atomic(&dir.config_file(trial.index), text.as_bytes())?;
+    }
+    Ok(())
+}
+
 /// Applies command-line launcher settings over the YAML's.
 fn apply_flags(
     manifest: &mut Manifest,
@@ -149,6 +176,7 @@ pub fn start(opts: &SweepOptions) -> Result<()> {
         return dry_run(&manifest, &dir, &all);
     }
     let _lock = create_dir(&root, opts.sweep_dir.is_some())?;
+    record_trial_configs(&manifest, &dir, &opts.experiment, &opts.overrides)?;
     manifest.save(&dir)?;
     println!(
         "sweep {}: {} trials of {} (launcher: {}); TensorBoard: tensorboard --logdir {}",
@@ -168,7 +196,6 @@ pub fn resume(
     launcher: Option<LauncherKind>,
     jobs: Option<usize>,
     slurm: &SlurmConfig,
-    allow_changed_config: bool,
 ) -> Result<()> {
     let (mut manifest, dir) = Manifest::load(root)?;
     let _lock = FolderLock::acquire(root, "sweep folder")?;
@@ -179,17 +206,11 @@ pub fn resume(
         .map(|f| f.path.display().to_string())
         .collect();
     if !changed.is_empty() {
-        let files = changed.join(", ");
-        if !allow_changed_config {
-            bail!(
-                "the experiment's config changed since the sweep started ({files}): trials not \
-                 yet run would use the new one, and the sweep's table would mix two configs. \
-                 Restore it, or pass --allow-changed-config to run them on the new config"
-            );
-        }
         eprintln!(
-            "note: the experiment's config changed since the sweep started ({files}); \
-             trials not yet run use the new one (--allow-changed-config)"
+            "note: the experiment's config changed since the sweep started ({}); the trials \
+             run the configs recorded then, in {}",
+            changed.join(", "),
+            dir.root().join("configs").display()
         );
     }
     apply_flags(&mut manifest, launcher, jobs, slurm);

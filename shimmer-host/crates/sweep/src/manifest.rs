@@ -5,6 +5,7 @@
 //! ```text
 //! runs/<name>/sweep-<id>/
 //!   sweep.json          experiment, overrides, trials, launcher, Slurm jobs
+//!   configs/<NNN>.yaml  each trial's config as resolved when the sweep started
 //!   trials/<NNN>/       a normal run folder per trial (config, events, checkpoints)
 //!   state/<NNN>.json    the trial's state: pending/running/finished/failed/interrupted
 //!   logs/<NNN>.log      the trial's output; Slurm's own logs beside it
@@ -170,7 +171,16 @@ impl SweepDir {
         format!("{index:0w$}", w = self.width)
     }
 
-    /// A trial's run folder.
+    /// Trial `index`'s config as recorded when the sweep started
+    /// (`configs/<NNN>.yaml`): what it runs, whatever the experiment files
+    /// say later.
+    pub fn config_file(&self, index: usize) -> PathBuf {
+        self.root
+            .join("configs")
+            .join(format!("{}.yaml", self.trial_name(index)))
+    }
+
+    /// Trial `index`'s run folder.
     pub fn run_dir(&self, index: usize) -> PathBuf {
         self.root.join("trials").join(self.trial_name(index))
     }

@@ -23,27 +23,37 @@ pub fn runner() -> Result<PathBuf> {
     }
 }
 
-/// The arguments of `shimmer run` for trial `index`: the experiment, the
-/// sweep's overrides (but those of the `sweep` section itself, which only
-/// shape the sweep), the trial's and `--run-dir`; or, to continue an
-/// interrupted attempt, only `--resume` (a run keeps its own config).
+/// The arguments of `shimmer run` for trial `index`: its config recorded
+/// when the sweep started (for older sweep folders: the experiment and the
+/// sweep's overrides, but those of the `sweep` section itself), the
+/// trial's overrides and `--run-dir`; or, to continue an interrupted
+/// attempt, only `--resume` (a run keeps its own config).
 pub fn run_args(manifest: &Manifest, dir: &SweepDir, index: usize, resume: bool) -> Vec<String> {
     let run_dir = dir.run_dir(index).display().to_string();
     if resume {
         return vec!["run".to_string(), "--resume".to_string(), run_dir];
     }
-    let mut args = vec!["run".to_string(), manifest.experiment.display().to_string()];
-    let shapes_sweep = |o: &&String| {
-        let key = o.split('=').next().unwrap_or("").trim();
-        key == "sweep" || key.starts_with("sweep.")
-    };
-    args.extend(
-        manifest
-            .overrides
-            .iter()
-            .filter(|o| !shapes_sweep(o))
-            .cloned(),
-    );
+    let recorded = dir.config_file(index);
+    let mut args = vec!["run".to_string()];
+    if recorded.is_file() {
+        // The config recorded at the start holds the sweep's overrides; the
+        // trial's own values are given again, for the log and `ps`.
+        args.push(recorded.display().to_string());
+    } else {
+        // A sweep folder from before trial configs were recorded.
+        args.push(manifest.experiment.display().to_string());
+        let shapes_sweep = |o: &&String| {
+            let key = o.split('=').next().unwrap_or("").trim();
+            key == "sweep" || key.starts_with("sweep.")
+        };
+        args.extend(
+            manifest
+                .overrides
+                .iter()
+                .filter(|o| !shapes_sweep(o))
+                .cloned(),
+        );
+    }
     if let Some(trial) = manifest.trials.get(index) {
         args.extend(trial.overrides.iter().cloned());
     }
