@@ -359,8 +359,14 @@ fn the_simple_shapes_sample_experiment_runs_on_the_real_files() {
     // be resumed from any folder.
     let config = std::fs::read_to_string(tmp.path().join("run/config.yaml")).unwrap();
     let root = sample_dir().canonicalize().unwrap();
-    assert!(
-        config.contains(&format!("root: {}", root.display())),
-        "{config}"
-    );
+    let roots: Vec<&str> = config
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("root: "))
+        .collect();
+    assert!(!roots.is_empty(), "{config}");
+    for r in roots {
+        let path = std::path::Path::new(r);
+        assert!(path.is_absolute(), "{r}");
+        assert_eq!(path.canonicalize().unwrap(), root, "{config}");
+    }
 }
