@@ -4,6 +4,7 @@
 //! hundred thousand loader threads), each failure naming its key.
 
 use crate::check::CheckError;
+use crate::domain_model::DomainModelConfig;
 use crate::experiment::{Experiment, SchedulerConfig, SelectionConfig};
 
 /// Widest layer (workspace, hidden, latent sizes).
@@ -41,6 +42,53 @@ fn float(key: &str, v: f64, lo: f64, lo_inclusive: bool, hi: f64) -> Result<(), 
     ))
 }
 
+/// The sizes of a domain model (its other checks are its own).
+fn domain_model(key: &str, model: &DomainModelConfig) -> Result<(), CheckError> {
+    let k = |field: &str| format!("{key}.{field}");
+    match *model {
+        DomainModelConfig::Identity => {}
+        DomainModelConfig::Linear { latent_dim } => {
+            int(&k("latent_dim"), latent_dim, 1, MAX_WIDTH)?
+        }
+        DomainModelConfig::Mlp {
+            latent_dim,
+            hidden,
+            n_layers,
+        }
+        | DomainModelConfig::Vae {
+            latent_dim,
+            hidden,
+            n_layers,
+            ..
+        } => {
+            int(&k("latent_dim"), latent_dim, 1, MAX_WIDTH)?;
+            int(&k("hidden"), hidden, 1, MAX_WIDTH)?;
+            int(&k("n_layers"), n_layers, 0, MAX_LAYERS)?;
+        }
+        DomainModelConfig::ConvVae {
+            latent_dim,
+            ae_dim,
+            channels,
+            ..
+        } => {
+            int(&k("latent_dim"), latent_dim, 1, MAX_WIDTH)?;
+            int(&k("ae_dim"), ae_dim, 8, MAX_WIDTH)?;
+            int(&k("channels"), channels, 1, 64)?;
+        }
+        DomainModelConfig::AttributeVae {
+            latent_dim,
+            hidden,
+            classes,
+            ..
+        } => {
+            int(&k("latent_dim"), latent_dim, 1, MAX_WIDTH)?;
+            int(&k("hidden"), hidden, 1, MAX_WIDTH)?;
+            int(&k("classes"), classes, 1, MAX_WIDTH)?;
+        }
+    }
+    Ok(())
+}
+
 /// Checks every numeric setting of `exp` against its range.
 ///
 /// # Errors
@@ -50,6 +98,7 @@ pub fn check(exp: &Experiment) -> Result<(), CheckError> {
         if let Some(dim) = d.latent_dim {
             int(&format!("domains.{name}.latent_dim"), dim, 1, MAX_WIDTH)?;
         }
+        domain_model(&format!("domains.{name}.model"), &d.model.arch)?;
     }
     if let Some(ws) = &exp.workspace {
         int("workspace.dim", ws.dim, 1, MAX_WIDTH)?;
@@ -173,6 +222,27 @@ pub fn check(exp: &Experiment) -> Result<(), CheckError> {
         0,
         7 * 24 * 3600,
     )?;
+    int(
+        "training.checkpoints.save_top_k",
+        t.checkpoints.save_top_k,
+        1,
+        10_000,
+    )?;
+    if let Some(es) = &t.early_stopping {
+        int(
+            "training.early_stopping.patience",
+            es.patience,
+            1,
+            1_000_000,
+        )?;
+        float(
+            "training.early_stopping.min_delta",
+            es.min_delta,
+            0.0,
+            true,
+            1e12,
+        )?;
+    }
     if let Some(c) = t.gradient_clip {
         float("training.gradient_clip", c, 0.0, false, 1e12)?;
     }
@@ -214,6 +284,10 @@ mod tests {
             ("training.gradient_clip=-1", "training.gradient_clip"),
             ("optim.betas=[0.9, 1.0]", "optim.betas.1"),
             ("data.batch_size=0", "data.batch_size"),
+            (
+                "domains.a.model={type: mlp, latent_dim: 4, hidden: 100000000}",
+                "domains.a.model.hidden",
+            ),
         ] {
             let err = exp(&[o]).unwrap_err();
             assert!(
