@@ -73,15 +73,6 @@ pub fn load_training(
         .collect())
 }
 
-/// The `trainer.*` entries of a training checkpoint, on the CPU, without
-/// loading it into a model (what a resume needs before building one).
-pub fn read_trainer_entries(path: &Path) -> Result<HashMap<String, Tensor>> {
-    Ok(read_on(path, &candle_core::Device::Cpu)?
-        .into_iter()
-        .filter(|(k, _)| k.starts_with(TRAINER_PREFIX))
-        .collect())
-}
-
 fn read(path: &Path, params: &ParamStore) -> Result<HashMap<String, Tensor>> {
     read_on(path, params.device())
 }
@@ -120,45 +111,74 @@ pub fn load_weights(path: &Path, params: &ParamStore) -> Result<()> {
 
 /// Writes `tensors` with their checksum in the file's metadata (see
 /// [`shimmer_formats::checksum`]), refusing non-finite values: a checkpoint
-/// is only worth keeping if training can go on from it.
+/// is only worth keeping if training can go on from it. Each tensor is
+/// brought to the host once; the check, the checksum and the file all read
+/// that copy.
 fn write_atomic(path: &Path, tensors: &HashMap<String, Tensor>) -> Result<()> {
-    let mut sorted: Vec<(&String, &Tensor)> = tensors.iter().collect();
-    sorted.sort_by(|a, b| a.0.cmp(b.0));
+    let mut names: Vec<&String> = tensors.keys().collect();
+    names.sort();
     let mut sum = shimmer_formats::checksum::TensorChecksum::default();
-    for (name, t) in &sorted {
-        ensure_finite(name, t).with_context(|| {
+    let mut host = Vec::with_capacity(names.len());
+    for name in names {
+        let t = &tensors[name];
+        let dtype = safetensors::View::dtype(&t);
+        let bytes = safetensors::View::data(&t).into_owned();
+        ensure_finite(name, dtype, &bytes).with_context(|| {
             format!(
                 "not writing checkpoint {}: the last one written is kept",
                 path.display()
             )
         })?;
-        // candle moves tensors to the host itself while serialising.
-        let view = safetensors::View::data(t);
-        sum.add(
-            name,
-            &format!("{:?}", safetensors::View::dtype(t)),
-            t.dims(),
-            &view,
-        );
+        sum.add(name, &format!("{dtype:?}"), t.dims(), &bytes);
+        host.push((name.as_str(), dtype, t.dims().to_vec(), bytes));
     }
+    let views = host
+        .iter()
+        .map(|(name, dtype, shape, bytes)| {
+            safetensors::tensor::TensorView::new(*dtype, shape.clone(), bytes)
+                .map(|view| (*name, view))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     let metadata = HashMap::from([(
         shimmer_formats::checksum::CHECKSUM_KEY.to_string(),
         sum.finish(),
     )]);
     shimmer_sys::fs::write_atomic_with(path, |tmp, _| {
-        Ok(safetensors::serialize_to_file(sorted, Some(metadata), tmp)?)
+        Ok(safetensors::serialize_to_file(views, Some(metadata), tmp)?)
     })
     .with_context(|| format!("cannot write checkpoint {}", path.display()))
 }
 
-/// Refuses a floating-point tensor holding NaN or an infinity.
-fn ensure_finite(name: &str, t: &Tensor) -> Result<()> {
-    use candle_core::DType;
-    if !t.dtype().is_float() {
-        return Ok(());
-    }
-    let values = t.flatten_all()?.to_dtype(DType::F64)?.to_vec1::<f64>()?;
-    if let Some(v) = values.iter().find(|v| !v.is_finite()) {
+/// Refuses a floating-point tensor (little-endian `bytes` of `dtype`)
+/// holding NaN or an infinity: those are the values whose exponent bits
+/// are all set.
+fn ensure_finite(name: &str, dtype: safetensors::Dtype, bytes: &[u8]) -> Result<()> {
+    use safetensors::Dtype;
+    let non_finite = match dtype {
+        Dtype::F64 => bytes
+            .chunks_exact(8)
+            .map(|b| u64::from_le_bytes(b.try_into().unwrap_or_default()))
+            .find(|b| b & 0x7FF0_0000_0000_0000 == 0x7FF0_0000_0000_0000)
+            .map(|b| f64::from_bits(b).to_string()),
+        Dtype::F32 => bytes
+            .chunks_exact(4)
+            .map(|b| u32::from_le_bytes(b.try_into().unwrap_or_default()))
+            .find(|b| b & 0x7F80_0000 == 0x7F80_0000)
+            .map(|b| f32::from_bits(b).to_string()),
+        Dtype::F16 | Dtype::BF16 => {
+            let exponent = if dtype == Dtype::F16 { 0x7C00 } else { 0x7F80 };
+            bytes
+                .chunks_exact(2)
+                .map(|b| u16::from_le_bytes([b[0], b[1]]))
+                .find(|b| b & exponent == exponent)
+                .map(|b| {
+                    let mantissa = b & !(exponent | 0x8000);
+                    if mantissa == 0 { "inf" } else { "NaN" }.to_string()
+                })
+        }
+        _ => None,
+    };
+    if let Some(v) = non_finite {
         anyhow::bail!(
             "`{name}` holds a non-finite value ({v}): the weights or optimiser state \
              diverged"
@@ -282,6 +302,21 @@ mod tests {
             err.contains("ck.safetensors") && err.contains("is corrupt"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn non_finite_values_are_found_in_every_float_dtype() {
+        use safetensors::Dtype;
+        let check = |dtype, bytes: &[u8]| ensure_finite("t", dtype, bytes).is_ok();
+        assert!(check(Dtype::F64, &1.5f64.to_le_bytes()));
+        assert!(!check(Dtype::F64, &f64::NAN.to_le_bytes()));
+        assert!(check(Dtype::F32, &f32::MAX.to_le_bytes()));
+        assert!(!check(Dtype::F32, &f32::NEG_INFINITY.to_le_bytes()));
+        assert!(check(Dtype::F16, &0x7BFFu16.to_le_bytes())); // largest finite f16
+        assert!(!check(Dtype::F16, &0x7C00u16.to_le_bytes())); // +inf
+        assert!(check(Dtype::BF16, &0x7F7Fu16.to_le_bytes())); // largest finite bf16
+        assert!(!check(Dtype::BF16, &0xFFC0u16.to_le_bytes())); // NaN
+        assert!(check(Dtype::I64, &i64::MAX.to_le_bytes()));
     }
 
     #[test]
