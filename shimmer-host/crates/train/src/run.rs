@@ -11,7 +11,7 @@ use crate::provenance::Provenance;
 use crate::run_dir::{RunDir, RunStatus, RunSummary};
 use crate::stop;
 use crate::task::Task;
-use crate::trainer::{Loaders, Trainer, evaluate, total_steps};
+use crate::trainer::{Loaders, Trainer, evaluate, load_last_checkpoint, total_steps};
 use anyhow::{Context, Result};
 use shimmer_config::Experiment;
 use shimmer_data::swap::PluginWatcher;
@@ -19,6 +19,7 @@ use shimmer_data::{DataPipeline, open_sources};
 use shimmer_nn::optim::Optimizer;
 use shimmer_nn::{checkpoint, device};
 use shimmer_tensorboard::SessionStatus;
+use std::collections::HashMap;
 use std::path::PathBuf;
 
 /// What `shimmer run` was asked to do.
@@ -244,7 +245,19 @@ impl Run<'_> {
         } else {
             total_steps(&exp.training, pipeline.train.len())?
         };
-        let optimizer = Optimizer::new(task.params().params(), &exp.optim, Some(total as usize))?;
+        let mut optimizer =
+            Optimizer::new(task.params().params(), &exp.optim, Some(total as usize))?;
+        // A resume reads the last checkpoint once: weights and optimiser now,
+        // the rest for the logs and the trainer below.
+        let resumed = if self.resuming {
+            Some(load_last_checkpoint(
+                self.run_dir,
+                task.params(),
+                &mut optimizer,
+            )?)
+        } else {
+            None
+        };
         let mut callbacks = callbacks::standard(&exp.training, watcher, stop.clone())?;
         if exp.training.images > 0
             && let Some(val) = &pipeline.val
@@ -255,15 +268,12 @@ impl Run<'_> {
             let at = callbacks.len().saturating_sub(1);
             callbacks.insert(at, Box::new(ImageLogger::new(&first, exp.training.images)));
         }
-        let tb = if self.resuming {
-            let last = self.run_dir.last_checkpoint();
-            let entries = checkpoint::read_trainer_entries(&last)?;
-            let step =
-                crate::position::Position::from_tensors(&entries, &last.display().to_string())?
-                    .global_step as i64;
+        let tb = if let Some(state) = &resumed {
+            let last = self.run_dir.last_checkpoint().display().to_string();
+            let step = crate::position::Position::from_tensors(state, &last)?.global_step as i64;
             RunLogger::resume(
                 self.run_dir.path(),
-                LogPosition::from_tensors(&entries).as_ref(),
+                LogPosition::from_tensors(state).as_ref(),
                 step,
             )?
         } else if fast_dev_run {
@@ -273,7 +283,7 @@ impl Run<'_> {
         };
         let mut trainer = Trainer::new(task, optimizer, &exp.training, self.run_dir, tb, callbacks);
         trainer.fast_dev_run = fast_dev_run;
-        self.start(&mut trainer)?;
+        self.start(&mut trainer, resumed.as_ref())?;
         let loaders = Loaders {
             train: &pipeline.train,
             val: pipeline.val.as_ref(),
@@ -312,10 +322,15 @@ impl Run<'_> {
         Ok(())
     }
 
-    /// Restores a resumed run, or logs a new one's config and HParams.
-    fn start<T: Task>(&self, trainer: &mut Trainer<'_, T>) -> Result<()> {
-        if self.resuming {
-            trainer.resume()?;
+    /// Restores a resumed run from its checkpoint's `resumed` state, or logs
+    /// a new one's config and HParams.
+    fn start<T: Task>(
+        &self,
+        trainer: &mut Trainer<'_, T>,
+        resumed: Option<&HashMap<String, candle_core::Tensor>>,
+    ) -> Result<()> {
+        if let Some(state) = resumed {
+            trainer.restore(state)?;
             eprintln!(
                 "resuming at step {} (epoch {}, batch {})",
                 trainer.position.global_step,

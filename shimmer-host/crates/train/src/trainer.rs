@@ -17,6 +17,7 @@ use shimmer_data::DataLoader;
 use shimmer_data::batch::HostBatch;
 use shimmer_nn::checkpoint;
 use shimmer_nn::optim::Optimizer;
+use std::collections::HashMap;
 use std::time::Instant;
 
 /// The loaders a loop reads.
@@ -25,6 +26,29 @@ pub struct Loaders<'a> {
     pub train: &'a DataLoader,
     /// Validation batches.
     pub val: Option<&'a DataLoader>,
+}
+
+/// Loads a run's last checkpoint into `params` and `optimizer`, reading it
+/// once, and returns its `trainer.*` entries (loop position, log
+/// positions, task and callback state) for [`Trainer::restore`] and the
+/// run's logs.
+///
+/// # Errors
+/// A run without a last checkpoint, or one that does not fit the model.
+pub fn load_last_checkpoint(
+    run_dir: &RunDir,
+    params: &shimmer_nn::ParamStore,
+    optimizer: &mut Optimizer,
+) -> Result<HashMap<String, Tensor>> {
+    let path = run_dir.last_checkpoint();
+    if !path.exists() {
+        bail!(
+            "{} has no checkpoint to resume from ({} is missing)",
+            run_dir.path().display(),
+            path.display()
+        );
+    }
+    checkpoint::load_training(&path, params, optimizer)
 }
 
 /// Runs training of a [`Task`] to the end, calling its callbacks.
@@ -111,22 +135,15 @@ impl<'a, T: Task> Trainer<'a, T> {
         }
     }
 
-    /// Restores weights, optimiser, loop position and callback state from
-    /// the run's last checkpoint.
-    pub fn resume(&mut self) -> Result<()> {
+    /// Restores the loop position, the task's and the callbacks' state
+    /// from `state`, the `trainer.*` entries [`load_last_checkpoint`] read
+    /// (the weights and optimiser are loaded by then).
+    pub fn restore(&mut self, state: &HashMap<String, Tensor>) -> Result<()> {
         let path = self.run_dir.last_checkpoint();
-        if !path.exists() {
-            bail!(
-                "{} has no checkpoint to resume from ({} is missing)",
-                self.run_dir.path().display(),
-                path.display()
-            );
-        }
-        let state = checkpoint::load_training(&path, self.task.params(), &mut self.optimizer)?;
-        self.position = Position::from_tensors(&state, &path.display().to_string())?;
-        self.task.load_state(&state)?;
+        self.position = Position::from_tensors(state, &path.display().to_string())?;
+        self.task.load_state(state)?;
         for cb in &mut self.callbacks {
-            cb.load_state(&state)
+            cb.load_state(state)
                 .with_context(|| format!("{}: state of `{}`", path.display(), cb.name()))?;
         }
         Ok(())
