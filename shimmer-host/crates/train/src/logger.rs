@@ -126,15 +126,7 @@ impl RunLogger {
                 tb
             }
         };
-        let file = File::options()
-            .append(true)
-            .open(&jsonl_path)
-            .with_context(|| format!("cannot open {}", jsonl_path.display()))?;
-        let mut logger = Self {
-            tb: Some(tb),
-            jsonl: BufWriter::new(file),
-            jsonl_path,
-        };
+        let mut logger = Self::open(dir, Some(tb))?;
         let line = serde_json::json!({ "step": step, "restart": true });
         writeln!(logger.jsonl, "{line}")
             .with_context(|| format!("cannot write {}", logger.jsonl_path.display()))?;
@@ -230,7 +222,7 @@ fn cut_jsonl(path: &Path, len: Option<u64>) -> Result<()> {
     if !path.exists() {
         return Ok(());
     }
-    let file = File::options()
+    let mut file = File::options()
         .read(true)
         .write(true)
         .open(path)
@@ -239,30 +231,33 @@ fn cut_jsonl(path: &Path, len: Option<u64>) -> Result<()> {
         .metadata()
         .with_context(|| format!("cannot read {}", path.display()))?
         .len();
-    let mut keep = len.map_or(found, |l| l.min(found));
-    // Back to just after the last newline within `keep`.
-    let mut reader = std::io::BufReader::new(&file);
-    let mut at = 0u64;
-    let mut last_end = 0u64;
-    let mut line = Vec::new();
-    while at < keep {
-        line.clear();
-        let n = std::io::BufRead::read_until(&mut reader, b'\n', &mut line)
-            .with_context(|| format!("cannot read {}", path.display()))? as u64;
-        if n == 0 {
-            break;
-        }
-        at += n;
-        if at <= keep && line.last() == Some(&b'\n') {
-            last_end = at;
-        }
-    }
-    keep = last_end;
+    let keep = end_of_last_line(&mut file, len.map_or(found, |l| l.min(found)))
+        .with_context(|| format!("cannot read {}", path.display()))?;
     if keep < found {
         file.set_len(keep)
             .with_context(|| format!("cannot repair {}", path.display()))?;
     }
     Ok(())
+}
+
+/// Where the last whole line of `file`'s first `limit` bytes ends (just
+/// after its newline; 0 without one), found reading backwards from
+/// `limit`: a resume of a long run does not read its whole log.
+fn end_of_last_line(file: &mut File, limit: u64) -> std::io::Result<u64> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut end = limit;
+    while end > 0 {
+        let start = end.saturating_sub(buf.len() as u64);
+        let chunk = &mut buf[..(end - start) as usize];
+        file.seek(SeekFrom::Start(start))?;
+        file.read_exact(chunk)?;
+        if let Some(i) = chunk.iter().rposition(|&b| b == b'\n') {
+            return Ok(start + i as u64 + 1);
+        }
+        end = start;
+    }
+    Ok(0)
 }
 
 /// Removes the event files of `dir` that sort after `current` (begun by a
@@ -302,6 +297,19 @@ mod tests {
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "{\"a\": 1}\n");
         cut_jsonl(&path, Some(4)).unwrap();
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "");
+    }
+
+    #[test]
+    fn the_last_whole_line_is_found_across_read_chunks() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(SCALARS_FILE);
+        let long = "x".repeat(200_000);
+        std::fs::write(&path, format!("{long}\n{long}")).unwrap();
+        cut_jsonl(&path, None).unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 200_001);
+        std::fs::write(&path, &long).unwrap();
+        cut_jsonl(&path, None).unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 0);
     }
 
     #[test]
