@@ -115,8 +115,7 @@ impl Provenance {
     /// # Errors
     /// When the folder is not writable.
     pub fn write(&self, run: &RunDir) -> Result<()> {
-        let text = serde_json::to_string_pretty(self)?;
-        shimmer_sys::fs::write_atomic(&run.path().join(PROVENANCE_FILE), text.as_bytes())
+        run.write_json(PROVENANCE_FILE, self)
     }
 
     /// Compares what is loaded now (`self`) with what `recorded` says the

@@ -135,8 +135,13 @@ impl RunDir {
 
     /// Writes `summary.json`.
     pub fn write_summary(&self, summary: &RunSummary) -> Result<()> {
-        let text = serde_json::to_string_pretty(summary)?;
-        write_atomic(&self.path.join(SUMMARY_FILE), text.as_bytes())
+        self.write_json(SUMMARY_FILE, summary)
+    }
+
+    /// Writes `value` as the JSON file `name` of the run folder, atomically.
+    pub fn write_json<T: Serialize>(&self, name: &str, value: &T) -> Result<()> {
+        let text = serde_json::to_string_pretty(value)?;
+        write_atomic(&self.path.join(name), text.as_bytes())
     }
 
     /// The experiment file the run was started from, as its summary records
