@@ -54,10 +54,20 @@ pub struct SweepOptions {
     pub dry_run: bool,
 }
 
-/// Reads the experiment with `overrides`, expands its sweep and checks
-/// that every trial's configuration is valid, before anything runs.
-/// Returns the sweep and the experiment's runs folder (`training.runs_dir`).
-pub fn plan(experiment: &Path, overrides: &[String]) -> Result<(Manifest, PathBuf)> {
+/// A planned sweep, before its folder exists.
+pub struct Plan {
+    /// What to run.
+    pub manifest: Manifest,
+    /// The experiment's runs folder (`training.runs_dir`).
+    pub runs_dir: PathBuf,
+    /// Each trial's config, resolved with every default and its item
+    /// files made absolute, in trial order: what it will run.
+    pub trial_configs: Vec<String>,
+}
+
+/// Reads the experiment with `overrides`, expands its sweep and resolves
+/// (so checks) every trial's configuration, before anything runs.
+pub fn plan(experiment: &Path, overrides: &[String]) -> Result<Plan> {
     let loaded = shimmer_config::load(experiment, overrides)?;
     let config_files = loaded
         .files
@@ -76,15 +86,27 @@ pub fn plan(experiment: &Path, overrides: &[String]) -> Result<(Manifest, PathBu
         .space()
         .with_context(|| format!("invalid sweep in {}", experiment.display()))?;
     let trials = expand::expand(&space)?;
+    let base = std::path::absolute(experiment)
+        .ok()
+        .and_then(|p| p.parent().map(Path::to_path_buf))
+        .unwrap_or_default();
+    let mut trial_configs = Vec::with_capacity(trials.len());
     for trial in &trials {
         let all: Vec<String> = overrides.iter().chain(&trial.overrides).cloned().collect();
-        shimmer_config::load(experiment, &all).with_context(|| {
-            format!(
-                "trial {} of the sweep ({}) is not a valid experiment",
-                trial.index,
-                trial.overrides.join(" ")
-            )
-        })?;
+        let mut trial_exp = shimmer_config::load(experiment, &all)
+            .with_context(|| {
+                format!(
+                    "trial {} of the sweep ({}) is not a valid experiment",
+                    trial.index,
+                    trial.overrides.join(" ")
+                )
+            })?
+            .config;
+        trial_exp.data.anchor_item_files(&base);
+        trial_configs.push(
+            shimmer_config::with_defaults(&trial_exp)
+                .with_context(|| format!("cannot write the config of trial {}", trial.index))?,
+        );
     }
     let params = space
         .grid
@@ -106,32 +128,22 @@ pub fn plan(experiment: &Path, overrides: &[String]) -> Result<(Manifest, PathBu
         slurm_jobs: Vec::new(),
         config_files,
     };
-    Ok((manifest, runs_dir))
+    Ok(Plan {
+        manifest,
+        runs_dir,
+        trial_configs,
+    })
 }
 
-/// Writes each trial's resolved config (every default, item files made
-/// absolute) to `configs/<NNN>.yaml`: trials run from these, so a resume
-/// runs what the sweep started with even if the experiment changed since.
-fn record_trial_configs(
-    manifest: &Manifest,
-    dir: &SweepDir,
-    experiment: &Path,
-    overrides: &[String],
-) -> Result<()> {
-    let base = std::path::absolute(experiment)
-        .ok()
-        .and_then(|p| p.parent().map(Path::to_path_buf))
-        .unwrap_or_default();
+/// Writes each trial's planned config to `configs/<NNN>.yaml`: trials run
+/// from these, so a resume runs what the sweep started with even if the
+/// experiment changed since.
+fn record_trial_configs(dir: &SweepDir, trial_configs: &[String]) -> Result<()> {
     let folder = dir.root().join("configs");
     std::fs::create_dir_all(&folder)
         .with_context(|| format!("cannot create {}", folder.display()))?;
-    for trial in &manifest.trials {
-        let all: Vec<String> = overrides.iter().chain(&trial.overrides).cloned().collect();
-        let mut exp = shimmer_config::load(experiment, &all)?.config;
-        exp.data.anchor_item_files(&base);
-        let text = shimmer_config::with_defaults(&exp)
-            .with_context(|| format!("cannot write the config of trial {}", trial.index))?;
-        shimmer_sys::fs::write_atomic(&dir.config_file(trial.index), text.as_bytes())?;
+    for (index, text) in trial_configs.iter().enumerate() {
+        shimmer_sys::fs::write_atomic(&dir.config_file(index), text.as_bytes())?;
     }
     Ok(())
 }
@@ -162,7 +174,11 @@ fn apply_flags(
 /// `shimmer sweep <experiment>`: plans the sweep, creates its folder and
 /// runs or submits every trial.
 pub fn start(opts: &SweepOptions) -> Result<()> {
-    let (mut manifest, runs_dir) = plan(&opts.experiment, &opts.overrides)?;
+    let Plan {
+        mut manifest,
+        runs_dir,
+        trial_configs,
+    } = plan(&opts.experiment, &opts.overrides)?;
     apply_flags(&mut manifest, opts.launcher, opts.jobs, &opts.slurm);
     let root = match &opts.sweep_dir {
         Some(dir) => {
@@ -176,7 +192,7 @@ pub fn start(opts: &SweepOptions) -> Result<()> {
         return dry_run(&manifest, &dir, &all);
     }
     let _lock = create_dir(&root, opts.sweep_dir.is_some())?;
-    record_trial_configs(&manifest, &dir, &opts.experiment, &opts.overrides)?;
+    record_trial_configs(&dir, &trial_configs)?;
     manifest.save(&dir)?;
     println!(
         "sweep {}: {} trials of {} (launcher: {}); TensorBoard: tensorboard --logdir {}",

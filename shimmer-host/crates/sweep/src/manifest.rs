@@ -47,8 +47,8 @@ pub struct Manifest {
     #[serde(default)]
     pub slurm_jobs: Vec<SlurmJob>,
     /// Every config file the experiment was read from when the sweep
-    /// started, with its SHA-256: a resume checks they are unchanged, so
-    /// one sweep never mixes trials of two configs.
+    /// started, with its SHA-256: a resume names those changed since (the
+    /// trials run the configs recorded then).
     #[serde(default)]
     pub config_files: Vec<ConfigFile>,
 }
