@@ -47,18 +47,8 @@ pub fn write_experiment(manifest: &Manifest, dir: &SweepDir, monitor: &str) -> R
     metrics.extend(tests);
     // Only this function writes event files at the top of a sweep folder.
     let root = dir.root();
-    for entry in
-        std::fs::read_dir(root).with_context(|| format!("cannot read {}", root.display()))?
-    {
-        let entry = entry.with_context(|| format!("cannot read {}", root.display()))?;
-        if entry
-            .file_name()
-            .to_string_lossy()
-            .starts_with("events.out.tfevents.")
-        {
-            std::fs::remove_file(entry.path())
-                .with_context(|| format!("cannot remove {}", entry.path().display()))?;
-        }
+    for file in shimmer_tensorboard::event_files(root)? {
+        std::fs::remove_file(&file).with_context(|| format!("cannot remove {}", file.display()))?;
     }
     let mut tb = EventWriter::create(root)?;
     tb.hparams_experiment(&hparams, &metrics)?;

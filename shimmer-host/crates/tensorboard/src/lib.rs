@@ -17,4 +17,6 @@ pub mod proto;
 mod record;
 mod writer;
 
-pub use writer::{EventWriter, HParam, HParamColumn, SessionStatus};
+pub use writer::{
+    EVENT_FILE_PREFIX, EventWriter, HParam, HParamColumn, SessionStatus, event_files,
+};

@@ -40,6 +40,30 @@ pub enum SessionStatus {
     Failure,
 }
 
+/// How the names of event files begin (TensorBoard reads those files).
+pub const EVENT_FILE_PREFIX: &str = "events.out.tfevents.";
+
+/// The event files directly in `dir`, in name order (the order TensorBoard
+/// reads them in).
+///
+/// # Errors
+/// When `dir` cannot be read.
+pub fn event_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).with_context(|| format!("cannot read {}", dir.display()))? {
+        let entry = entry.with_context(|| format!("cannot read {}", dir.display()))?;
+        if entry
+            .file_name()
+            .to_string_lossy()
+            .starts_with(EVENT_FILE_PREFIX)
+        {
+            files.push(entry.path());
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
 /// Writes one `events.out.tfevents.*` file in a run folder.
 pub struct EventWriter {
     out: BufWriter<File>,
@@ -77,7 +101,7 @@ impl EventWriter {
         let mut n = 0;
         let (file, path) = loop {
             let path = dir.join(format!(
-                "events.out.tfevents.{secs}.{host}.{}.{n}",
+                "{EVENT_FILE_PREFIX}{secs}.{host}.{}.{n}",
                 std::process::id()
             ));
             match File::options().write(true).create_new(true).open(&path) {

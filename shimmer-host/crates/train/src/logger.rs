@@ -267,13 +267,10 @@ fn remove_later_event_files(dir: &Path, current: &Path) -> Result<()> {
     let Some(current) = current.file_name() else {
         return Ok(());
     };
-    for entry in std::fs::read_dir(dir).with_context(|| format!("cannot read {}", dir.display()))? {
-        let entry = entry.with_context(|| format!("cannot read {}", dir.display()))?;
-        let name = entry.file_name();
-        if name.to_string_lossy().starts_with("events.out.tfevents.") && name.as_os_str() > current
-        {
-            std::fs::remove_file(entry.path())
-                .with_context(|| format!("cannot remove {}", entry.path().display()))?;
+    for file in shimmer_tensorboard::event_files(dir)? {
+        if file.file_name().is_some_and(|name| name > current) {
+            std::fs::remove_file(&file)
+                .with_context(|| format!("cannot remove {}", file.display()))?;
         }
     }
     Ok(())
