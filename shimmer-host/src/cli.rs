@@ -422,9 +422,10 @@ pub fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Export(a) => {
+            let run = shimmer_train::RunDir::open(&a.run_dir)?;
             let checkpoint = a.checkpoint.as_deref().map(|c| match c {
-                "best" => a.run_dir.join("checkpoints/best.safetensors"),
-                "last" => a.run_dir.join("checkpoints/last.safetensors"),
+                "best" => run.best_checkpoint(),
+                "last" => run.last_checkpoint(),
                 path => PathBuf::from(path),
             });
             let out = a
