@@ -72,9 +72,7 @@ impl CachedSource {
                 (Some(dir), Some(key)) => Some((cache_file(dir, &key, split), key)),
                 _ => None,
             };
-            let expected = (inner.split_size(split) as usize)
-                .checked_mul(inner.latent_dim())
-                .with_context(|| format!("domain `{domain}`: {split} split too large to cache"))?;
+            let expected = table_len(domain, inner.as_ref(), split)?;
             if let Some((path, key)) = &file
                 && let Some(table) = read_cache_file(path, key, inner.latent_dim(), expected)?
             {
@@ -157,6 +155,23 @@ pub fn cache_sources(
     Ok(out)
 }
 
+/// Values in the latent table of `split` (items x latent size), refused
+/// when it cannot be addressed or would not fit in the memory available
+/// now, whether it is encoded or read back from a cache file.
+fn table_len(domain: &str, src: &dyn ItemSource, split: Split) -> Result<usize> {
+    let (n, dim) = (src.split_size(split), src.latent_dim());
+    let len = usize::try_from(n)
+        .ok()
+        .and_then(|n| n.checked_mul(dim))
+        .with_context(|| format!("domain `{domain}`: {split} split too large to cache"))?;
+    shimmer_sys::memory::ensure_fits(
+        &format!("the latent cache of domain `{domain}`'s {split} split ({n} items x {dim})"),
+        len as u128 * 4,
+        shimmer_sys::memory::available_bytes(),
+    )?;
+    Ok(len)
+}
+
 /// Loads and encodes a whole split, `BLOCK_ITEMS` at a time, blocks spread
 /// over `threads` threads. The first failing block (in item order) is
 /// reported, with its failing item.
@@ -167,17 +182,9 @@ pub fn encode_split(
     threads: usize,
 ) -> Result<Vec<f32>> {
     let dim = src.latent_dim();
-    let n = usize::try_from(src.split_size(split))?;
-    let len = n
-        .checked_mul(dim)
-        .with_context(|| format!("domain `{domain}`: {split} split too large to cache"))?;
-    shimmer_sys::memory::ensure_fits(
-        &format!("the latent cache of domain `{domain}`'s {split} split ({n} items x {dim})"),
-        len as u128 * 4,
-        shimmer_sys::memory::available_bytes(),
-    )?;
+    let len = table_len(domain, src, split)?;
     let mut table = vec![0.0f32; len];
-    if n == 0 || dim == 0 {
+    if len == 0 {
         return Ok(table);
     }
     let threads = threads.max(1);
