@@ -62,7 +62,6 @@ pub fn load_document(document: &Document) -> Result<Loaded<Experiment>, ConfigEr
     Ok(Loaded {
         config,
         resolved_yaml,
-        files: document.files().to_vec(),
         document: document.clone(),
     })
 }

@@ -70,7 +70,7 @@ pub struct Plan {
 pub fn plan(experiment: &Path, overrides: &[String]) -> Result<Plan> {
     let loaded = shimmer_config::load(experiment, overrides)?;
     let config_files = loaded
-        .files
+        .files()
         .iter()
         .map(|f| manifest::ConfigFile::record(f))
         .collect::<Result<Vec<_>>>()?;

@@ -75,13 +75,16 @@ pub struct Loaded<T> {
     /// The merged, resolved document as YAML: what the run actually used,
     /// written next to its results.
     pub resolved_yaml: String,
-    /// Every file read, in merge order (bases, experiment, `local.yaml`).
-    pub files: Vec<PathBuf>,
     /// The merged document, to place later errors at their key.
     pub document: Document,
 }
 
 impl<T> Loaded<T> {
+    /// Every file read, in merge order (bases, experiment, `local.yaml`).
+    pub fn files(&self) -> &[PathBuf] {
+        self.document.files()
+    }
+
     /// An error about the value at the dotted key path `key`, placed where
     /// that key was set (for checks made after loading, e.g. of metric
     /// names only a built model knows).
@@ -105,7 +108,6 @@ pub fn load<T: DeserializeOwned>(
     Ok(Loaded {
         config: document.deserialize()?,
         resolved_yaml: document.to_yaml()?,
-        files: document.files.clone(),
         document,
     })
 }

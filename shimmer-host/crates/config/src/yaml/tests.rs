@@ -96,7 +96,7 @@ fn merge_order_is_bases_experiment_local_then_overrides() {
     };
     assert_eq!(loaded.config, expected);
     let names: Vec<_> = loaded
-        .files
+        .files()
         .iter()
         .map(|p| p.file_name().unwrap().to_owned())
         .collect();
@@ -130,7 +130,7 @@ fn extends_chains_and_lists_apply_in_order() {
     assert!(loaded.config.flag);
     assert_eq!(loaded.config.groups, ["r"]);
     assert_eq!(loaded.config.name, "exp");
-    assert_eq!(loaded.files.len(), 4);
+    assert_eq!(loaded.files().len(), 4);
 }
 
 #[test]
