@@ -55,7 +55,7 @@ pub fn exit_code(e: &anyhow::Error) -> u8 {
             _ => 128 + 2,
         };
     }
-    if e.downcast_ref::<NonFiniteLoss>().is_some() || e.chain().any(|c| c.is::<NonFiniteLoss>()) {
+    if e.chain().any(|c| c.is::<NonFiniteLoss>()) {
         return EXIT_NON_FINITE;
     }
     if e.downcast_ref::<Interrupted>().is_some() {
