@@ -7,7 +7,7 @@
 use anyhow::{Context, Result, bail};
 use std::fs::{File, OpenOptions, TryLockError};
 use std::io::{Read, Seek, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// Name of the lock file inside a locked folder.
 pub const LOCK_FILE: &str = ".lock";
@@ -16,7 +16,6 @@ pub const LOCK_FILE: &str = ".lock";
 /// process ends).
 #[derive(Debug)]
 pub struct FolderLock {
-    folder: PathBuf,
     _file: File,
 }
 
@@ -60,15 +59,7 @@ impl FolderLock {
             .and_then(|()| file.rewind())
             .and_then(|()| write!(file, "{}", std::process::id()))
             .with_context(|| format!("cannot write {}", path.display()))?;
-        Ok(Self {
-            folder: folder.to_path_buf(),
-            _file: file,
-        })
-    }
-
-    /// The locked folder.
-    pub fn folder(&self) -> &Path {
-        &self.folder
+        Ok(Self { _file: file })
     }
 }
 
