@@ -6,7 +6,7 @@
 //! with new settings get.
 
 use crate::common;
-use crate::run::{assert_clear_failure, pretrained, stderr, tutorial_args};
+use crate::run::{assert_clear_failure, pretrained, run_args, stderr, tutorial_args};
 
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
@@ -344,14 +344,7 @@ fn a_run_records_its_provenance_and_refuses_a_changed_frozen_checkpoint() {
     std::fs::copy(&original, &weights).unwrap();
     let dir = tmp.path().join("run");
     let own = format!("domains.domain1.model.checkpoint={}", weights.display());
-    let mut args = tutorial_args(&dir, &[]);
-    args.push(own);
-    args.insert(0, "run".to_string());
-    let out = common::shimmer()
-        .args(&args)
-        .current_dir(common::workspace_root())
-        .output()
-        .unwrap();
+    let out = run_args(&tutorial_args(&dir, &[&own]));
     assert!(out.status.success(), "{}", stderr(&out));
 
     let record: serde_json::Value =
@@ -566,13 +559,7 @@ fn a_hung_plugin_is_named_and_a_second_ctrl_c_ends_the_run_on_record() {
 fn a_checkpoint_whose_bytes_changed_is_refused_on_resume() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("run");
-    let mut args = tutorial_args(&dir, &["training.max_epochs=1"]);
-    args.insert(0, "run".to_string());
-    let out = common::shimmer()
-        .args(&args)
-        .current_dir(common::workspace_root())
-        .output()
-        .unwrap();
+    let out = run_args(&tutorial_args(&dir, &["training.max_epochs=1"]));
     assert!(out.status.success(), "{}", stderr(&out));
     let last = dir.join("checkpoints/last.safetensors");
     let mut bytes = std::fs::read(&last).unwrap();
