@@ -22,14 +22,14 @@ const TIME_LIMIT: Duration = Duration::from_secs(60);
 const MEMORY_LIMIT_KIB: u64 = 512 * 1024;
 
 /// A finished command, with its peak resident memory.
-struct Measured {
-    out: Output,
-    peak_kib: u64,
+pub(crate) struct Measured {
+    pub(crate) out: Output,
+    pub(crate) peak_kib: u64,
 }
 
 /// Runs `cmd` to its end (killed past [`TIME_LIMIT`]), reaping it with
 /// `wait4` to read its peak resident memory.
-fn measured(cmd: &mut Command) -> Measured {
+pub(crate) fn measured(cmd: &mut Command) -> Measured {
     let mut child = cmd
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -93,7 +93,7 @@ fn measured(cmd: &mut Command) -> Measured {
 /// `shimmer <args>` from the repository root must be refused: status 2,
 /// the last line an error containing every needle, no panic, within the
 /// time and memory bounds.
-fn refused(args: &[&str], needles: &[&str]) -> Measured {
+pub(crate) fn refused(args: &[&str], needles: &[&str]) -> Measured {
     let m = measured(
         common::shimmer()
             .args(args)
@@ -110,7 +110,7 @@ fn refused(args: &[&str], needles: &[&str]) -> Measured {
     m
 }
 
-fn tutorial() -> String {
+pub(crate) fn tutorial() -> String {
     common::workspace_root()
         .join("experiments/tutorial/gw.yaml")
         .display()
@@ -118,18 +118,18 @@ fn tutorial() -> String {
 }
 
 /// `validate` of the tutorial with the pretrained domains and `extra`.
-fn validate_args(extra: &[&str]) -> Vec<String> {
+pub(crate) fn validate_args(extra: &[&str]) -> Vec<String> {
     let mut args = vec!["validate".to_string(), tutorial()];
     args.extend(pretrained().iter().cloned());
     args.extend(extra.iter().map(|s| s.to_string()));
     args
 }
 
-fn strs(v: &[String]) -> Vec<&str> {
+pub(crate) fn strs(v: &[String]) -> Vec<&str> {
     v.iter().map(String::as_str).collect()
 }
 
-fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+pub(crate) fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
     let path = dir.join(name);
     std::fs::write(&path, text).unwrap();
     path
