@@ -37,5 +37,5 @@ mod test_util;
 pub use array::{Layout, NumArray};
 pub use domain_split::{DomainSplit, SplitEntry};
 pub use dtype::{ByteOrder, DType, Element};
-pub use error::FormatError;
+pub use error::{FormatError, excerpt};
 pub use image::{ImageFolder, ImageShape};
