@@ -17,14 +17,26 @@ pub const MAX_BATCH: usize = 1 << 20;
 pub const MAX_WORKERS: usize = 256;
 /// Most batches prepared ahead.
 pub const MAX_PREFETCH: usize = 1024;
+/// Most optimiser steps of a run, and the largest step count of any
+/// setting (`max_steps`, `total_steps`, intervals): years of training at
+/// thousands of steps a second, far from overflowing the step counters
+/// (`max_epochs` × batches per epoch stays within `u64` for any epoch
+/// of fewer than 2^40 batches).
+pub const MAX_STEPS: usize = 1 << 40;
+/// Most epochs of a run (see [`MAX_STEPS`]).
+pub const MAX_EPOCHS: usize = 1 << 24;
+/// Largest `|logit_scale|`: the contrastive loss computes
+/// `exp(logit_scale)` in `f32`, infinite past `ln(f32::MAX)` ≈ 88.72.
+pub const MAX_LOGIT_SCALE: f64 = 88.0;
 
 fn int(key: &str, v: usize, lo: usize, hi: usize) -> Result<(), CheckError> {
+    let why = if v > hi { " (too large)" } else { "" };
     if (lo..=hi).contains(&v) {
         Ok(())
     } else {
         Err(CheckError::new(
             key,
-            format!("{v} is out of range: it must be between {lo} and {hi}"),
+            format!("{v} is out of range{why}: it must be between {lo} and {hi}"),
         ))
     }
 }
@@ -138,9 +150,9 @@ pub fn check(exp: &Experiment) -> Result<(), CheckError> {
         float(
             "workspace.contrastive.logit_scale",
             ws.contrastive.logit_scale,
-            -100.0,
+            -MAX_LOGIT_SCALE,
             true,
-            100.0,
+            MAX_LOGIT_SCALE,
         )?;
     }
     let data = &exp.data;
@@ -169,7 +181,7 @@ pub fn check(exp: &Experiment) -> Result<(), CheckError> {
                 float("optim.scheduler.max_lr", lr, 0.0, false, 10.0)?;
             }
             if let Some(t) = total_steps {
-                int("optim.scheduler.total_steps", t, 1, usize::MAX)?;
+                int("optim.scheduler.total_steps", t, 1, MAX_STEPS)?;
             }
             float("optim.scheduler.pct_start", pct_start, 0.0, false, 1.0)?;
             float("optim.scheduler.div_factor", div_factor, 0.0, false, 1e12)?;
@@ -195,26 +207,26 @@ pub fn check(exp: &Experiment) -> Result<(), CheckError> {
             ..
         } => {
             if let Some(t) = total_steps {
-                int("optim.scheduler.total_steps", t, 1, usize::MAX)?;
+                int("optim.scheduler.total_steps", t, 1, MAX_STEPS)?;
             }
             float("optim.scheduler.min_lr", min_lr, 0.0, true, 10.0)?;
         }
     }
     let t = &exp.training;
     if let Some(s) = t.max_steps {
-        int("training.max_steps", s, 1, usize::MAX)?;
+        int("training.max_steps", s, 1, MAX_STEPS)?;
     }
     if let Some(e) = t.max_epochs {
-        int("training.max_epochs", e, 1, usize::MAX)?;
+        int("training.max_epochs", e, 1, MAX_EPOCHS)?;
     }
     int(
         "training.log_every_n_steps",
         t.log_every_n_steps,
         1,
-        usize::MAX,
+        MAX_STEPS,
     )?;
     if let Some(v) = t.val_every_n_steps {
-        int("training.val_every_n_steps", v, 1, usize::MAX)?;
+        int("training.val_every_n_steps", v, 1, MAX_STEPS)?;
     }
     int(
         "training.watchdog_s",
@@ -285,6 +297,18 @@ mod tests {
             ("optim.betas=[0.9, 1.0]", "optim.betas.1"),
             ("data.batch_size=0", "data.batch_size"),
             (
+                "training.max_epochs=4611686018427387904",
+                "training.max_epochs",
+            ),
+            (
+                "training.max_steps=4611686018427387904",
+                "training.max_steps",
+            ),
+            (
+                "workspace.contrastive.logit_scale=100",
+                "workspace.contrastive.logit_scale",
+            ),
+            (
                 "domains.a.model={type: mlp, latent_dim: 4, hidden: 100000000}",
                 "domains.a.model.hidden",
             ),
@@ -295,5 +319,8 @@ mod tests {
                 "{o}: {err}"
             );
         }
+        let err = exp(&["training.max_epochs=4611686018427387904"]).unwrap_err();
+        assert!(err.contains("too large"), "{err}");
+        assert!(exp(&["workspace.contrastive.logit_scale=88"]).is_ok());
     }
 }
