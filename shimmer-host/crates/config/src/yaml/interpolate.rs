@@ -10,12 +10,15 @@
 //! of `RELATIVE` taken from the folder of the file the value is written in
 //! (the working folder for a command-line override), so an experiment can
 //! name its data beside itself and still run from any folder (and resume
-//! from its run folder). References may lead to other references; loops
-//! are errors. `\${` writes a literal `${`.
+//! from its run folder). References may lead to other references, at most
+//! [`MAX_DEPTH`] in a chain (and the resolved tree at most [`MAX_DEPTH`]
+//! deep); loops are errors. `\${` writes a literal `${`.
 
 use super::error::{ConfigError, ErrorKind};
 use super::layers::normalize;
-use super::node::{Entry, MAX_TEXT, MAX_VALUES, Map, Node, Scalar, Seg, Value, show};
+use super::node::{
+    Entry, MAX_DEPTH, MAX_TEXT, MAX_VALUES, Map, Node, Scalar, Seg, Value, check_key_depth, show,
+};
 use super::origin::Origin;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -27,6 +30,7 @@ pub(crate) fn interpolate(root: &Node) -> Result<Node, ConfigError> {
         stack: Vec::new(),
         done: HashMap::new(),
         spent: 0,
+        depth: 0,
     };
     resolver.tree(root, &mut Vec::new())
 }
@@ -96,11 +100,34 @@ struct Resolver<'a> {
     done: HashMap<Vec<Seg>, Node>,
     /// Weight of every value references copied so far (see [`MAX_VALUES`]).
     spent: usize,
+    /// Calls of [`Resolver::tree`] under way: nesting walked through every
+    /// reference of the chain being resolved (see [`MAX_WALK`]).
+    depth: usize,
 }
+
+/// Deepest walk through references and the values they name: a chain of
+/// [`MAX_DEPTH`] references each inside a deep mapping stays under it, and
+/// the stack is never at risk.
+const MAX_WALK: usize = 4 * MAX_DEPTH;
 
 impl<'a> Resolver<'a> {
     /// `node` (at `path`) with every interpolation inside it resolved.
     fn tree(&mut self, node: &'a Node, path: &mut Vec<Seg>) -> Result<Node, ConfigError> {
+        if self.depth >= MAX_WALK {
+            let message = format!(
+                "`${{...}}` references nest more than {MAX_WALK} levels deep through the \
+                 values they name: refused"
+            );
+            return Err(self.error(node, path, message));
+        }
+        self.depth += 1;
+        let resolved = self.walk(node, path);
+        self.depth -= 1;
+        resolved
+    }
+
+    /// [`Resolver::tree`] below its depth check.
+    fn walk(&mut self, node: &'a Node, path: &mut Vec<Seg>) -> Result<Node, ConfigError> {
         let value = match &node.value {
             Value::Scalar(s) => return self.scalar(node, s, path),
             Value::Seq(items) => {
@@ -159,6 +186,14 @@ impl<'a> Resolver<'a> {
             let message = format!("interpolation cycle: {}", chain.join(" -> "));
             return Err(self.error(node, path, message));
         }
+        if self.stack.len() >= MAX_DEPTH {
+            let first = self.stack.first().map(|p| show(p)).unwrap_or_default();
+            let message = format!(
+                "`${{...}}` references chain through more than {MAX_DEPTH} values (from \
+                 `{first}` to here): a chain is at most {MAX_DEPTH} long"
+            );
+            return Err(self.error(node, path, message));
+        }
         let parts = split(&s.text).map_err(|m| self.error(node, path, m))?;
         self.stack.push(path.to_vec());
         let resolved = self.parts(node, path, parts);
@@ -176,6 +211,14 @@ impl<'a> Resolver<'a> {
     ) -> Result<Node, ConfigError> {
         if let [Part::Ref(inner)] = parts.as_slice() {
             let mut value = self.reference(node, path, inner)?;
+            let depth = path.len() + value.depth();
+            if depth > MAX_DEPTH {
+                let message = format!(
+                    "`${{{inner}}}` makes the configuration {depth} levels deep here: it nests \
+                     at most {MAX_DEPTH} deep"
+                );
+                return Err(self.error(node, path, message));
+            }
             self.spend(node, path, value.weight())?;
             value.origin = node.origin.clone();
             return Ok(value);
@@ -238,6 +281,7 @@ impl<'a> Resolver<'a> {
         if let Some(relative) = inner.strip_prefix("path:") {
             return self.path(node, path, relative);
         }
+        check_key_depth(inner).map_err(|m| self.error(node, path, m))?;
         let Some(target) = ref_path(inner) else {
             let message = format!(
                 "`${{{inner}}}` is not a key path: write `${{a.b}}`, `${{env:NAME}}` or `${{path:file}}`"

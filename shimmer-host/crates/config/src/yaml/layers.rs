@@ -6,6 +6,7 @@ use super::merge::merge;
 use super::node::{Node, Value};
 use super::origin::Origin;
 use super::parse::{Source, parse};
+use std::collections::HashMap;
 use std::path::{Component, Path, PathBuf};
 
 /// The key naming the files an experiment file builds on.
@@ -27,17 +28,28 @@ pub(crate) struct Layers {
     pub(crate) files: Vec<PathBuf>,
 }
 
+/// Most files one experiment may be built from (`extends` bases, counted
+/// once each, with the experiment and `local.yaml`).
+const MAX_FILES: usize = 64;
+
+/// Most `extends` entries followed in all (a file named twice counts
+/// twice): each merges a copy of its base.
+const MAX_EXTENDS: usize = 256;
+
 /// Reads `path` with its bases (recursively) and the `local.yaml` next to
 /// it, if there is one.
 pub(crate) fn read_layers(path: &Path) -> Result<Layers, ConfigError> {
-    let mut files = Vec::new();
-    let mut root = read_file(path, &mut Vec::new(), None, &mut files)?;
+    let mut reader = Reader::default();
+    let mut root = reader.read_file(path, None)?;
     let local = path.with_file_name(LOCAL);
     if local.is_file() && !same_file(&local, path) {
-        let over = read_file(&local, &mut Vec::new(), None, &mut files)?;
+        let over = reader.read_file(&local, None)?;
         merge(&mut root, over);
     }
-    Ok(Layers { root, files })
+    Ok(Layers {
+        root,
+        files: reader.files,
+    })
 }
 
 fn same_file(a: &Path, b: &Path) -> bool {
@@ -47,66 +59,100 @@ fn same_file(a: &Path, b: &Path) -> bool {
     }
 }
 
-/// One file with its bases merged under it. `chain` holds the canonical
-/// and shown paths of the files that are extending this one (for cycle
-/// detection), `from` the `extends` entry that named it. Files are read at
-/// their path as joined; messages show it with `..` folded away.
-fn read_file(
-    real: &Path,
-    chain: &mut Vec<(PathBuf, PathBuf)>,
-    from: Option<&Origin>,
-    files: &mut Vec<PathBuf>,
-) -> Result<Node, ConfigError> {
-    let shown = normalize(real);
-    let path = shown.as_path();
-    let cannot_read = |e: std::io::Error| {
-        ConfigError::new(
-            ErrorKind::Read,
-            format!("cannot read `{}`: {e}", path.display()),
-        )
-        .at(from.cloned())
-    };
-    let canonical = real.canonicalize().map_err(cannot_read)?;
-    if let Some(start) = chain.iter().position(|(c, _)| *c == canonical) {
-        let names: Vec<String> = chain[start..]
-            .iter()
-            .map(|(_, shown)| shown.display().to_string())
-            .chain([path.display().to_string()])
-            .collect();
-        let message = format!("`extends` cycle: {}", names.join(" -> "));
-        return Err(ConfigError::new(ErrorKind::Extends, message).at(from.cloned()));
+/// Reads files with their bases, each file once: a base named by several
+/// files (a diamond, `extends: [a.yaml, b.yaml]` both on `common.yaml`) is
+/// read and merged once, then its merged layers reused wherever it is
+/// named, in the order `extends` gives.
+#[derive(Default)]
+struct Reader {
+    /// Canonical and shown paths of the files extending the one being read
+    /// (for cycle detection).
+    chain: Vec<(PathBuf, PathBuf)>,
+    /// Every file read, in merge order.
+    files: Vec<PathBuf>,
+    /// Each file read, by canonical path, with its bases merged under it.
+    done: HashMap<PathBuf, Node>,
+    /// `extends` entries followed so far.
+    followed: usize,
+}
+
+impl Reader {
+    /// One file with its bases merged under it; `from` is the `extends`
+    /// entry that named it. Files are read at their path as joined;
+    /// messages show it with `..` folded away.
+    fn read_file(&mut self, real: &Path, from: Option<&Origin>) -> Result<Node, ConfigError> {
+        let shown = normalize(real);
+        let path = shown.as_path();
+        let cannot_read = |e: std::io::Error| {
+            ConfigError::new(
+                ErrorKind::Read,
+                format!("cannot read `{}`: {e}", path.display()),
+            )
+            .at(from.cloned())
+        };
+        let canonical = real.canonicalize().map_err(cannot_read)?;
+        if let Some(start) = self.chain.iter().position(|(c, _)| *c == canonical) {
+            let names: Vec<String> = self.chain[start..]
+                .iter()
+                .map(|(_, shown)| shown.display().to_string())
+                .chain([path.display().to_string()])
+                .collect();
+            let message = format!("`extends` cycle: {}", names.join(" -> "));
+            return Err(ConfigError::new(ErrorKind::Extends, message).at(from.cloned()));
+        }
+        if let Some(done) = self.done.get(&canonical) {
+            return Ok(done.clone());
+        }
+        if self.done.len() + self.chain.len() >= MAX_FILES {
+            let message = format!(
+                "`{}` would be file {} of the experiment: an experiment is built from at \
+                 most {MAX_FILES} files",
+                path.display(),
+                MAX_FILES + 1
+            );
+            return Err(ConfigError::new(ErrorKind::Extends, message).at(from.cloned()));
+        }
+        let text = shimmer_formats::file::read_text(real, MAX_FILE_BYTES).map_err(|e| {
+            ConfigError::new(
+                ErrorKind::Read,
+                format!("cannot read `{}`: {}", path.display(), e.message()),
+            )
+            .at(from.cloned())
+        })?;
+        let mut node = parse(&text, Source::File(path))?
+            .unwrap_or_else(|| Node::empty_map(Origin::file_start(path.to_path_buf())));
+        let Value::Map(map) = &mut node.value else {
+            let message = format!(
+                "the top level of a configuration file must be a mapping of keys, not {}",
+                node.describe()
+            );
+            return Err(ConfigError::new(ErrorKind::Syntax, message).at(Some(node.origin)));
+        };
+        let bases = map
+            .shift_remove(EXTENDS)
+            .map(|entry| base_paths(entry.node, real))
+            .transpose()?
+            .unwrap_or_default();
+        let mut merged = Node::empty_map(node.origin.clone());
+        self.chain.push((canonical.clone(), path.to_path_buf()));
+        for (base, origin) in bases {
+            self.followed += 1;
+            if self.followed > MAX_EXTENDS {
+                let message = format!(
+                    "more than {MAX_EXTENDS} `extends` entries in all (each time a file is \
+                     named counts): refused"
+                );
+                return Err(ConfigError::new(ErrorKind::Extends, message).at(Some(origin)));
+            }
+            let layer = self.read_file(&base, Some(&origin))?;
+            merge(&mut merged, layer);
+        }
+        self.chain.pop();
+        self.files.push(path.to_path_buf());
+        merge(&mut merged, node);
+        self.done.insert(canonical, merged.clone());
+        Ok(merged)
     }
-    let text = shimmer_formats::file::read_text(real, MAX_FILE_BYTES).map_err(|e| {
-        ConfigError::new(
-            ErrorKind::Read,
-            format!("cannot read `{}`: {}", path.display(), e.message()),
-        )
-        .at(from.cloned())
-    })?;
-    let mut node = parse(&text, Source::File(path))?
-        .unwrap_or_else(|| Node::empty_map(Origin::file_start(path.to_path_buf())));
-    let Value::Map(map) = &mut node.value else {
-        let message = format!(
-            "the top level of a configuration file must be a mapping of keys, not {}",
-            node.describe()
-        );
-        return Err(ConfigError::new(ErrorKind::Syntax, message).at(Some(node.origin)));
-    };
-    let bases = map
-        .shift_remove(EXTENDS)
-        .map(|entry| base_paths(entry.node, real))
-        .transpose()?
-        .unwrap_or_default();
-    let mut merged = Node::empty_map(node.origin.clone());
-    chain.push((canonical, path.to_path_buf()));
-    for (base, origin) in bases {
-        let layer = read_file(&base, chain, Some(&origin), files)?;
-        merge(&mut merged, layer);
-    }
-    chain.pop();
-    files.push(path.to_path_buf());
-    merge(&mut merged, node);
-    Ok(merged)
 }
 
 /// The files an `extends` value names (one path or a list), resolved

@@ -79,6 +79,34 @@ pub(crate) fn show(path: &[Seg]) -> String {
     PathDisplay(path).to_string()
 }
 
+/// Deepest nesting of a configuration, refused past rather than risking
+/// the stack: of a YAML document, of the tree once `${...}` references are
+/// resolved, of a dotted key path (`a.b.c` is three deep: overrides, sweep
+/// keys) and of a chain of references leading to references.
+pub(crate) const MAX_DEPTH: usize = 128;
+
+/// Refuses a dotted key path of more than [`MAX_DEPTH`] parts, before
+/// anything is built from it.
+pub(crate) fn check_key_depth(key: &str) -> Result<(), String> {
+    let parts = key.split('.').count();
+    if parts > MAX_DEPTH {
+        return Err(format!(
+            "the key `{}` has {parts} dotted parts: keys nest at most {MAX_DEPTH} deep \
+             (as in YAML files)",
+            shorten(key)
+        ));
+    }
+    Ok(())
+}
+
+/// `text` cut to its first 60 characters, for a message.
+pub(crate) fn shorten(text: &str) -> String {
+    match text.char_indices().nth(60) {
+        Some((at, _)) => format!("{}… ({} characters)", &text[..at], text.chars().count()),
+        None => text.to_string(),
+    }
+}
+
 /// Most values (scalars and collections) one configuration may hold once
 /// aliases and `${...}` references are expanded, whatever its size on disk:
 /// a few hundred aliases to aliases would otherwise ask for gigabytes.
@@ -96,6 +124,20 @@ impl Node {
             Value::Seq(items) => 1 + items.iter().map(Node::weight).sum::<usize>(),
             Value::Map(map) => 1 + map.values().map(|e| e.node.weight()).sum::<usize>(),
         }
+    }
+
+    /// How deep the tree goes (0 for a scalar), found without recursion.
+    pub(crate) fn depth(&self) -> usize {
+        let (mut deepest, mut todo) = (0, vec![(self, 0)]);
+        while let Some((node, d)) = todo.pop() {
+            deepest = deepest.max(d);
+            match &node.value {
+                Value::Scalar(_) => {}
+                Value::Seq(items) => todo.extend(items.iter().map(|n| (n, d + 1))),
+                Value::Map(map) => todo.extend(map.values().map(|e| (&e.node, d + 1))),
+            }
+        }
+        deepest
     }
 
     /// A scalar node.

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 ///
 /// Errors print it first, so an editor or terminal can jump to the place:
 /// `experiments/tutorial/gw.yaml:12:5` or
-/// ``command-line override `optim.lr=fast` ``.
+/// ``command-line override `optim.lr=fast` `` (a long override cut short).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Origin {
     /// A position in a YAML file.
@@ -44,7 +44,9 @@ impl fmt::Display for Origin {
             Origin::File { path, line, column } => {
                 write!(f, "{}:{line}:{column}", path.display())
             }
-            Origin::Override { text } => write!(f, "command-line override `{text}`"),
+            Origin::Override { text } => {
+                write!(f, "command-line override `{}`", super::node::shorten(text))
+            }
         }
     }
 }

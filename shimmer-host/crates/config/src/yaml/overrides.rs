@@ -2,7 +2,7 @@
 
 use super::error::{ConfigError, ErrorKind};
 use super::merge::merge;
-use super::node::{Entry, Node, Seg, Value, show};
+use super::node::{Entry, Node, Seg, Value, check_key_depth, show};
 use super::origin::Origin;
 use super::parse::{Source, parse};
 
@@ -30,6 +30,7 @@ pub(crate) fn apply(root: &mut Node, text: &str) -> Result<(), ConfigError> {
                 key.split('=').next().unwrap_or("").trim()
             )));
         }
+        check_key_depth(key).map_err(fail)?;
         return delete(root, key.trim()).map_err(fail);
     }
     let (mode, text_rest) = if let Some(rest) = text.strip_prefix("++") {
@@ -44,6 +45,7 @@ pub(crate) fn apply(root: &mut Node, text: &str) -> Result<(), ConfigError> {
             "expected `key.path=value`, e.g. `optim.lr=3e-4`".to_string(),
         ));
     };
+    check_key_depth(key).map_err(fail)?;
     if mode == Mode::Add
         && let Some(existing) = find(root, key.trim())
     {

@@ -2,15 +2,12 @@
 //! column, built on `saphyr-parser`'s event stream (which carries spans).
 
 use super::error::{ConfigError, ErrorKind};
-use super::node::{Entry, MAX_VALUES, Map, Node, Value};
+use super::node::{Entry, MAX_DEPTH, MAX_VALUES, Map, Node, Value};
 use super::origin::Origin;
 use saphyr_parser::{Event, Marker, Parser, ScalarStyle, ScanError, Span, StrInput, Tag};
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::Path;
-
-/// Deeper nesting than this is refused rather than risking the stack.
-const MAX_DEPTH: usize = 128;
 
 /// Where the text being parsed comes from, to stamp origins on its nodes.
 #[derive(Clone, Copy, Debug)]

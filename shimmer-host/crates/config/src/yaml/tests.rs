@@ -513,3 +513,73 @@ fn doubling_interpolations_are_refused() {
     let err = files.error::<serde_json::Value>("exp.yaml", &[]);
     assert!(err.contains("values: refused"), "{err}");
 }
+
+#[test]
+fn long_reference_chains_and_deep_results_are_refused_at_once() {
+    let mut chain = String::from("name: c\nvars:\n");
+    for i in 0..10_000 {
+        chain.push_str(&format!("  k{i}: ${{vars.k{}}}\n", i + 1));
+    }
+    chain.push_str("  k10000: 1\n");
+    // Each value nests the next one level deeper, the last resolved first.
+    let mut nest = String::from("name: n\n");
+    for i in (0..300).rev() {
+        nest.push_str(&format!("k{i}: {{k: \"${{k{}}}\"}}\n", i + 1));
+    }
+    nest.push_str("k300: 1\n");
+    let files = Files::new(&[("chain.yaml", &chain), ("nest.yaml", &nest)]);
+    let err = files.error::<serde_json::Value>("chain.yaml", &[]);
+    assert!(err.starts_with("<dir>/chain.yaml:131:"), "{err}");
+    assert!(
+        err.contains("vars.k128: ") && err.contains("at most 128 long"),
+        "{err}"
+    );
+    let err = files.error::<serde_json::Value>("nest.yaml", &[]);
+    assert!(err.contains("nests at most 128 deep"), "{err}");
+    let short = Files::new(&[("s.yaml", "name: s\na: ${b}\nb: ${c}\nc: 1\n")]);
+    assert!(short.load::<serde_json::Value>("s.yaml", &[]).is_ok());
+}
+
+#[test]
+fn deep_dotted_keys_are_refused_before_anything_is_built() {
+    let files = Files::new(&[("e.yaml", "name: e\n")]);
+    let key = vec!["a"; 60_000].join(".");
+    for o in [
+        format!("vars.{key}=1"),
+        format!("+{key}=1"),
+        format!("~{key}"),
+    ] {
+        let err = files.error::<serde_json::Value>("e.yaml", &[&o]);
+        assert!(err.contains("dotted parts: keys nest at most 128") && err.len() < 400);
+    }
+    let ok = format!("{}=1", vec!["a"; 128].join("."));
+    assert!(files.load::<serde_json::Value>("e.yaml", &[&ok]).is_ok());
+}
+
+#[test]
+fn extends_diamonds_read_each_file_once_and_are_bounded() {
+    // Each level names the next twice: 2^40 reads without sharing.
+    let mut files: Vec<(String, String)> = (0..40)
+        .map(|i| {
+            (
+                format!("l{i}.yaml"),
+                format!("extends: [l{0}.yaml, l{0}.yaml]\n", i + 1),
+            )
+        })
+        .collect();
+    files.push(("l40.yaml".into(), "name: deep\nseed: 40\n".into()));
+    let named: Vec<(&str, &str)> = files
+        .iter()
+        .map(|(a, b)| (a.as_str(), b.as_str()))
+        .collect();
+    let dir = Files::new(&named);
+    let loaded = dir.load::<Small>("l0.yaml", &[]).unwrap();
+    assert_eq!((loaded.config.seed, loaded.files().len()), (40, 41));
+    let many: Vec<(String, String)> = (0..70)
+        .map(|i| (format!("m{i}.yaml"), format!("extends: m{}.yaml\n", i + 1)))
+        .chain([("m70.yaml".to_string(), "name: m\n".to_string())])
+        .collect();
+    let named: Vec<(&str, &str)> = many.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+    let err = Files::new(&named).error::<Small>("m0.yaml", &[]);
+    assert!(err.contains("at most 64 files"), "{err}");
+}
