@@ -30,6 +30,7 @@ pub mod error;
 pub mod file;
 pub mod image;
 pub mod npy;
+mod pickle_scan;
 pub mod safetensors_file;
 #[cfg(test)]
 mod test_util;
