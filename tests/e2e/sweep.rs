@@ -644,3 +644,39 @@ fn assert_hparams_tab_shows_the_sweep(dir: &Path, trials: &[Value]) {
         assert_eq!(group["sessions"][0]["status"], "STATUS_SUCCESS");
     }
 }
+
+#[test]
+fn a_sweep_stopped_by_sigterm_or_sighup_exits_with_that_signal() {
+    for (signal, code) in [("-TERM", 143), ("-HUP", 129)] {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("sw");
+        let runner = fake_runner(tmp.path());
+        let child = sweep(tmp.path())
+            .arg(tutorial())
+            .args(["sweep.grid.seed=[1]", "--sweep-dir"])
+            .arg(&dir)
+            .env("SHIMMER_SWEEP_RUNNER", &runner)
+            .env("FAKE_LOG", tmp.path().join("calls.log"))
+            .env("FAKE_SLOW_SEED", "1")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        wait_for("trial 0 to hang", Duration::from_secs(60), || {
+            dir.join("trials/000/sleep.pid").is_file()
+        });
+        let sleeper = std::fs::read_to_string(dir.join("trials/000/sleep.pid")).unwrap();
+        let pid = child.id().to_string();
+        assert!(
+            Command::new("kill")
+                .args([signal, &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+        let out = child.wait_with_output().unwrap();
+        let _ = Command::new("kill").arg(sleeper.trim()).status();
+        assert_eq!(out.status.code(), Some(code), "{signal}: {}", text(&out));
+        assert_eq!(state(&dir, "000"), "interrupted");
+    }
+}

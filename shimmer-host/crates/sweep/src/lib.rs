@@ -274,12 +274,13 @@ fn launcher_name(manifest: &Manifest) -> String {
 fn launch(manifest: &mut Manifest, dir: &SweepDir, indices: &[usize]) -> Result<()> {
     match manifest.launcher.kind {
         LauncherKind::Local => {
-            let stop = local::stop_flag()?;
+            let stop = local::StopFlag::on_signals()?;
             let outcome = local::run(manifest, dir, indices, manifest.launcher.jobs, &stop)?;
             println!();
             print_summary(manifest, dir)?;
             if outcome.interrupted > 0 {
                 return Err(Interrupted {
+                    signal: stop.signal().unwrap_or(signal_hook::consts::SIGINT),
                     message: format!(
                         "sweep interrupted: {} trial(s) did not finish; run \
                          `shimmer sweep --resume {}` to finish them",
@@ -470,12 +471,23 @@ pub fn run_trial(root: &Path, index: usize) -> Result<()> {
         record.slurm_task = Some(format!("{job}_{task}"));
         dir.save_record(index, &record)?;
     }
-    let stop = local::stop_flag()?;
+    let stop = local::StopFlag::on_signals()?;
     let outcome = local::run(&manifest, &dir, &[index], 1, &stop)?;
     if outcome.finished == 1 {
         return Ok(());
     }
     let record = dir.record(index)?;
+    if let Some(signal) = stop.signal() {
+        return Err(Interrupted {
+            signal,
+            message: format!(
+                "trial {index} {}: {}",
+                record.state.as_str(),
+                record.error.unwrap_or_default()
+            ),
+        }
+        .into());
+    }
     Err(anyhow!(
         "trial {index} {}: {}",
         record.state.as_str(),

@@ -13,7 +13,7 @@ use anyhow::{Context, Result};
 use std::collections::VecDeque;
 use std::process::Child;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 /// How often running trials are polled.
@@ -42,18 +42,35 @@ struct Running {
     started: Instant,
 }
 
-/// A flag set by SIGINT, SIGTERM or SIGHUP from now on.
-pub fn stop_flag() -> Result<Arc<AtomicBool>> {
-    let stop = Arc::new(AtomicBool::new(false));
-    for signal in [
-        signal_hook::consts::SIGINT,
-        signal_hook::consts::SIGTERM,
-        signal_hook::consts::SIGHUP,
-    ] {
-        signal_hook::flag::register(signal, Arc::clone(&stop))
-            .context("cannot install the Ctrl-C handler")?;
+/// The signal that asked the sweep to stop, set by SIGINT, SIGTERM or
+/// SIGHUP from [`StopFlag::on_signals`] on: the sweep's exit status is
+/// 128 + that signal, as the shell's.
+#[derive(Clone, Debug, Default)]
+pub struct StopFlag(Arc<AtomicUsize>);
+
+impl StopFlag {
+    /// A flag set by SIGINT, SIGTERM or SIGHUP from now on (the last one
+    /// received is kept).
+    pub fn on_signals() -> Result<Self> {
+        let flag = Self::default();
+        for signal in [
+            signal_hook::consts::SIGINT,
+            signal_hook::consts::SIGTERM,
+            signal_hook::consts::SIGHUP,
+        ] {
+            signal_hook::flag::register_usize(signal, Arc::clone(&flag.0), signal as usize)
+                .context("cannot install the Ctrl-C handler")?;
+        }
+        Ok(flag)
     }
-    Ok(stop)
+
+    /// The signal received, if one was.
+    pub fn signal(&self) -> Option<i32> {
+        match self.0.load(Ordering::SeqCst) {
+            0 => None,
+            s => i32::try_from(s).ok(),
+        }
+    }
 }
 
 /// Stops a trial and everything it started: SIGTERM to its process group
@@ -81,7 +98,7 @@ pub fn run(
     dir: &SweepDir,
     indices: &[usize],
     jobs: usize,
-    stop: &AtomicBool,
+    stop: &StopFlag,
 ) -> Result<Outcome> {
     let jobs = jobs.max(1);
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -98,7 +115,7 @@ pub fn run(
         outcome: Outcome::default(),
     };
     let mut queue: VecDeque<usize> = indices.iter().copied().collect();
-    while !stop.load(Ordering::SeqCst) {
+    while stop.signal().is_none() {
         while pool.running.len() < jobs {
             let Some(index) = queue.pop_front() else {
                 break;
@@ -111,7 +128,7 @@ pub fn run(
         pool.reap()?;
         std::thread::sleep(POLL);
     }
-    if stop.load(Ordering::SeqCst) {
+    if stop.signal().is_some() {
         pool.interrupt_all()?;
         pool.outcome.interrupted += queue.len();
     }

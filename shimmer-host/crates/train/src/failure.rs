@@ -37,6 +37,8 @@ pub struct TrainingFailed {
 #[derive(Debug, thiserror::Error)]
 #[error("{message}")]
 pub struct Interrupted {
+    /// The signal that stopped it (the exit status is 128 + it).
+    pub signal: i32,
     /// What stopped and how to go on.
     pub message: String,
 }
@@ -58,8 +60,8 @@ pub fn exit_code(e: &anyhow::Error) -> u8 {
     if e.chain().any(|c| c.is::<NonFiniteLoss>()) {
         return EXIT_NON_FINITE;
     }
-    if e.downcast_ref::<Interrupted>().is_some() {
-        return 128 + 2;
+    if let Some(interrupted) = e.downcast_ref::<Interrupted>() {
+        return u8::try_from(128 + interrupted.signal).unwrap_or(128 + 2);
     }
     if e.downcast_ref::<TrainingFailed>().is_some() || e.downcast_ref::<Failed>().is_some() {
         return EXIT_RUNTIME;
@@ -93,5 +95,14 @@ mod tests {
         assert_eq!(exit_code(&stop("SIGINT (Ctrl-C)")), 130);
         assert_eq!(exit_code(&stop("SIGTERM")), 143);
         assert_eq!(exit_code(&stop("SIGHUP")), 129);
+        let sweep = |signal| {
+            anyhow::Error::new(Interrupted {
+                signal,
+                message: "sweep interrupted".into(),
+            })
+        };
+        assert_eq!(exit_code(&sweep(2)), 130);
+        assert_eq!(exit_code(&sweep(15)), 143);
+        assert_eq!(exit_code(&sweep(1)), 129);
     }
 }
