@@ -166,6 +166,14 @@ impl Task for GwTask {
         })
     }
 
+    fn start_evaluation(&mut self) -> Result<()> {
+        self.gw.selection().start_evaluation()
+    }
+
+    fn end_evaluation(&mut self) -> Result<()> {
+        self.gw.selection().end_evaluation()
+    }
+
     fn state(&self) -> Result<IndexMap<String, Tensor>> {
         let pos = self.gw.selection().rng_position()?;
         Ok([(SELECTION_RNG.to_string(), u128_tensor(pos)?)].into())

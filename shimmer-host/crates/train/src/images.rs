@@ -64,7 +64,10 @@ impl Callback for ImageLogger {
         let Some(task) = ctx.task.as_deref_mut() else {
             return Ok(Flow::Continue);
         };
-        let grids = task.image_grids(&self.batch)?;
+        task.start_evaluation()?;
+        let grids = task.image_grids(&self.batch);
+        task.end_evaluation()?;
+        let grids = grids?;
         for grid in grids {
             let (png, w, h) = grid.png(SCALE)?;
             ctx.logger.image(&grid.tag, step as i64, &png, w, h)?;

@@ -86,6 +86,8 @@ pub fn predict(opts: &EvalOptions, out: &Path) -> Result<usize> {
     let (mut task, loader, _) = load(opts)?;
     let mut parts: IndexMap<String, Vec<Tensor>> = IndexMap::new();
     let mut items: Vec<i64> = Vec::new();
+    // Drawn as a validation pass draws: the same predictions as `test`'s.
+    task.start_evaluation()?;
     for (k, batch) in loader.epoch(0)?.enumerate() {
         let batch = batch.with_context(|| format!("{} batch {k}", opts.split))?;
         let Some((_, group)) = fullest_group(&batch) else {
@@ -100,6 +102,7 @@ pub fn predict(opts: &EvalOptions, out: &Path) -> Result<usize> {
             parts.entry(name).or_default().push(t);
         }
     }
+    task.end_evaluation()?;
     let rows = items.len();
     let mut tensors: IndexMap<String, Tensor> = parts
         .into_iter()

@@ -95,6 +95,18 @@ pub trait Task {
     /// Loss and metrics of a validation or test batch.
     fn eval_step(&mut self, batch: &HostBatch) -> Result<StepOutput>;
 
+    /// Called before a pass of [`Task::eval_step`]s: a task whose model
+    /// draws random numbers makes every pass draw the same ones, apart from
+    /// training's (see `Selection::start_evaluation`).
+    fn start_evaluation(&mut self) -> Result<()> {
+        Ok(())
+    }
+
+    /// Called after a pass of [`Task::eval_step`]s, even a failed one.
+    fn end_evaluation(&mut self) -> Result<()> {
+        Ok(())
+    }
+
     /// Random-generator positions and other state a resumed run needs, as
     /// `trainer.*` tensors.
     fn state(&self) -> Result<IndexMap<String, Tensor>>;
@@ -139,6 +151,12 @@ impl<T: Task + ?Sized> Task for Box<T> {
     }
     fn eval_step(&mut self, batch: &HostBatch) -> Result<StepOutput> {
         (**self).eval_step(batch)
+    }
+    fn start_evaluation(&mut self) -> Result<()> {
+        (**self).start_evaluation()
+    }
+    fn end_evaluation(&mut self) -> Result<()> {
+        (**self).end_evaluation()
     }
     fn state(&self) -> Result<IndexMap<String, Tensor>> {
         (**self).state()

@@ -49,11 +49,18 @@ enum Kind {
     Attention(Attention),
 }
 
+/// The ChaCha stream evaluation passes draw from (training draws use 0).
+const EVAL_STREAM: u64 = 1;
+
 /// A selection module: computes fusion scores for a group of domains.
 #[derive(Debug)]
 pub struct Selection {
     kind: Kind,
     rng: Mutex<ChaCha8Rng>,
+    /// Draws of an evaluation pass (see [`Selection::start_evaluation`]),
+    /// while one runs.
+    eval_rng: Mutex<Option<ChaCha8Rng>>,
+    seed: u64,
     /// Fixed-shared scores by `(domains, batch size)`: made once on the
     /// device, not at every step.
     fixed: Mutex<std::collections::HashMap<(usize, usize), Tensor>>,
@@ -103,6 +110,8 @@ impl Selection {
         Ok(Self {
             kind,
             rng: Mutex::new(ChaCha8Rng::seed_from_u64(seed)),
+            eval_rng: Mutex::new(None),
+            seed,
             fixed: Mutex::new(std::collections::HashMap::new()),
             device: store.device().clone(),
             dtype: store.dtype(),
@@ -124,12 +133,13 @@ impl Selection {
         }
         let stacked = match &self.kind {
             Kind::SingleDomain => {
-                let mut rng = self.lock_rng()?;
                 let mut v = vec![0f32; n * b];
-                for i in 0..b {
-                    let k = rng.random_range(0..n);
-                    v[k * b + i] = 1.0;
-                }
+                self.draw(|rng| {
+                    for i in 0..b {
+                        let k = rng.random_range(0..n);
+                        v[k * b + i] = 1.0;
+                    }
+                })?;
                 self.host_tensor(v, n, b)?
             }
             Kind::FixedShared => {
@@ -148,10 +158,8 @@ impl Selection {
                 }
             }
             Kind::Random { temperature } => {
-                let v: Vec<f32> = {
-                    let mut rng = self.lock_rng()?;
-                    (0..n * b).map(|_| rng.random::<f32>()).collect()
-                };
+                let mut v = Vec::with_capacity(n * b);
+                self.draw(|rng| v.extend((0..n * b).map(|_| rng.random::<f32>())))?;
                 let u = self.host_tensor(v, n, b)?;
                 candle_nn::ops::softmax(&(u / *temperature)?, 0)?
             }
@@ -174,6 +182,41 @@ impl Selection {
     pub fn set_rng_position(&self, position: u128) -> Result<()> {
         self.lock_rng()?.set_word_pos(position);
         Ok(())
+    }
+
+    /// Starts an evaluation pass: until [`Selection::end_evaluation`], random
+    /// scores come from a stream of their own, from its start, so every pass
+    /// over the same data and weights draws the same scores (a validation
+    /// repeated, or the best checkpoint validated again, gives the same
+    /// numbers) and the training draws do not depend on how often the run
+    /// validates.
+    pub fn start_evaluation(&self) -> Result<()> {
+        let mut rng = ChaCha8Rng::seed_from_u64(self.seed);
+        rng.set_stream(EVAL_STREAM);
+        *self.lock_eval_rng()? = Some(rng);
+        Ok(())
+    }
+
+    /// Ends an evaluation pass: training draws go on where they stopped.
+    pub fn end_evaluation(&self) -> Result<()> {
+        *self.lock_eval_rng()? = None;
+        Ok(())
+    }
+
+    /// Calls `f` with the generator random scores come from now.
+    fn draw(&self, f: impl FnOnce(&mut ChaCha8Rng)) -> Result<()> {
+        let mut eval = self.lock_eval_rng()?;
+        match eval.as_mut() {
+            Some(rng) => f(rng),
+            None => f(&mut *self.lock_rng()?),
+        }
+        Ok(())
+    }
+
+    fn lock_eval_rng(&self) -> Result<std::sync::MutexGuard<'_, Option<ChaCha8Rng>>> {
+        self.eval_rng
+            .lock()
+            .map_err(|_| anyhow::anyhow!("selection RNG poisoned by a panic in another thread"))
     }
 
     fn lock_rng(&self) -> Result<std::sync::MutexGuard<'_, ChaCha8Rng>> {
@@ -348,6 +391,42 @@ mod tests {
         let g3 = group(2, &[("a", 4), ("b", 4), ("c", 4)]);
         let rows = as_rows(&s.scores(&g3, &g3).unwrap());
         assert!(rows.iter().flatten().all(|&x| x == 1.0f32 / 3.0));
+    }
+
+    #[test]
+    fn every_evaluation_pass_draws_the_same_scores_and_leaves_training_draws_alone() {
+        let g = group(16, &[("a", 4), ("b", 4)]);
+        for cfg in [
+            SelectionConfig::SingleDomain,
+            SelectionConfig::Random { temperature: 0.5 },
+        ] {
+            // Training draws of a selection that never evaluates.
+            let (plain, _) = build(cfg, 7);
+            let train: Vec<_> = (0..3)
+                .map(|_| as_rows(&plain.scores(&g, &g).unwrap()))
+                .collect();
+            let (s, _) = build(cfg, 7);
+            let mut passes = Vec::new();
+            let mut trained = Vec::new();
+            for step in 0..3 {
+                trained.push(as_rows(&s.scores(&g, &g).unwrap()));
+                s.start_evaluation().unwrap();
+                let pass: Vec<_> = (0..2)
+                    .map(|_| as_rows(&s.scores(&g, &g).unwrap()))
+                    .collect();
+                s.end_evaluation().unwrap();
+                assert_ne!(pass[0], pass[1], "{cfg:?}: batches of a pass differ");
+                if step > 0 {
+                    assert_eq!(pass, passes[0], "{cfg:?}: pass {step} draws as the first");
+                }
+                passes.push(pass);
+            }
+            assert_eq!(
+                trained, train,
+                "{cfg:?}: evaluations moved the training draws"
+            );
+            assert_ne!(passes[0][0], train[0], "{cfg:?}: a stream of its own");
+        }
     }
 
     #[test]
