@@ -103,7 +103,8 @@ pub struct StepOutcome {
     pub lr: f64,
     /// Items in the batch.
     pub rows: usize,
-    /// Whether a validation ran right after this step.
+    /// Whether a validation follows this step, once every callback has
+    /// seen it (that validation writes `last`).
     pub validated: bool,
 }
 

@@ -243,8 +243,8 @@ impl<'a, T: Task> Trainer<'a, T> {
         let n_batches = start + batches.len();
         for (k, batch) in (start..).zip(batches) {
             let batch = batch.with_context(|| format!("training epoch {epoch}, batch {k}"))?;
-            let (flow, done) = self.step(fit, &batch, k)?;
-            let at_epoch_end = self.position.batch_in_epoch as usize == n_batches;
+            let at_epoch_end = k + 1 == n_batches;
+            let (flow, done, validate) = self.step(fit, &batch, k, at_epoch_end)?;
             match flow {
                 // A signal's stop keeps the position mid-epoch, as saved.
                 Flow::Stop(reason @ StopReason::Interrupted { .. }) => {
@@ -258,29 +258,60 @@ impl<'a, T: Task> Trainer<'a, T> {
                     self.end_epoch_if(at_epoch_end);
                     return Ok(Some(FitEnd::Completed));
                 }
-                Flow::ReloadEpoch if !at_epoch_end => return Ok(None),
                 _ => {}
             }
+            self.end_epoch_if(at_epoch_end);
+            // Validated after the step's callbacks logged it, so the
+            // checkpoint a validation writes holds every step logged so far.
+            if validate {
+                let flow = self.validate(fit.loaders, &fit.progress, fit.total)?;
+                fit.validated_at = Some(self.position.global_step);
+                if let Flow::Stop(reason) = flow {
+                    return Ok(Some(FitEnd::Stopped(reason)));
+                }
+            }
+            if matches!(flow, Flow::ReloadEpoch) && !at_epoch_end {
+                return Ok(None);
+            }
         }
-        self.end_epoch_if(true);
-        let every = self.cfg.val_every_n_epochs as u64;
-        if every > 0
-            && self.position.epoch.is_multiple_of(every)
-            && self.position.global_step < fit.total
-        {
-            let flow = self.validate(fit.loaders, &fit.progress, fit.total)?;
-            fit.validated_at = Some(self.position.global_step);
-            if let Flow::Stop(reason) = flow {
-                return Ok(Some(FitEnd::Stopped(reason)));
+        if start == n_batches {
+            // Resumed from a checkpoint written after the epoch's last step
+            // (a signal's stop): the epoch ends, with its validation if due.
+            self.end_epoch_if(true);
+            let (step, epochs) = (self.position.global_step, self.position.epoch);
+            if step < fit.total && self.validation_due(step, epochs, true) {
+                let flow = self.validate(fit.loaders, &fit.progress, fit.total)?;
+                fit.validated_at = Some(self.position.global_step);
+                if let Flow::Stop(reason) = flow {
+                    return Ok(Some(FitEnd::Stopped(reason)));
+                }
             }
         }
         Ok(None)
     }
 
-    /// One optimiser step on `batch` (the `k`-th of its epoch) with the
-    /// validation it is due and every callback; returns what they asked and
-    /// whether it was the fit's last step.
-    fn step(&mut self, fit: &mut Fit<'_, '_>, batch: &HostBatch, k: usize) -> Result<(Flow, bool)> {
+    /// Whether step `step`, after which `epochs_done` epochs are complete,
+    /// is validated: every `val_every_n_steps` steps, and at the end of
+    /// every `val_every_n_epochs`-th epoch (once when both fall on the same
+    /// step). The fit's last step is validated by [`Trainer::finish`].
+    fn validation_due(&self, step: u64, epochs_done: u64, at_epoch_end: bool) -> bool {
+        let every_epochs = self.cfg.val_every_n_epochs as u64;
+        let by_epoch = at_epoch_end && every_epochs > 0 && epochs_done.is_multiple_of(every_epochs);
+        super::callbacks::every_n(step, self.cfg.val_every_n_steps) || by_epoch
+    }
+
+    /// One optimiser step on `batch` (the `k`-th of its epoch) and every
+    /// callback's [`Callback::on_step_end`]; returns what they asked,
+    /// whether it was the fit's last step and whether it is to be
+    /// validated (which [`Trainer::run_epoch`] does once the step's
+    /// callbacks have logged it).
+    fn step(
+        &mut self,
+        fit: &mut Fit<'_, '_>,
+        batch: &HostBatch,
+        k: usize,
+        at_epoch_end: bool,
+    ) -> Result<(Flow, bool, bool)> {
         let total = fit.total;
         self.dispatch(&fit.progress, total, |cb, ctx| {
             cb.on_batch_start(ctx, batch, k).map(|()| Flow::Continue)
@@ -292,16 +323,13 @@ impl<'a, T: Task> Trainer<'a, T> {
         self.position.wall_time_s = fit.wall_time();
         let step = self.position.global_step;
         let done = step >= total || self.fast_dev_run;
-        let mut flow = Flow::Continue;
-        if !done && super::callbacks::every_n(step, self.cfg.val_every_n_steps) {
-            flow = self.validate(fit.loaders, &fit.progress, total)?;
-            fit.validated_at = Some(step);
-            outcome.validated = true;
-        }
-        let after = self.dispatch(&fit.progress, total, |cb, ctx| {
+        // The epoch counter moves after the callbacks: ask as it will be.
+        let epochs_done = self.position.epoch + u64::from(at_epoch_end);
+        outcome.validated = !done && self.validation_due(step, epochs_done, at_epoch_end);
+        let flow = self.dispatch(&fit.progress, total, |cb, ctx| {
             cb.on_step_end(ctx, &outcome)
         })?;
-        Ok((flow.and(after), done))
+        Ok((flow, done, outcome.validated))
     }
 
     /// Ends a fit: after a signal, saves and returns [`crate::stop::Stopped`];
@@ -428,6 +456,21 @@ impl<'a, T: Task> Trainer<'a, T> {
 /// Means of `loss` and every metric over one pass of `loader`, weighted by
 /// batch size, named `{prefix}/{name}`.
 pub fn evaluate<T: Task + ?Sized>(
+    task: &mut T,
+    loader: &DataLoader,
+    prefix: &str,
+    one_batch: bool,
+) -> Result<IndexMap<String, f64>> {
+    task.start_evaluation()?;
+    let means = evaluate_pass(task, loader, prefix, one_batch);
+    let ended = task.end_evaluation();
+    let means = means?;
+    ended?;
+    Ok(means)
+}
+
+/// One pass of [`evaluate`], between the task's start and end of evaluation.
+fn evaluate_pass<T: Task + ?Sized>(
     task: &mut T,
     loader: &DataLoader,
     prefix: &str,
