@@ -105,6 +105,11 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary> {
         open_inputs(&p, opts.watch).map_err(|e| crate::build::place_at_key(e, &p.document))?;
     crate::build::check_monitors(&p.exp, &pipeline, task.as_mut())?
         .map_err(|e| p.document.invalid_at(&e.key, e.message))?;
+    if let Some(dir) = &p.run_dir
+        && let Some(done) = finished_already(dir, &p.exp, &pipeline, opts)?
+    {
+        return Ok(done);
+    }
     let (run_dir, resuming) = match &p.run_dir {
         Some(dir) => {
             if let Some(recorded) = Provenance::read(dir)? {
@@ -151,17 +156,17 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary> {
     let folder = run_dir.path().to_path_buf();
     opts.stop.on_forced_exit(move || {
         let Ok(dir) = RunDir::open(&folder) else {
-            return;
+            return String::new();
         };
+        let next = resume_hint(&dir);
         if let Ok(Some(mut s)) = dir.read_summary() {
             s.status = RunStatus::Interrupted;
-            s.error = Some(
-                "ended by a second Ctrl-C, without a final checkpoint: `shimmer run --resume` \
-                 continues from the last one"
-                    .to_string(),
-            );
+            s.error = Some(format!(
+                "ended by a second Ctrl-C, without a final checkpoint; {next}"
+            ));
             let _ = dir.write_summary(&s);
         }
+        next
     });
     let result = run.train(&pipeline, task, &mut summary, watcher, &opts.stop);
     drop(watchdog);
@@ -176,10 +181,71 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary> {
             summary.error = Some(format!("{e:#}"));
         }
     }
-    run_dir
-        .write_summary(&summary)
-        .context("cannot write the run summary")?;
+    if let Err(e) = run_dir.write_final_summary(&summary) {
+        // Training ran: a summary that cannot be written (a full disk) is
+        // a failure of the run, not bad input.
+        let e = e.context(format!(
+            "cannot write the run summary {}",
+            run_dir.path().join("summary.json").display()
+        ));
+        return Err(match result {
+            Err(first) => first.context(format!("{e:#}")),
+            Ok(()) => e.context(TrainingFailed {
+                step: summary.steps,
+            }),
+        });
+    }
     result.map(|()| summary)
+}
+
+/// What a run folder offers to go on with: the resume command when a
+/// last checkpoint exists, otherwise that there is nothing to resume.
+fn resume_hint(dir: &RunDir) -> String {
+    if dir.last_checkpoint().is_file() {
+        format!(
+            "`shimmer run --resume {}` continues from its last checkpoint",
+            dir.path().display()
+        )
+    } else {
+        format!(
+            "no checkpoint was written yet, so {} has nothing to resume: run the experiment again",
+            dir.path().display()
+        )
+    }
+}
+
+/// When resuming a run that already finished (and the resume does not
+/// train it longer), says so and returns its summary, touching nothing:
+/// resuming it again would validate and log its last step once more.
+fn finished_already(
+    dir: &RunDir,
+    exp: &Experiment,
+    pipeline: &DataPipeline,
+    opts: &RunOptions,
+) -> Result<Option<RunSummary>> {
+    let Some(summary) = dir.read_summary()? else {
+        return Ok(None);
+    };
+    if summary.status != RunStatus::Finished {
+        return Ok(None);
+    }
+    let total = total_steps(&exp.training, pipeline.train.len())?;
+    let stopped_early = summary.stop_reason.is_some() && opts.overrides.is_empty();
+    if summary.steps < total && !stopped_early {
+        return Ok(None);
+    }
+    let how = match &summary.stop_reason {
+        Some(reason) if summary.steps < total => {
+            format!("stopped at step {}: {reason}", summary.steps)
+        }
+        _ => format!("{} of {total} steps", summary.steps),
+    };
+    eprintln!(
+        "{} is finished ({how}): nothing to resume. To train it longer, resume with a larger \
+         `training.max_steps` or `training.max_epochs`",
+        dir.path().display()
+    );
+    Ok(Some(summary))
 }
 
 /// Opens the plugins (watched ones with `--watch`, which keep their own

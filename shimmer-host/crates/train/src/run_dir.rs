@@ -138,6 +138,35 @@ impl RunDir {
         self.write_json(SUMMARY_FILE, summary)
     }
 
+    /// Writes `summary.json` atomically or, when that fails (a full disk
+    /// has no room for the temporary copy), in place over the old one,
+    /// whose blocks it reuses: a run's final status is recorded whenever
+    /// the disk allows it at all.
+    ///
+    /// # Errors
+    /// The atomic write's error, when writing in place failed too.
+    pub fn write_final_summary(&self, summary: &RunSummary) -> Result<()> {
+        let Err(atomic) = self.write_summary(summary) else {
+            return Ok(());
+        };
+        let path = self.path.join(SUMMARY_FILE);
+        if path.is_file() {
+            let text = serde_json::to_string_pretty(summary)?;
+            let in_place = std::fs::OpenOptions::new()
+                .write(true)
+                .truncate(true)
+                .open(&path)
+                .and_then(|mut f| {
+                    std::io::Write::write_all(&mut f, text.as_bytes())?;
+                    f.sync_all()
+                });
+            if in_place.is_ok() {
+                return Ok(());
+            }
+        }
+        Err(atomic)
+    }
+
     /// Writes `value` as the JSON file `name` of the run folder, atomically.
     pub fn write_json<T: Serialize>(&self, name: &str, value: &T) -> Result<()> {
         let text = serde_json::to_string_pretty(value)?;

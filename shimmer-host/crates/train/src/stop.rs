@@ -19,9 +19,10 @@ use std::sync::{Arc, Mutex};
 const FORCED_EXIT: i32 = 130;
 
 /// What to do before the process ends on a second Ctrl-C (record in the
-/// run's summary that it was cut short).
+/// run's summary that it was cut short); returns what the user can do
+/// next (empty: nothing was written yet).
 #[derive(Default)]
-struct LastWords(Mutex<Option<Box<dyn FnOnce() + Send>>>);
+struct LastWords(Mutex<Option<Box<dyn FnOnce() -> String + Send>>>);
 
 impl std::fmt::Debug for LastWords {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -58,15 +59,21 @@ impl StopRequest {
             .spawn(move || {
                 for sig in signals.forever() {
                     if sig == SIGINT && seen.asked.load(Ordering::SeqCst) {
+                        let waiting = shimmer_sys::activity::describe();
+                        let words = seen.last_words.0.lock().ok().and_then(|mut w| w.take());
+                        let next = match words {
+                            Some(words) => words(),
+                            None => String::new(),
+                        };
+                        let next = if next.is_empty() {
+                            "no run folder was created yet, so nothing is left to resume".to_string()
+                        } else {
+                            next
+                        };
                         eprintln!(
                             "\nsecond Ctrl-C: ending now, without a final checkpoint (it was \
-                             waiting for {}); `shimmer run --resume` continues from the last one",
-                            shimmer_sys::activity::describe()
+                             waiting for {waiting}); {next}"
                         );
-                        let words = seen.last_words.0.lock().ok().and_then(|mut w| w.take());
-                        if let Some(words) = words {
-                            words();
-                        }
                         std::process::exit(FORCED_EXIT);
                     }
                     seen.signal.store(sig as usize, Ordering::SeqCst);
@@ -82,8 +89,9 @@ impl StopRequest {
         Ok(stop)
     }
 
-    /// Sets what runs before the process ends on a second Ctrl-C.
-    pub fn on_forced_exit(&self, words: impl FnOnce() + Send + 'static) {
+    /// Sets what runs before the process ends on a second Ctrl-C; it
+    /// returns what the user can do next, said in the last line.
+    pub fn on_forced_exit(&self, words: impl FnOnce() -> String + Send + 'static) {
         if let Ok(mut slot) = self.last_words.0.lock() {
             *slot = Some(Box::new(words));
         }
