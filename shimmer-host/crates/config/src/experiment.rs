@@ -28,6 +28,7 @@ use anyhow::Context;
 use indexmap::IndexMap;
 use serde::{Deserialize, Serialize};
 use shimmer_plugin_api::LossSegment;
+use std::collections::HashSet;
 use std::path::PathBuf;
 
 /// A whole experiment.
@@ -75,7 +76,8 @@ pub struct Experiment {
     /// Free values of the experiment's own, read only through `${vars.x}`
     /// interpolation: a knob written once and used in several places, set
     /// from the command line (`vars.paired=0.01`) or swept.
-    #[serde(default, skip_serializing_if = "IndexMap::is_empty")]
+    #[serde(default, deserialize_with = "finite_vars")]
+    #[serde(skip_serializing_if = "IndexMap::is_empty")]
     pub vars: IndexMap<String, serde_json::Value>,
 }
 
@@ -188,6 +190,10 @@ impl Experiment {
         }
         self.loss.check()?;
         self.training.check()?;
+        if let Some(sweep) = &self.sweep {
+            sweep.check()?;
+        }
+        self.check_loss_terms()?;
         match &self.pretrain {
             None => {
                 if self.workspace.is_none() {
@@ -220,6 +226,61 @@ impl Experiment {
         Ok(())
     }
 
+    /// Refuses coefficients under which a training batch would have no loss
+    /// term (what a run stops on at its first step): with `data.mode:
+    /// sequential` each group is a batch, otherwise a batch holds them all.
+    /// Which families a group has is shimmer's: see `LossFamily`.
+    fn check_loss_terms(&self) -> Result<(), CheckError> {
+        use LossFamily::*;
+        let (Some(ws), None) = (&self.workspace, &self.pretrain) else {
+            return Ok(());
+        };
+        let on: Vec<&str> = (self.loss.coefs.iter())
+            .filter(|(_, c)| **c > 0.0)
+            .map(|(f, _)| f.name())
+            .collect();
+        let terms = |domains: &[String]| {
+            let n = domains.iter().collect::<HashSet<_>>().len();
+            let fusion = ws.flavour == Flavour::Fusion;
+            let mut t = vec![];
+            t.extend((n == 1 || fusion).then_some(DemiCycles));
+            t.extend(((n == 1 || fusion) && self.domains.len() > 1).then_some(Cycles));
+            t.extend((n >= 2).then_some(Translations));
+            t.extend((n == 2).then_some(Contrastives));
+            t.extend((n >= 2 && fusion).then_some(Fused));
+            t
+        };
+        let groups = &self.data.groups;
+        let batches: Vec<(String, Vec<LossFamily>)> = match self.data.mode {
+            crate::CombineMode::Sequential => (groups.iter().enumerate())
+                .map(|(i, g)| (format!("training group {i}"), terms(&g.domains)))
+                .collect(),
+            _ if groups.is_empty() => vec![],
+            _ => vec![(
+                "the training groups".to_string(),
+                groups.iter().flat_map(|g| terms(&g.domains)).collect(),
+            )],
+        };
+        for (what, mut families) in batches {
+            if families.iter().any(|f| on.contains(&f.name())) {
+                continue;
+            }
+            families.sort();
+            families.dedup();
+            let names: Vec<_> = families.iter().map(|f| f.name()).collect();
+            return Err(CheckError::new(
+                "loss.coefs",
+                format!(
+                    "no loss term applies to {what}: it has {} and their coefficients are 0 \
+                     (coefficients > 0: {}); a run would stop at its first step",
+                    names.join(", "),
+                    on.join(", ")
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     /// The workspace section, required unless the experiment pretrains a domain.
     ///
     /// # Errors
@@ -248,8 +309,8 @@ fn check_name(name: &str) -> Result<(), CheckError> {
         match part {
             "" => return bad("it has an empty part (`//` or a trailing `/`)"),
             "." | ".." => return bad("it has a `.` or `..` part"),
-            p if p.contains('\\') || p.contains('\0') => {
-                return bad("it has a backslash or a NUL character");
+            p if p.contains('\\') || p.chars().any(char::is_control) => {
+                return bad("it has a backslash or a control character");
             }
             _ => {}
         }
@@ -294,7 +355,7 @@ pub struct DomainConfig {
     #[serde(default)]
     pub kind: Option<String>,
     /// The plugin's own settings for this domain, handed over as JSON.
-    #[serde(default = "empty_object")]
+    #[serde(default = "empty_object", deserialize_with = "finite_json")]
     pub config: serde_json::Value,
     /// Size of the latent vector the GW sees. Required without a plugin
     /// (latents given directly, as in `shimmer replay`); checked otherwise.
@@ -311,6 +372,74 @@ pub struct DomainConfig {
 
 fn empty_object() -> serde_json::Value {
     serde_json::Value::Object(Default::default())
+}
+
+/// A YAML value read as JSON, a non-finite number refused at its key: JSON
+/// has none, and `serde_json` would quietly make it `null` (a plugin's
+/// `shift: .nan` would reach it as no setting at all).
+struct FiniteJson(serde_json::Value);
+
+fn finite_json<'de, D: serde::Deserializer<'de>>(d: D) -> Result<serde_json::Value, D::Error> {
+    Ok(FiniteJson::deserialize(d)?.0)
+}
+
+type Vars = IndexMap<String, serde_json::Value>;
+
+fn finite_vars<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vars, D::Error> {
+    let vars = IndexMap::<String, FiniteJson>::deserialize(d)?;
+    Ok(vars.into_iter().map(|(k, v)| (k, v.0)).collect())
+}
+
+impl<'de> Deserialize<'de> for FiniteJson {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(FiniteJsonVisitor).map(FiniteJson)
+    }
+}
+
+struct FiniteJsonVisitor;
+
+impl<'de> serde::de::Visitor<'de> for FiniteJsonVisitor {
+    type Value = serde_json::Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a value")
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Self::Value, E> {
+        Ok(v.into())
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Self::Value, E> {
+        Ok(v.into())
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Self::Value, E> {
+        Ok(v.into())
+    }
+    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Self::Value, E> {
+        let why = "settings handed to a plugin are JSON, which has no NaN or infinity";
+        let number = serde_json::Number::from_f64(v);
+        number
+            .map(Into::into)
+            .ok_or_else(|| E::custom(format!("{v} is not a finite number: {why}")))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(v.into())
+    }
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(serde_json::Value::Null)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut a: A) -> Result<Self::Value, A::Error> {
+        let mut items = Vec::new();
+        while let Some(FiniteJson(v)) = a.next_element()? {
+            items.push(v);
+        }
+        Ok(serde_json::Value::Array(items))
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut a: A) -> Result<Self::Value, A::Error> {
+        let mut map = serde_json::Map::new();
+        while let Some((k, FiniteJson(v))) = a.next_entry::<String, FiniteJson>()? {
+            map.insert(k, v);
+        }
+        Ok(serde_json::Value::Object(map))
+    }
 }
 
 /// Which GW class and loss family to build.
@@ -506,18 +635,40 @@ impl std::fmt::Display for LossFamily {
 }
 
 /// Loss coefficients (shimmer's `loss_coefs`), in the order given.
+///
+/// A family left out keeps its default, as every other setting does:
+/// `demi_cycles`, `cycles`, `translations` and `contrastives` are 1 (after
+/// the ones given, in that order), `fused` is off; so
+/// `loss.coefs.contrastives=0.05` changes that coefficient alone, and 0
+/// turns a loss off. `shimmer config` prints every coefficient used.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LossConfig {
     /// Coefficient per loss family; the total loss is the **mean** of
     /// `coef * metric` over families with `coef > 0`, as shimmer computes it.
+    #[serde(default = "default_coefs", deserialize_with = "coefs_over_defaults")]
     pub coefs: IndexMap<LossFamily, f64>,
+}
+
+fn default_coefs() -> IndexMap<LossFamily, f64> {
+    LossFamily::ALL[..4].iter().map(|&f| (f, 1.0)).collect()
+}
+
+fn coefs_over_defaults<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<IndexMap<LossFamily, f64>, D::Error> {
+    let mut coefs = IndexMap::<LossFamily, f64>::deserialize(d)?;
+    for (family, coef) in default_coefs() {
+        coefs.entry(family).or_insert(coef);
+    }
+    Ok(coefs)
 }
 
 impl Default for LossConfig {
     fn default() -> Self {
-        let coefs = LossFamily::ALL[..4].iter().map(|&f| (f, 1.0)).collect();
-        Self { coefs }
+        Self {
+            coefs: default_coefs(),
+        }
     }
 }
 

@@ -23,6 +23,7 @@
 //! both mean the same parameter, so a command-line override such as
 //! `sweep.grid.optim.lr=[1e-2,1e-3]` replaces the file's list.
 
+use crate::check::CheckError;
 use anyhow::{Result, bail};
 use indexmap::IndexMap;
 use serde::{Deserialize, Deserializer, Serialize};
@@ -138,6 +139,105 @@ pub struct SlurmConfig {
     pub setup: Vec<String>,
 }
 
+impl SlurmConfig {
+    /// Checks every field against Slurm's own syntax (so none can end its
+    /// `#SBATCH` line early and slip a shell line into the job script, or
+    /// make `sbatch` ignore the directives after it), each failure naming
+    /// `sweep.launcher.slurm.<field>`. `setup` lines are shell by design.
+    pub fn check(&self) -> Result<(), CheckError> {
+        let fail = |field: &str, v: &str, want: &str| {
+            let v = crate::yaml::shorten(&v.escape_debug().to_string());
+            let key = format!("sweep.launcher.slurm.{field}");
+            Err(CheckError::new(key, format!("`{v}` is not {want}")))
+        };
+        type Valid = fn(&str) -> Result<(), &'static str>;
+        let fields: [(&str, &Option<String>, Valid); 4] = [
+            ("partition", &self.partition, slurm_names),
+            ("time", &self.time, slurm_time),
+            ("mem", &self.mem, slurm_mem),
+            ("job_name", &self.job_name, slurm_word),
+        ];
+        for (field, value, valid) in fields {
+            if let Some((v, Err(want))) = value.as_deref().map(|v| (v, valid(v))) {
+                return fail(field, v, want);
+            }
+        }
+        for (field, v) in [("cpus", self.cpus), ("max_parallel", self.max_parallel)] {
+            if v == Some(0) {
+                return fail(field, "0", "a count of at least 1");
+            }
+        }
+        for (i, extra) in self.extra.iter().enumerate() {
+            let option = extra.trim();
+            let option = option.strip_prefix("#SBATCH").unwrap_or(option).trim();
+            let (name, value) = option
+                .split_once(['=', ' '])
+                .map_or((option, None), |(n, v)| (n, Some(v.trim())));
+            let valid = match (name, value) {
+                ("--partition" | "-p" | "--account" | "-A" | "--qos" | "-q", Some(v)) => {
+                    slurm_names(v)
+                }
+                ("--time" | "-t", Some(v)) => slurm_time(v),
+                ("--mem" | "--mem-per-cpu" | "--mem-per-gpu", Some(v)) => slurm_mem(v),
+                _ if name.starts_with('-') && !option.chars().any(char::is_control) => Ok(()),
+                _ => Err("an sbatch option on one line (`--account=lab`, `--qos=short`)"),
+            };
+            if let Err(want) = valid {
+                return fail(&format!("extra.{i}"), extra, want);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `Ok` when `ok`, else what was expected.
+fn want(ok: bool, expected: &'static str) -> Result<(), &'static str> {
+    if ok { Ok(()) } else { Err(expected) }
+}
+
+/// Names (partitions, accounts, QOS) joined by `,`.
+fn slurm_names(v: &str) -> Result<(), &'static str> {
+    let name = |n: &str| {
+        !n.is_empty()
+            && n.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c))
+    };
+    want(
+        v.split(',').all(name),
+        "a Slurm name (letters, digits, `_-.`; several joined by `,`)",
+    )
+}
+
+/// `[days-]hours:minutes:seconds` and its shorter forms, or no limit.
+fn slurm_time(v: &str) -> Result<(), &'static str> {
+    let number = |s: &str| (1..=9).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_digit());
+    let (days, rest) = v.split_once('-').map_or((None, v), |(d, r)| (Some(d), r));
+    let parts = rest.split(':').count() <= 3 && rest.split(':').all(number);
+    want(
+        matches!(v, "UNLIMITED" | "INFINITE") || (days.is_none_or(number) && parts),
+        "a Slurm time: minutes, minutes:seconds, hours:minutes:seconds, days-hours, \
+         days-hours:minutes or days-hours:minutes:seconds",
+    )
+}
+
+/// A whole number of megabytes, or of the unit its suffix names.
+fn slurm_mem(v: &str) -> Result<(), &'static str> {
+    let digits = v.strip_suffix(['K', 'M', 'G', 'T']).unwrap_or(v);
+    let ok = (1..=12).contains(&digits.len()) && digits.bytes().all(|b| b.is_ascii_digit());
+    want(
+        ok,
+        "a Slurm memory size: a whole number, then K, M, G or T (`16G`)",
+    )
+}
+
+/// One word of safe characters (a job name).
+fn slurm_word(v: &str) -> Result<(), &'static str> {
+    let ok = !v.is_empty()
+        && v.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_-.+@:=/,".contains(c));
+    want(ok, "a Slurm job name (letters, digits, `_-.+@:=/,`)")
+}
+
 /// Accepts a string or a number as text (`time: 60`, `mem: 16G`).
 fn text<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
     #[derive(Deserialize)]
@@ -181,6 +281,19 @@ pub struct Space {
 }
 
 impl SweepConfig {
+    /// The checks of [`crate::Experiment::check`]: keys no deeper than a
+    /// YAML document may nest (refused before a trial is built from them),
+    /// and the Slurm fields ([`SlurmConfig::check`]); errors name the key.
+    pub fn check(&self) -> Result<(), CheckError> {
+        for (section, keys) in [("grid", &self.grid), ("random", &self.random)] {
+            for key in keys.keys() {
+                crate::yaml::check_key_depth(key)
+                    .map_err(|m| CheckError::new(format!("sweep.{section}"), m))?;
+            }
+        }
+        self.launcher.slurm.check()
+    }
+
     /// Checks the parameters and flattens nested keys; errors name the key
     /// (`sweep.random.optim.lr`) and say what was expected.
     pub fn space(&self) -> Result<Space> {
@@ -232,6 +345,7 @@ fn flatten_grid(key: &str, value: &Value, out: &mut IndexMap<String, Vec<Value>>
             bail!("`sweep.grid.{key}` is an empty list: give at least one value")
         }
         Value::Sequence(values) => {
+            crate::yaml::check_key_depth(key).map_err(anyhow::Error::msg)?;
             out.shift_remove(key);
             out.insert(key.to_string(), values.clone());
             Ok(())
@@ -309,6 +423,7 @@ fn flatten_random(
             }
         }
     };
+    crate::yaml::check_key_depth(key).map_err(anyhow::Error::msg)?;
     out.shift_remove(key);
     out.insert(key.to_string(), dist);
     Ok(())

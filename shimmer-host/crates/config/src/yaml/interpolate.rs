@@ -100,24 +100,19 @@ struct Resolver<'a> {
     done: HashMap<Vec<Seg>, Node>,
     /// Weight of every value references copied so far (see [`MAX_VALUES`]).
     spent: usize,
-    /// Calls of [`Resolver::tree`] under way: nesting walked through every
-    /// reference of the chain being resolved (see [`MAX_WALK`]).
+    /// Calls of [`Resolver::tree`] under way (see [`MAX_WALK`]).
     depth: usize,
 }
 
-/// Deepest walk through references and the values they name: a chain of
-/// [`MAX_DEPTH`] references each inside a deep mapping stays under it, and
-/// the stack is never at risk.
+/// Deepest walk through references and the values they name (a chain of
+/// references each inside a deep mapping), well within the stack.
 const MAX_WALK: usize = 4 * MAX_DEPTH;
 
 impl<'a> Resolver<'a> {
     /// `node` (at `path`) with every interpolation inside it resolved.
     fn tree(&mut self, node: &'a Node, path: &mut Vec<Seg>) -> Result<Node, ConfigError> {
         if self.depth >= MAX_WALK {
-            let message = format!(
-                "`${{...}}` references nest more than {MAX_WALK} levels deep through the \
-                 values they name: refused"
-            );
+            let message = format!("`${{...}}` references nest more than {MAX_WALK} deep: refused");
             return Err(self.error(node, path, message));
         }
         self.depth += 1;

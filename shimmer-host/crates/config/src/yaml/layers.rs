@@ -28,12 +28,9 @@ pub(crate) struct Layers {
     pub(crate) files: Vec<PathBuf>,
 }
 
-/// Most files one experiment may be built from (`extends` bases, counted
-/// once each, with the experiment and `local.yaml`).
+/// Most files one experiment is built from (each base counted once).
 const MAX_FILES: usize = 64;
-
-/// Most `extends` entries followed in all (a file named twice counts
-/// twice): each merges a copy of its base.
+/// Most `extends` entries followed in all (each merges a copy of its base).
 const MAX_EXTENDS: usize = 256;
 
 /// Reads `path` with its bases (recursively) and the `local.yaml` next to
@@ -65,8 +62,7 @@ fn same_file(a: &Path, b: &Path) -> bool {
 /// named, in the order `extends` gives.
 #[derive(Default)]
 struct Reader {
-    /// Canonical and shown paths of the files extending the one being read
-    /// (for cycle detection).
+    /// Canonical and shown paths of the files extending the one being read.
     chain: Vec<(PathBuf, PathBuf)>,
     /// Every file read, in merge order.
     files: Vec<PathBuf>,
@@ -104,12 +100,9 @@ impl Reader {
             return Ok(done.clone());
         }
         if self.done.len() + self.chain.len() >= MAX_FILES {
-            let message = format!(
-                "`{}` would be file {} of the experiment: an experiment is built from at \
-                 most {MAX_FILES} files",
-                path.display(),
-                MAX_FILES + 1
-            );
+            let shown = path.display();
+            let message =
+                format!("an experiment is built from at most {MAX_FILES} files: refused `{shown}`");
             return Err(ConfigError::new(ErrorKind::Extends, message).at(from.cloned()));
         }
         let text = shimmer_formats::file::read_text(real, MAX_FILE_BYTES).map_err(|e| {
@@ -138,10 +131,7 @@ impl Reader {
         for (base, origin) in bases {
             self.followed += 1;
             if self.followed > MAX_EXTENDS {
-                let message = format!(
-                    "more than {MAX_EXTENDS} `extends` entries in all (each time a file is \
-                     named counts): refused"
-                );
+                let message = format!("more than {MAX_EXTENDS} `extends` entries in all: refused");
                 return Err(ConfigError::new(ErrorKind::Extends, message).at(Some(origin)));
             }
             let layer = self.read_file(&base, Some(&origin))?;
