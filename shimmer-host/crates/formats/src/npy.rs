@@ -8,7 +8,7 @@
 
 use crate::array::{Layout, NumArray};
 use crate::dtype::{ByteOrder, DType, Element};
-use crate::error::{FormatError, Result, io_text};
+use crate::error::{FormatError, Result, excerpt, excerpt_bytes, io_text};
 use crate::file::{Mapped, map_regular};
 use npyz::{Endianness, TypeChar};
 use std::path::Path;
@@ -16,6 +16,20 @@ use std::sync::Arc;
 
 /// The first bytes of every `.npy` file.
 const MAGIC: &[u8] = b"\x93NUMPY";
+
+/// Longest `.npy` header read, in bytes: NumPy's `_MAX_HEADER_SIZE`, the
+/// default `max_header_size` above which `numpy.load` refuses a header as
+/// unsafe to parse. It is checked before the header is read, so a file
+/// declaring a 4 GiB header costs nothing.
+pub const MAX_HEADER_BYTES: usize = 10_000;
+
+/// Longest run of digits in a header: a dimension is at most 2^64 - 1
+/// (20 digits); a longer number is refused before it is parsed.
+const MAX_HEADER_DIGITS: usize = 20;
+
+/// Deepest nesting of brackets in a header (nested structured dtypes;
+/// a plain array's header nests 2 deep).
+const MAX_HEADER_NESTING: usize = 32;
 
 /// A parsed `.npy` header: where the data starts and what it holds.
 pub(crate) struct Header {
@@ -25,7 +39,9 @@ pub(crate) struct Header {
     pub(crate) header: npyz::NpyHeader,
 }
 
-/// Parses the header of the `.npy` file whose bytes are `bytes`.
+/// Parses the header of the `.npy` file whose bytes are `bytes`: its
+/// length and text are checked first ([`MAX_HEADER_BYTES`], numbers of at
+/// most 20 digits, brackets nested at most 32 deep), then `npyz` reads it.
 pub(crate) fn header(path: &Path, bytes: &[u8]) -> Result<Header> {
     if !bytes.starts_with(MAGIC) {
         return Err(FormatError::new(
@@ -33,17 +49,95 @@ pub(crate) fn header(path: &Path, bytes: &[u8]) -> Result<Header> {
             "is not a NumPy .npy file (it does not start with \\x93NUMPY)",
         ));
     }
+    let bad = |what: String| FormatError::new(path, what);
+    let (len_bytes, start) = match bytes.get(6..8) {
+        Some([1, 0]) => (2, 10),
+        Some([2 | 3, 0]) => (4, 12),
+        Some([major, minor]) => {
+            return Err(bad(format!(
+                "has .npy format version {major}.{minor}; versions 1.0, 2.0 and 3.0 are read"
+            )));
+        }
+        _ => return Err(bad("is truncated inside its .npy preamble".to_string())),
+    };
+    let Some(len) = bytes.get(8..8 + len_bytes) else {
+        return Err(bad("is truncated inside its .npy preamble".to_string()));
+    };
+    let len = len
+        .iter()
+        .rev()
+        .fold(0usize, |n, &b| (n << 8) | usize::from(b));
+    if len > MAX_HEADER_BYTES {
+        return Err(bad(format!(
+            "declares a .npy header of {len} bytes, over the {MAX_HEADER_BYTES} NumPy reads (its max_header_size)"
+        )));
+    }
+    let Some(text) = bytes.get(start..start + len) else {
+        return Err(bad(format!(
+            "truncated: its .npy header promises {len} bytes, the file holds {} after the preamble",
+            bytes.len().saturating_sub(start)
+        )));
+    };
+    check_header_text(text).map_err(bad)?;
     let mut rest = bytes;
     let header = npyz::NpyHeader::from_reader(&mut rest).map_err(|e| {
-        FormatError::new(
-            path,
-            format!("has an unreadable .npy header: {}", io_text(&e)),
-        )
+        bad(format!(
+            "has an unreadable .npy header: {} (header: {})",
+            excerpt(&io_text(&e)),
+            excerpt_bytes(text)
+        ))
     })?;
     Ok(Header {
         offset: bytes.len() - rest.len(),
         header,
     })
+}
+
+/// Refuses header text whose numbers or nesting no array needs, before a
+/// parser spends time (quadratic in a number's digits) or stack on it.
+/// Quoted strings are skipped.
+fn check_header_text(text: &[u8]) -> std::result::Result<(), String> {
+    let mut digits = 0;
+    let mut depth = 0usize;
+    let mut quote = None;
+    let mut escaped = false;
+    for &b in text {
+        if let Some(q) = quote {
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == q {
+                quote = None;
+            }
+            continue;
+        }
+        digits = if b.is_ascii_digit() { digits + 1 } else { 0 };
+        if digits > MAX_HEADER_DIGITS {
+            let run = text
+                .split(|c| !c.is_ascii_digit())
+                .map(<[u8]>::len)
+                .max()
+                .unwrap_or(digits);
+            return Err(format!(
+                "has a .npy header holding a number of {run} digits; a dimension has at most {MAX_HEADER_DIGITS}"
+            ));
+        }
+        match b {
+            b'\'' | b'"' => quote = Some(b),
+            b'(' | b'[' | b'{' => {
+                depth += 1;
+                if depth > MAX_HEADER_NESTING {
+                    return Err(format!(
+                        "has a .npy header nested more than {MAX_HEADER_NESTING} brackets deep"
+                    ));
+                }
+            }
+            b')' | b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// The element type of an npyz type string, or why it is not supported.
@@ -66,11 +160,15 @@ fn dtype_of(ty: &npyz::TypeStr) -> std::result::Result<DType, String> {
             return Err("holds Python objects (a pickle), not numbers".to_string());
         }
         (TypeChar::UnicodeStr | TypeChar::ByteStr, _) => {
-            return Err(format!("holds strings (dtype {ty}), not numbers"));
+            return Err(format!(
+                "holds strings (dtype {}), not numbers",
+                excerpt(&ty.to_string())
+            ));
         }
         _ => {
             return Err(format!(
-                "has dtype {ty}, which is not supported: use bool, (u)int8..64 or float16/32/64"
+                "has dtype {}, which is not supported: use bool, (u)int8..64 or float16/32/64",
+                excerpt(&ty.to_string())
             ));
         }
     };
@@ -96,7 +194,7 @@ pub fn open_npy(path: &Path) -> Result<NumArray> {
                 path,
                 format!(
                     "holds a structured array ({}), not plain numbers",
-                    other.descr()
+                    excerpt(&other.descr())
                 ),
             ));
         }
@@ -120,8 +218,8 @@ pub(crate) fn pickled_payload(path: &Path, file: &Mapped) -> Result<usize> {
     let parsed = header(path, file.bytes())?;
     if !parsed.header.uses_pickled_array() {
         let dtype = match parsed.header.dtype() {
-            npyz::DType::Plain(ty) => ty.to_string(),
-            other => other.descr(),
+            npyz::DType::Plain(ty) => excerpt(&ty.to_string()),
+            other => excerpt(&other.descr()),
         };
         return Err(FormatError::new(
             path,
@@ -197,6 +295,121 @@ mod tests {
                 .unwrap_err()
                 .message()
                 .contains("must be integers")
+        );
+    }
+
+    /// A `.npy` file of format `major`.0 with header `text` (as given: no
+    /// padding) followed by `data`.
+    fn raw_npy(path: &Path, major: u8, text: &[u8], declared: Option<u32>, data: &[u8]) {
+        let mut out = MAGIC.to_vec();
+        out.extend([major, 0]);
+        let len = declared.unwrap_or(text.len() as u32);
+        if major == 1 {
+            out.extend((len as u16).to_le_bytes());
+        } else {
+            out.extend(len.to_le_bytes());
+        }
+        out.extend(text);
+        out.extend(data);
+        std::fs::write(path, out).unwrap();
+    }
+
+    /// `open_npy`'s error, checked to be short and to come quickly (the
+    /// real cost is microseconds; the bound only guards against a return
+    /// to seconds).
+    fn refusal(path: &Path) -> String {
+        let start = std::time::Instant::now();
+        let e = open_npy(path).unwrap_err().to_string();
+        assert!(start.elapsed().as_secs() < 10, "took {:?}", start.elapsed());
+        assert!(e.len() < 400, "the message quotes too much: {e}");
+        e
+    }
+
+    #[test]
+    fn oversized_headers_are_refused_before_they_are_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("big.npy");
+        // 1 KB of file declaring a 4 GiB header.
+        raw_npy(&p, 2, &[b' '; 1000], Some(u32::MAX), &[]);
+        let e = refusal(&p);
+        assert!(
+            e.contains(
+                "big.npy: declares a .npy header of 4294967295 bytes, over the 10000 NumPy reads"
+            ),
+            "{e}"
+        );
+        // A real header holding a 6-million-digit dimension.
+        let mut text = b"{'descr': '<f4', 'fortran_order': False, 'shape': (".to_vec();
+        text.extend(b"9".repeat(6_000_000));
+        text.extend(b",), }\n");
+        raw_npy(&p, 2, &text, None, &[]);
+        let e = refusal(&p);
+        assert!(e.contains("declares a .npy header of 6000057 bytes"), "{e}");
+        // NumPy's bound is inclusive: 10 000 bytes are read, 10 001 are not.
+        let head = b"{'descr': '<f4', 'fortran_order': False, 'shape': (2,), }";
+        for (len, ok) in [(MAX_HEADER_BYTES, true), (MAX_HEADER_BYTES + 1, false)] {
+            let mut text = head.to_vec();
+            text.resize(len - 1, b' ');
+            text.push(b'\n');
+            raw_npy(&p, 2, &text, None, &f32s(&[1.0, 2.0]));
+            assert_eq!(open_npy(&p).is_ok(), ok, "{len}");
+        }
+        // A header cut short by the end of the file.
+        raw_npy(&p, 1, b"{'descr'", Some(64), &[]);
+        let e = refusal(&p);
+        assert!(
+            e.contains("truncated: its .npy header promises 64 bytes, the file holds 8"),
+            "{e}"
+        );
+        raw_npy(&p, 4, b"", None, &[]);
+        assert!(refusal(&p).contains("has .npy format version 4.0"));
+    }
+
+    #[test]
+    fn absurd_numbers_and_nesting_in_headers_are_refused_before_parsing() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("shape.npy");
+        let mut text = b"{'descr': '<f4', 'fortran_order': False, 'shape': (".to_vec();
+        text.extend(b"1".repeat(9_000));
+        text.extend(b",), }\n");
+        raw_npy(&p, 1, &text, None, &[]);
+        let e = refusal(&p);
+        assert!(
+            e.contains("shape.npy: has a .npy header holding a number of 9000 digits; a dimension has at most 20"),
+            "{e}"
+        );
+        let mut text = b"{'descr': '<f4', 'fortran_order': False, 'shape': ".to_vec();
+        text.extend(b"(".repeat(4_000));
+        text.extend(b")".repeat(4_000));
+        text.extend(b", }\n");
+        raw_npy(&p, 1, &text, None, &[]);
+        let e = refusal(&p);
+        assert!(e.contains("nested more than 32 brackets deep"), "{e}");
+        // Digits inside a quoted string are not numbers.
+        let mut text =
+            b"{'descr': '<f4', 'fortran_order': False, 'shape': (1,), 'note': '".to_vec();
+        text.extend(b"1".repeat(100));
+        text.extend(b"(((', }\n");
+        raw_npy(&p, 1, &text, None, &f32s(&[1.0]));
+        assert!(open_npy(&p).is_ok());
+    }
+
+    #[test]
+    fn header_text_in_errors_is_excerpted() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("long.npy");
+        let descr = format!("<{}", "f".repeat(9_000));
+        write_npy(&p, &descr, false, "(2,)", &[0; 8]);
+        let e = refusal(&p);
+        assert!(e.contains("long.npy: ") && e.contains(" bytes)"), "{e}");
+        let mut text = b"{'descr': '<f4', 'fortran_order': False, 'shape': (2,), 'x': ".to_vec();
+        text.extend(b"y".repeat(9_000));
+        text.extend(b" }\n");
+        raw_npy(&p, 1, &text, None, &[]);
+        let e = refusal(&p);
+        assert!(
+            e.contains("has an unreadable .npy header") && e.contains(" bytes)"),
+            "{e}"
         );
     }
 
