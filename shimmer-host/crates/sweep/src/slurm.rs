@@ -104,8 +104,36 @@ pub fn script(manifest: &Manifest, dir: &SweepDir, exe: &Path, indices: &[usize]
     text
 }
 
-/// Submits `script` with `sbatch --parsable` and returns the job id.
+/// Refuses a job script whose `#SBATCH` header (the lines before its first
+/// command) holds anything but directives and comments, or a control
+/// character: a Slurm setting with a line break, which would run as shell
+/// and make `sbatch` ignore every directive after it. The settings are
+/// checked when the experiment is loaded (`SlurmConfig::check`); this
+/// holds for the ones given on the command line too.
+fn check_header(script: &Path, text: &str) -> Result<()> {
+    for (n, line) in text.lines().enumerate().skip(1) {
+        if line == "set -eu" {
+            return Ok(());
+        }
+        if !line.starts_with('#') || line.chars().any(|c| c.is_control() && c != '\t') {
+            bail!(
+                "{}:{}: a Slurm setting breaks the job script's #SBATCH header (`{}`): \
+                 write each setting on one line in Slurm's syntax; nothing was submitted",
+                script.display(),
+                n + 1,
+                line.escape_debug()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Submits `script` with `sbatch --parsable` and returns the job id,
+/// after [`check_header`].
 pub fn submit(script: &Path) -> Result<String> {
+    let text = std::fs::read_to_string(script)
+        .with_context(|| format!("cannot read {}", script.display()))?;
+    check_header(script, &text)?;
     let out = Command::new("sbatch")
         .arg("--parsable")
         .arg(script)
@@ -310,6 +338,39 @@ mod tests {
                 .skip(first_cmd)
                 .all(|l| !l.starts_with("#SBATCH"))
         );
+    }
+
+    #[test]
+    fn a_setting_with_a_line_break_is_refused_before_sbatch() {
+        let dir = tempfile::tempdir().unwrap();
+        for slurm in [
+            SlurmConfig {
+                time: Some("00:10:00\ntouch X".into()),
+                ..Default::default()
+            },
+            SlurmConfig {
+                partition: Some("gpu\rx".into()),
+                ..Default::default()
+            },
+        ] {
+            let text = script(
+                &manifest(slurm, 1),
+                &SweepDir::new("/s", 1),
+                Path::new("/x"),
+                &[0],
+            );
+            let path = dir.path().join("job.sh");
+            std::fs::write(&path, &text).unwrap();
+            let err = submit(&path).unwrap_err().to_string();
+            assert!(err.contains("nothing was submitted"), "{err}");
+        }
+        let text = script(
+            &manifest(SlurmConfig::default(), 1),
+            &SweepDir::new("/s", 1),
+            Path::new("/x"),
+            &[0],
+        );
+        assert!(check_header(Path::new("job.sh"), &text).is_ok());
     }
 
     #[test]
