@@ -370,3 +370,47 @@ fn the_simple_shapes_sample_experiment_runs_on_the_real_files() {
         assert_eq!(path.canonicalize().unwrap(), root, "{config}");
     }
 }
+
+/// The sample's `two_domains` selection draws one domain per item when it
+/// fuses two: validation draws the same every pass, so the step that ends
+/// an epoch and is due by `val_every_n_steps` is validated once, and the
+/// best checkpoint validated again gives the number logged at its step.
+#[test]
+fn the_sample_validates_each_step_once_and_the_same_weights_the_same() {
+    let tmp = tempfile::tempdir().unwrap();
+    let exp = common::workspace_root().join("experiments/simple-shapes-sample/gw.yaml");
+    let run = tmp.path().join("run");
+    let out = common::shimmer()
+        .args(["run", "--run-dir"])
+        .arg(&run)
+        .arg(&exp)
+        .args(["training.val_every_n_steps=2", "training.val_every_n_epochs=1"])
+        .current_dir(tmp.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let scalars = crate::run::logged_scalars(&run);
+    let val: Vec<(i64, f32)> = scalars
+        .iter()
+        .filter(|(_, tag, _)| tag == "val/loss")
+        .map(|(s, _, v)| (*s, *v))
+        .collect();
+    assert_eq!(
+        val.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
+        [2, 4],
+        "{val:?}"
+    );
+    let summary = crate::run::summary(&run);
+    let best_step = summary["best_step"].as_i64().unwrap();
+    let at_best = val.iter().find(|(s, _)| *s == best_step).unwrap().1;
+    let again = scalars
+        .iter()
+        .find(|(_, tag, _)| tag == "best/val/loss")
+        .unwrap()
+        .2;
+    assert_eq!(at_best, again, "the best checkpoint validated again");
+}

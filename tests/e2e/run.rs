@@ -752,3 +752,175 @@ fn export_writes_shimmers_state_dict_that_numpy_recomputes() {
     ]);
     assert!(last.is_file());
 }
+
+/// `(tag, step)` of each line of `scalars.jsonl`'s first `len` bytes.
+fn jsonl_entries(text: &str) -> Vec<(String, i64)> {
+    text.lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("JSON line"))
+        .filter(|v| v.get("tag").is_some())
+        .map(|v| {
+            (
+                v["tag"].as_str().unwrap().to_string(),
+                v["step"].as_i64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// One integer entry of a checkpoint.
+fn checkpoint_int(path: &Path, name: &str) -> i64 {
+    let bytes = std::fs::read(path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let t = st.tensor(name).unwrap();
+    let data = t.data();
+    match t.dtype() {
+        safetensors::Dtype::I64 => i64::from_le_bytes(data[..8].try_into().unwrap()),
+        safetensors::Dtype::U32 => i64::from(u32::from_le_bytes(data[..4].try_into().unwrap())),
+        other => panic!("{name} in {}: {other:?}", path.display()),
+    }
+}
+
+/// Whatever the cadences of validation, logging and checkpoints, and
+/// whether they fall on the same step or not, every checkpoint (what a
+/// kill -9 resumes from) holds every scalar logged before its step, and
+/// nothing after; each `(tag, step)` is logged once.
+#[test]
+fn every_checkpoint_holds_every_step_logged_before_it() {
+    let cadences: [&[&str]; 2] = [
+        // Eight steps an epoch: validation by steps and by epochs on the
+        // same steps, checkpoints on them too, every step logged.
+        &[
+            "training.val_every_n_steps=8",
+            "training.val_every_n_epochs=1",
+            "training.checkpoint_every_n_steps=4",
+            "training.log_every_n_steps=1",
+        ],
+        // Cadences that mostly miss each other.
+        &[
+            "training.val_every_n_steps=5",
+            "training.val_every_n_epochs=2",
+            "training.checkpoint_every_n_steps=7",
+            "training.log_every_n_steps=3",
+        ],
+    ];
+    for cadence in cadences {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("run");
+        let mut extra = vec![
+            "training.max_epochs=3",
+            "training.checkpoints.save_top_k=50",
+            "training.checkpoints.keep_every_n_steps=1",
+        ];
+        extra.extend_from_slice(cadence);
+        let out = run_args(&tutorial_args(&dir, &extra));
+        assert!(out.status.success(), "{cadence:?}: {}", stderr(&out));
+        let text = std::fs::read_to_string(dir.join("scalars.jsonl")).unwrap();
+        let full = jsonl_entries(&text);
+        let mut counts = BTreeMap::new();
+        for e in &full {
+            *counts.entry(e.clone()).or_insert(0) += 1;
+        }
+        assert!(
+            counts.values().all(|&n| n == 1),
+            "{cadence:?}: logged twice: {:?}",
+            counts.iter().filter(|(_, n)| **n > 1).collect::<Vec<_>>()
+        );
+        let mut checked = 0;
+        for entry in std::fs::read_dir(dir.join("checkpoints")).unwrap() {
+            let path = entry.unwrap().path();
+            let step = checkpoint_int(&path, "trainer.global_step");
+            let len = checkpoint_int(&path, "trainer.log.jsonl_len") as usize;
+            let held = jsonl_entries(&text[..len]);
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            for e in full.iter().filter(|(_, s)| *s < step) {
+                assert!(
+                    held.contains(e),
+                    "{cadence:?}: {name} (step {step}) lacks {e:?}"
+                );
+            }
+            for (tag, s) in &held {
+                assert!(
+                    *s < step || (*s == step && tag.starts_with("val/")),
+                    "{cadence:?}: {name} (step {step}) holds {tag} at step {s}"
+                );
+            }
+            checked += 1;
+        }
+        assert!(checked > 20, "{cadence:?}: {checked} checkpoints");
+    }
+}
+
+/// A finished run resumed again says so and changes nothing: no second
+/// final validation in its logs.
+#[test]
+fn resuming_a_finished_run_says_it_is_finished() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("run");
+    let out = run_args(&tutorial_args(
+        &dir,
+        &["training.max_epochs=1", "optim.scheduler.total_steps=16"],
+    ));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let before = std::fs::read(dir.join("scalars.jsonl")).unwrap();
+    let last = std::fs::read(dir.join("checkpoints/last.safetensors")).unwrap();
+    for _ in 0..2 {
+        let out = run(&["--resume", dir.to_str().unwrap()]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        assert!(
+            stderr(&out).contains("is finished (8 of 8 steps): nothing to resume"),
+            "{}",
+            stderr(&out)
+        );
+    }
+    assert_eq!(std::fs::read(dir.join("scalars.jsonl")).unwrap(), before);
+    assert_eq!(
+        std::fs::read(dir.join("checkpoints/last.safetensors")).unwrap(),
+        last
+    );
+    assert_eq!(summary(&dir)["status"], "finished");
+    // Trained longer, it goes on.
+    let out = run(&["--resume", dir.to_str().unwrap(), "training.max_epochs=2"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(summary(&dir)["steps"], 16);
+}
+
+/// A run whose final summary cannot be written has failed after training
+/// (exit 1), not been refused as bad input.
+#[test]
+fn a_final_summary_that_cannot_be_written_fails_the_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("run");
+    let mut child = common::shimmer()
+        .arg("run")
+        .args(tutorial_args(&dir, &["training.max_epochs=400"]))
+        .current_dir(common::workspace_root())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while !dir.join("checkpoints/last.safetensors").exists() {
+        assert!(started.elapsed() < Duration::from_secs(120), "no checkpoint");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // Neither a rename nor a write in place can replace a folder.
+    std::fs::remove_file(dir.join("summary.json")).unwrap();
+    std::fs::create_dir_all(dir.join("summary.json/blocked")).unwrap();
+    let pid = child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let mut err = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(1), "{err}");
+    let last = err.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("error:") && last.contains("cannot write the run summary"),
+        "{err}"
+    );
+}

@@ -188,12 +188,14 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary> {
             "cannot write the run summary {}",
             run_dir.path().join("summary.json").display()
         ));
-        return Err(match result {
-            Err(first) => first.context(format!("{e:#}")),
-            Ok(()) => e.context(TrainingFailed {
-                step: summary.steps,
-            }),
-        });
+        // The run's end is then known only from this message: say it too.
+        let e = match result {
+            Err(first) => anyhow::anyhow!("{e:#} (the run had ended: {first:#})"),
+            Ok(()) => e,
+        };
+        return Err(e.context(TrainingFailed {
+            step: summary.steps,
+        }));
     }
     result.map(|()| summary)
 }
