@@ -257,7 +257,7 @@ impl Part {
             stat("scale", &c.scale)?,
             stat("shift", &c.shift)?,
         );
-        Ok(Self {
+        let part = Self {
             label,
             mean,
             std,
@@ -269,7 +269,64 @@ impl Part {
             expand,
             out_width,
             loss: (c.loss, c.weight),
-        })
+        };
+        part.check_range()?;
+        Ok(part)
+    }
+
+    /// Refuses transforms that take a value of the data out of `f32`
+    /// (`std: 1e-45`, `scale: 3e38`): each step of `(x - mean) / std *
+    /// scale + shift` is monotonic, so the smallest and largest finite
+    /// value of each column (of every split; images lie in [0, 1]) bound
+    /// what training will see. Reads the arrays once.
+    fn check_range(&self) -> Result<(), PluginError> {
+        if self.is_plain() {
+            return Ok(());
+        }
+        let w = self.in_width;
+        let (mut lo, mut hi) = (vec![f32::INFINITY; w], vec![f32::NEG_INFINITY; w]);
+        for source in self.sources.iter().flatten() {
+            let Source::Array(_) = source else {
+                lo.iter_mut().for_each(|v| *v = v.min(0.0));
+                hi.iter_mut().for_each(|v| *v = v.max(1.0));
+                continue;
+            };
+            let rows = source.rows() as u64;
+            let mut buf = vec![0.0f32; 4096 * w];
+            for start in (0..rows).step_by(4096) {
+                let indices: Vec<u64> = (start..rows.min(start + 4096)).collect();
+                let buf = &mut buf[..indices.len() * w];
+                source
+                    .read(&indices, self.columns.as_deref(), buf)
+                    .map_err(format_err)?;
+                for row in buf.chunks_exact(w) {
+                    for (k, &x) in row.iter().enumerate().filter(|(_, x)| x.is_finite()) {
+                        (lo[k], hi[k]) = (lo[k].min(x), hi[k].max(x));
+                    }
+                }
+            }
+        }
+        for (k, (&a, &b)) in lo
+            .iter()
+            .zip(&hi)
+            .enumerate()
+            .filter(|(_, (a, _))| a.is_finite())
+        {
+            let (mut low, mut high) = (vec![0.0; w], vec![0.0; w]);
+            (low[k], high[k]) = (a, b);
+            self.normalise(&mut low);
+            self.normalise(&mut high);
+            if let Some(y) = [low[k], high[k]].into_iter().find(|y| !y.is_finite()) {
+                return Err(err(format!(
+                    "{}: `mean`, `std`, `scale` and `shift` take column {k}'s values (from {a} \
+                     to {b}) to {y}: outside f32, which ends at ±{:e}; choose ones that keep \
+                     them finite",
+                    self.label,
+                    f32::MAX
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// Items in `split` (0 when the part has no file for it).

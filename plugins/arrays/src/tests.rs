@@ -248,3 +248,47 @@ fn per_split_paths_leave_missing_splits_empty_and_unknown_keys_are_named() {
     .unwrap();
     assert!(e.message().contains("colums"), "{e}");
 }
+
+#[test]
+fn transforms_that_leave_f32_are_refused_when_opened() {
+    let dir = tempfile::tempdir().unwrap();
+    for split in ["train", "val", "test"] {
+        save(
+            &dir.path().join(format!("{split}.npy")),
+            &[3, 2],
+            &[0.5, -2.0, 1.5, 4.0, 0.0, 1.0],
+        );
+    }
+    let root = dir.path().display().to_string();
+    let part = |t: serde_json::Value| {
+        let mut p = serde_json::json!({ "npy": "{split}.npy" });
+        p.as_object_mut()
+            .unwrap()
+            .extend(t.as_object().unwrap().clone());
+        domain(serde_json::json!({ "root": root, "parts": [p] }))
+    };
+    for (t, needle) in [
+        (
+            serde_json::json!({ "std": 1e-45 }),
+            "column 0's values (from 0 to 1.5)",
+        ),
+        (serde_json::json!({ "scale": 3e38 }), "column 0's values"),
+        (
+            serde_json::json!({ "scale": [1, 1e38] }),
+            "column 1's values (from -2 to 4)",
+        ),
+        (
+            serde_json::json!({ "mean": -3.4e38, "shift": 3.4e38 }),
+            "to inf",
+        ),
+    ] {
+        let e = part(t.clone())
+            .err()
+            .unwrap_or_else(|| panic!("{t} accepted"));
+        assert!(
+            e.to_string().contains(needle) && e.to_string().contains("outside f32"),
+            "{e}"
+        );
+    }
+    assert!(part(serde_json::json!({ "std": 1e-30, "scale": 1e-3 })).is_ok());
+}
