@@ -546,11 +546,19 @@ fn a_hung_plugin_is_named_and_a_second_ctrl_c_ends_the_run_on_record() {
     assert_eq!(status.code(), Some(130));
     let said = wait_for("second Ctrl-C: ending now");
     assert!(said.contains(hung), "{said}");
+    // Hung before its first checkpoint: no resume is offered.
+    let nothing = format!(
+        "no checkpoint was written yet, so {} has nothing to resume",
+        dir.display()
+    );
+    let said = wait_for(&nothing);
+    assert!(!said.contains("--resume"), "{said}");
     let summary: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.join("summary.json")).unwrap()).unwrap();
     assert_eq!(summary["status"], "interrupted");
     assert!(
-        summary["error"].as_str().unwrap().contains("second Ctrl-C"),
+        summary["error"].as_str().unwrap().contains("second Ctrl-C")
+            && summary["error"].as_str().unwrap().contains(&nothing),
         "{summary}"
     );
 }
