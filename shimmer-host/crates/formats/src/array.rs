@@ -13,6 +13,19 @@ use std::sync::Arc;
 /// elements (1 GiB of `f32`).
 pub const MAX_WHOLE_ELEMENTS: usize = 1 << 28;
 
+/// The product of `dims`, or `None` when it overflows.
+pub(crate) fn product(dims: &[usize]) -> Option<usize> {
+    dims.iter().try_fold(1usize, |n, &d| n.checked_mul(d))
+}
+
+/// A size for messages: the number, or that it overflows.
+pub(crate) fn size_text(size: Option<usize>) -> String {
+    size.map_or_else(
+        || "more than 2^64 (the size overflows)".to_string(),
+        |n| n.to_string(),
+    )
+}
+
 /// Memory layout of a multi-dimensional array.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Layout {
@@ -47,14 +60,18 @@ impl NumArray {
         shape: Vec<usize>,
         layout: Layout,
     ) -> Result<Self> {
-        let elements = shape
-            .iter()
-            .try_fold(1usize, |n, &d| n.checked_mul(d))
+        // The values of one item and the bytes of all, checked apart: with
+        // no item, the product of all axes is 0 even if the others overflow.
+        let row_len = product(shape.get(1..).unwrap_or(&[]));
+        let needed = row_len
+            .and_then(|n| n.checked_mul(shape.first().copied().unwrap_or(1)))
             .and_then(|n| n.checked_mul(dtype.size()));
-        let Some(needed) = elements else {
+        let Some(needed) = needed else {
             return Err(FormatError::new(
                 path,
-                format!("shape {shape:?} of {dtype} is too large to address"),
+                format!(
+                    "declares shape {shape:?} of {dtype}, whose size overflows (more than 2^64 bytes)"
+                ),
             ));
         };
         let held = file.bytes().len().saturating_sub(offset);
@@ -103,7 +120,13 @@ impl NumArray {
 
     /// Values per item (the product of the other axes; 1 for 0-d and 1-D).
     pub fn row_len(&self) -> usize {
-        self.shape.iter().skip(1).product()
+        // Checked not to overflow when the array was opened.
+        product(self.shape.get(1..).unwrap_or(&[])).unwrap_or(usize::MAX)
+    }
+
+    /// Every value of the array (checked not to overflow when opened).
+    fn len(&self) -> usize {
+        self.rows().saturating_mul(self.row_len())
     }
 
     fn data(&self) -> &[u8] {
@@ -186,14 +209,15 @@ impl NumArray {
     ) -> Result<()> {
         self.check(rows, columns)?;
         let width = columns.map_or(self.row_len(), <[usize]>::len);
-        if out.len() != rows.len() * width {
+        let want = rows.len().checked_mul(width);
+        if want != Some(out.len()) {
             return Err(FormatError::new(
                 &self.path,
                 format!(
                     "output holds {} values, {} items of {width} need {}",
                     out.len(),
                     rows.len(),
-                    rows.len() * width
+                    size_text(want)
                 ),
             ));
         }
@@ -235,7 +259,7 @@ impl NumArray {
     /// # Errors
     /// An array over [`MAX_WHOLE_ELEMENTS`] values.
     pub fn to_f32_vec(&self) -> Result<Vec<f32>> {
-        let n = self.rows() * self.row_len();
+        let n = self.len();
         self.check_whole(n)?;
         let rows: Vec<u64> = (0..self.rows() as u64).collect();
         let mut out = vec![0.0; n];
@@ -258,7 +282,7 @@ impl NumArray {
                 ),
             ));
         }
-        let n = self.rows() * self.row_len();
+        let n = self.len();
         self.check_whole(n)?;
         let size = self.dtype.size();
         let data = self.data();

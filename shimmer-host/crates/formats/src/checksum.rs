@@ -7,7 +7,7 @@
 //! independent of where the file puts each tensor, fast (hardware CRC) on
 //! the large files checkpoints are.
 
-use crate::error::{FormatError, Result};
+use crate::error::{FormatError, Result, excerpt};
 use safetensors::SafeTensors;
 use std::path::Path;
 
@@ -63,8 +63,7 @@ pub fn checksum_of(file: &SafeTensors<'_>) -> String {
 /// # Errors
 /// A malformed file, or one whose tensors do not match its checksum.
 pub fn verify(path: &Path, bytes: &[u8]) -> Result<()> {
-    let (_, metadata) = SafeTensors::read_metadata(bytes)
-        .map_err(|e| FormatError::new(path, format!("is not a valid .safetensors file: {e}")))?;
+    let (_, metadata) = SafeTensors::read_metadata(bytes).map_err(|e| invalid(path, &e))?;
     let Some(expected) = metadata
         .metadata()
         .as_ref()
@@ -72,19 +71,30 @@ pub fn verify(path: &Path, bytes: &[u8]) -> Result<()> {
     else {
         return Ok(());
     };
-    let file = SafeTensors::deserialize(bytes)
-        .map_err(|e| FormatError::new(path, format!("is not a valid .safetensors file: {e}")))?;
+    let file = SafeTensors::deserialize(bytes).map_err(|e| invalid(path, &e))?;
     let found = checksum_of(&file);
     if &found != expected {
         return Err(FormatError::new(
             path,
             format!(
                 "is corrupt: its tensors do not match the checksum written with them \
-                 ({CHECKSUM_KEY} {expected}, now {found}); its bytes changed on disk"
+                 ({CHECKSUM_KEY} {}, now {found}); its bytes changed on disk",
+                excerpt(expected)
             ),
         ));
     }
     Ok(())
+}
+
+/// The error of a file the `safetensors` crate cannot read.
+fn invalid(path: &Path, e: &safetensors::SafeTensorError) -> FormatError {
+    FormatError::new(
+        path,
+        format!(
+            "is not a valid .safetensors file: {}",
+            excerpt(&e.to_string())
+        ),
+    )
 }
 
 #[cfg(test)]

@@ -3,7 +3,8 @@
 //! folder of `{index}.png` files as a split of items; and RGB images
 //! written back to PNG (for TensorBoard and documentation).
 
-use crate::error::{FormatError, Result, io_text};
+use crate::array::{product, size_text};
+use crate::error::{FormatError, Result, excerpt, io_text};
 use crate::file::open_regular;
 use png::{BitDepth, ColorType, Transformations};
 use std::io::BufReader;
@@ -25,9 +26,18 @@ pub struct ImageShape {
 }
 
 impl ImageShape {
-    /// Values of one image (`channels * height * width`).
+    /// Values of one image (`channels * height * width`), saturated at
+    /// `usize::MAX` when that overflows (which [`ImageShape::check`]
+    /// refuses).
     pub fn len(&self) -> usize {
-        self.channels * self.height * self.width
+        self.checked_len().unwrap_or(usize::MAX)
+    }
+
+    /// Values of one image, or `None` when their number (or their bytes as
+    /// `f32`) overflows: a declared shape is untrusted input.
+    pub fn checked_len(&self) -> Option<usize> {
+        product(&[self.channels, self.height, self.width])
+            .filter(|n| n.checked_mul(std::mem::size_of::<f32>()).is_some())
     }
 
     /// Whether the image has no pixel.
@@ -35,10 +45,11 @@ impl ImageShape {
         self.len() == 0
     }
 
-    /// Checks the channel count.
+    /// Checks the channel count and size.
     ///
     /// # Errors
-    /// A channel count other than 1, 3 or 4.
+    /// A channel count other than 1, 3 or 4, an empty image, or one whose
+    /// declared size overflows.
     pub fn check(&self) -> std::result::Result<(), String> {
         if ![1, 3, 4].contains(&self.channels) {
             return Err(format!(
@@ -52,7 +63,17 @@ impl ImageShape {
                 self.height, self.width
             ));
         }
+        if self.checked_len().is_none() {
+            return Err(self.overflow());
+        }
         Ok(())
+    }
+
+    fn overflow(&self) -> String {
+        format!(
+            "an image of {} x {} x {} values (channels x height x width): the declared size overflows",
+            self.channels, self.height, self.width
+        )
     }
 }
 
@@ -83,19 +104,23 @@ pub fn read_png(path: &Path, shape: ImageShape, out: &mut [f32]) -> Result<()> {
             format!("is {len} bytes, over the {MAX_PNG_BYTES} allowed for one image"),
         ));
     }
-    if out.len() != shape.len() {
+    let Some(values) = shape.checked_len() else {
+        return Err(FormatError::new(path, shape.overflow()));
+    };
+    if out.len() != values {
         return Err(FormatError::new(
             path,
-            format!(
-                "output holds {} values, the image {}",
-                out.len(),
-                shape.len()
-            ),
+            format!("output holds {} values, the image {values}", out.len()),
         ));
     }
     let mut decoder = png::Decoder::new(BufReader::new(file));
     decoder.set_transformations(Transformations::EXPAND);
-    let bad = |e: png::DecodingError| FormatError::new(path, format!("is not a readable PNG: {e}"));
+    let bad = |e: png::DecodingError| {
+        FormatError::new(
+            path,
+            format!("is not a readable PNG: {}", excerpt(&e.to_string())),
+        )
+    };
     let mut reader = decoder.read_info().map_err(bad)?;
     let (width, height) = {
         let info = reader.info();
@@ -138,15 +163,20 @@ pub fn read_png(path: &Path, shape: ImageShape, out: &mut [f32]) -> Result<()> {
             ),
         ));
     }
-    let mut buf = vec![
-        0u8;
-        reader
-            .output_buffer_size()
-            .unwrap_or(width * height * file_channels)
-    ];
+    // The size matches the checked shape, so these products fit.
+    let plane = height.saturating_mul(width);
+    let Some(size) = reader
+        .output_buffer_size()
+        .or_else(|| plane.checked_mul(file_channels))
+    else {
+        return Err(FormatError::new(
+            path,
+            format!("is {height}x{width} pixels of {file_channels} channels: the size overflows"),
+        ));
+    };
+    let mut buf = vec![0u8; size];
     let frame = reader.next_frame(&mut buf).map_err(bad)?;
     let bytes = &buf[..frame.buffer_size()];
-    let plane = height * width;
     for (p, pixel) in bytes.chunks_exact(file_channels).take(plane).enumerate() {
         for c in 0..shape.channels {
             out[c * plane + p] = f32::from(pixel[c]) / 255.0;
@@ -252,14 +282,15 @@ impl ImageFolder {
     /// An index past the last image, or an image [`read_png`] refuses.
     pub fn read(&self, indices: &[u64], out: &mut [f32]) -> Result<()> {
         let n = self.shape.len();
-        if out.len() != indices.len() * n {
+        let want = indices.len().checked_mul(n);
+        if want != Some(out.len()) {
             return Err(FormatError::new(
                 &self.dir,
                 format!(
                     "output holds {} values, {} images need {}",
                     out.len(),
                     indices.len(),
-                    indices.len() * n
+                    size_text(want)
                 ),
             ));
         }
@@ -285,10 +316,11 @@ impl ImageFolder {
 /// # Errors
 /// A buffer of the wrong length, or an encoder failure.
 pub fn encode_png_rgb(width: u32, height: u32, rgb: &[u8]) -> std::result::Result<Vec<u8>, String> {
-    if rgb.len() != 3 * width as usize * height as usize {
+    let want = product(&[3, width as usize, height as usize]);
+    if want != Some(rgb.len()) {
         return Err(format!(
             "an RGB image of {width}x{height} needs {} bytes, got {}",
-            3 * width as usize * height as usize,
+            size_text(want),
             rgb.len()
         ));
     }
@@ -387,6 +419,49 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("1.png: is not a readable PNG"), "{e}");
+    }
+
+    #[test]
+    fn declared_sizes_that_overflow_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        write_png(&dir.path().join("0.png"), 3, 2, ColorType::Rgb, &[0; 18]);
+        // 1 x (2^32 + 1) x 2^32 wraps to 2^32 values unchecked.
+        let huge = ImageShape {
+            channels: 1,
+            height: (1 << 32) + 1,
+            width: 1 << 32,
+        };
+        assert_eq!(huge.checked_len(), None);
+        let e = ImageFolder::open(dir.path(), huge).unwrap_err().to_string();
+        assert!(
+            e.ends_with(
+                "an image of 1 x 4294967297 x 4294967296 values (channels x height x width): the declared size overflows"
+            ),
+            "{e}"
+        );
+        let mut out = vec![0.0; 1 << 12];
+        let e = read_png(&dir.path().join("0.png"), huge, &mut out)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("0.png: an image of 1 x 4294967297"), "{e}");
+        // Values that fit, but whose f32 bytes do not.
+        let wide = ImageShape {
+            channels: 4,
+            height: 1 << 31,
+            width: 1 << 31,
+        };
+        assert!(wide.check().unwrap_err().contains("overflows"));
+        // Many images of a valid shape.
+        let folder = ImageFolder::open(dir.path(), RGB).unwrap();
+        let many = vec![0u64; 1 << 20];
+        let mut small = [0.0; 18];
+        let e = folder.read(&many, &mut small).unwrap_err().to_string();
+        assert!(e.contains("1048576 images need 18874368"), "{e}");
+        let e = encode_png_rgb(u32::MAX, u32::MAX, &[]).unwrap_err();
+        assert!(
+            e.contains("needs more than 2^64 (the size overflows) bytes"),
+            "{e}"
+        );
     }
 
     #[test]

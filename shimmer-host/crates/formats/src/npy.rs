@@ -27,9 +27,10 @@ pub const MAX_HEADER_BYTES: usize = 10_000;
 /// (20 digits); a longer number is refused before it is parsed.
 const MAX_HEADER_DIGITS: usize = 20;
 
-/// Deepest nesting of brackets in a header (nested structured dtypes;
-/// a plain array's header nests 2 deep).
-const MAX_HEADER_NESTING: usize = 32;
+/// Most brackets in a header, quoted ones included, which bounds how deep
+/// its parser recurses whatever its strings hide (a plain array's header
+/// has 2).
+const MAX_HEADER_BRACKETS: usize = 64;
 
 /// A parsed `.npy` header: where the data starts and what it holds.
 pub(crate) struct Header {
@@ -93,12 +94,21 @@ pub(crate) fn header(path: &Path, bytes: &[u8]) -> Result<Header> {
     })
 }
 
-/// Refuses header text whose numbers or nesting no array needs, before a
-/// parser spends time (quadratic in a number's digits) or stack on it.
-/// Quoted strings are skipped.
+/// Refuses header text whose numbers, brackets or shape no array has,
+/// before `npyz` spends time (quadratic in a number's digits) or stack on
+/// it, or multiplies a shape that overflows (which panics in a build with
+/// overflow checks). Digits inside quoted strings are not numbers.
 fn check_header_text(text: &[u8]) -> std::result::Result<(), String> {
+    let brackets = text
+        .iter()
+        .filter(|b| matches!(b, b'(' | b'[' | b'{'))
+        .count();
+    if brackets > MAX_HEADER_BRACKETS {
+        return Err(format!(
+            "has a .npy header of {brackets} brackets, more than the {MAX_HEADER_BRACKETS} read (a plain array's has 2)"
+        ));
+    }
     let mut digits = 0;
-    let mut depth = 0usize;
     let mut quote = None;
     let mut escaped = false;
     for &b in text {
@@ -112,6 +122,9 @@ fn check_header_text(text: &[u8]) -> std::result::Result<(), String> {
             }
             continue;
         }
+        if b == b'\'' || b == b'"' {
+            quote = Some(b);
+        }
         digits = if b.is_ascii_digit() { digits + 1 } else { 0 };
         if digits > MAX_HEADER_DIGITS {
             let run = text
@@ -123,18 +136,43 @@ fn check_header_text(text: &[u8]) -> std::result::Result<(), String> {
                 "has a .npy header holding a number of {run} digits; a dimension has at most {MAX_HEADER_DIGITS}"
             ));
         }
-        match b {
-            b'\'' | b'"' => quote = Some(b),
-            b'(' | b'[' | b'{' => {
-                depth += 1;
-                if depth > MAX_HEADER_NESTING {
-                    return Err(format!(
-                        "has a .npy header nested more than {MAX_HEADER_NESTING} brackets deep"
-                    ));
-                }
-            }
-            b')' | b']' | b'}' => depth = depth.saturating_sub(1),
-            _ => {}
+    }
+    // The same parser npyz uses, on text now small and shallow.
+    let text = text.strip_suffix(b"\n").unwrap_or(text);
+    let Some(py_literal::Value::Dict(entries)) = std::str::from_utf8(text)
+        .ok()
+        .and_then(|t| t.parse::<py_literal::Value>().ok())
+    else {
+        return Ok(()); // npyz says what is wrong
+    };
+    for (key, value) in &entries {
+        let (
+            py_literal::Value::String(key),
+            py_literal::Value::Tuple(dims) | py_literal::Value::List(dims),
+        ) = (key, value)
+        else {
+            continue;
+        };
+        if key != "shape" {
+            continue;
+        }
+        // npyz multiplies the dimensions in both orders, zeros last or first.
+        let mut product = Some(1u64);
+        let mut shown = Vec::new();
+        for d in dims {
+            let py_literal::Value::Integer(d) = d else {
+                return Ok(());
+            };
+            let Ok(d) = u64::try_from(d) else {
+                return Ok(());
+            };
+            shown.push(d);
+            product = product.and_then(|p| p.checked_mul(d.max(1)));
+        }
+        if product.is_none() {
+            return Err(format!(
+                "declares shape {shown:?}, whose size overflows (more than 2^64 values)"
+            ));
         }
     }
     Ok(())
@@ -384,12 +422,15 @@ mod tests {
         text.extend(b", }\n");
         raw_npy(&p, 1, &text, None, &[]);
         let e = refusal(&p);
-        assert!(e.contains("nested more than 32 brackets deep"), "{e}");
+        assert!(
+            e.contains("has a .npy header of 4001 brackets, more than the 64 read"),
+            "{e}"
+        );
         // Digits inside a quoted string are not numbers.
         let mut text =
             b"{'descr': '<f4', 'fortran_order': False, 'shape': (1,), 'note': '".to_vec();
         text.extend(b"1".repeat(100));
-        text.extend(b"(((', }\n");
+        text.extend(b"((', }\n");
         raw_npy(&p, 1, &text, None, &f32s(&[1.0]));
         assert!(open_npy(&p).is_ok());
     }
@@ -411,6 +452,41 @@ mod tests {
             e.contains("has an unreadable .npy header") && e.contains(" bytes)"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn shapes_whose_size_overflows_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("huge.npy");
+        // No item, but items of 2^80 values: the total is 0, the row not.
+        for (descr, shape, want) in [
+            (
+                "<f4",
+                "(0, 1099511627776, 1099511627776)",
+                "declares shape [0, 1099511627776, 1099511627776], whose size overflows (more than 2^64 values)",
+            ),
+            (
+                "<f4",
+                "(4294967296, 4294967296)",
+                "declares shape [4294967296, 4294967296], whose size overflows",
+            ),
+            // 2^62 values fit, their 2^65 bytes do not.
+            (
+                "<f8",
+                "(2147483648, 2147483648)",
+                "declares shape [2147483648, 2147483648] of <f8, whose size overflows (more than 2^64 bytes)",
+            ),
+        ] {
+            write_npy(&p, descr, false, shape, &[]);
+            let e = refusal(&p);
+            assert!(e.contains(&format!("huge.npy: {want}")), "{e}");
+        }
+        write_npy(&p, "<f4", false, "(0, 3)", &[]);
+        let a = open_npy(&p).unwrap();
+        assert_eq!((a.rows(), a.row_len()), (0, 3));
+        let mut out = [0.0; 3];
+        let e = a.read_rows(&[0], None, &mut out).unwrap_err().to_string();
+        assert!(e.contains("item 0 is past the end"), "{e}");
     }
 
     #[test]

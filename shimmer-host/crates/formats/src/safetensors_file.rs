@@ -3,7 +3,7 @@
 
 use crate::array::{Layout, NumArray};
 use crate::dtype::{DType, Element};
-use crate::error::{FormatError, Result};
+use crate::error::{FormatError, Result, excerpt};
 use crate::file::map_regular;
 use safetensors::{Dtype, SafeTensors};
 use std::path::Path;
@@ -20,20 +20,28 @@ const NAMES_SHOWN: usize = 20;
 /// ones that are), or an unsupported element type.
 pub fn open_safetensors(path: &Path, name: &str) -> Result<NumArray> {
     let file = Arc::new(map_regular(path)?);
-    let (header_len, metadata) = SafeTensors::read_metadata(file.bytes())
-        .map_err(|e| FormatError::new(path, format!("is not a valid .safetensors file: {e}")))?;
+    let (header_len, metadata) = SafeTensors::read_metadata(file.bytes()).map_err(|e| {
+        FormatError::new(
+            path,
+            format!(
+                "is not a valid .safetensors file: {}",
+                excerpt(&e.to_string())
+            ),
+        )
+    })?;
     let Some(info) = metadata.info(name) else {
         let mut names: Vec<String> = metadata.tensors().into_keys().collect();
         names.sort();
         let more = names.len().saturating_sub(NAMES_SHOWN);
         names.truncate(NAMES_SHOWN);
+        let names: Vec<String> = names.iter().map(|n| excerpt(n)).collect();
         let mut list = names.join(", ");
         if more > 0 {
             list.push_str(&format!(", ... ({more} more)"));
         }
         return Err(FormatError::new(
             path,
-            format!("has no tensor `{name}`; it holds: {list}"),
+            format!("has no tensor `{}`; it holds: {list}", excerpt(name)),
         ));
     };
     let element = match info.dtype {
@@ -53,11 +61,25 @@ pub fn open_safetensors(path: &Path, name: &str) -> Result<NumArray> {
         other => {
             return Err(FormatError::new(
                 path,
-                format!("tensor `{name}` has dtype {other:?}, which is not supported"),
+                format!(
+                    "tensor `{}` has dtype {other:?}, which is not supported",
+                    excerpt(name)
+                ),
             ));
         }
     };
-    let offset = 8 + header_len + info.data_offsets.0;
+    let Some(offset) = header_len
+        .checked_add(8)
+        .and_then(|n| n.checked_add(info.data_offsets.0))
+    else {
+        return Err(FormatError::new(
+            path,
+            format!(
+                "tensor `{}` declares a data offset that overflows",
+                excerpt(name)
+            ),
+        ));
+    };
     NumArray::new(
         path,
         file,
