@@ -547,7 +547,7 @@ mod tests {
         long.extend(b"L\n");
         let e = refusal(&proto2(&long));
         assert!(
-            e.contains("refused before decoding: it holds a number of 5000001 digits"),
+            e.contains("refused before decoding: it holds a number written in 5000001 characters"),
             "{e}"
         );
         // A binary LONG4 of a megabyte.

@@ -451,7 +451,7 @@ impl Scan<'_> {
         let len = rest.iter().position(|&b| b == b'\n').unwrap_or(rest.len());
         if len > MAX_INT_DIGITS + 2 {
             return self.fail(format_args!(
-                "it holds a number of {len} digits; a domain split's have at most 20 (at most {MAX_INT_DIGITS} are read)"
+                "it holds a number written in {len} characters; a domain split's have at most 20 digits (at most {MAX_INT_DIGITS} are read)"
             ));
         }
         let text = self.line(None)?;
@@ -917,4 +917,68 @@ fn decode_raw_unicode(line: &[u8]) -> Option<Box<[u8]>> {
         }
     }
     Some(out.into_bytes().into_boxed_slice())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BUDGET: u64 = 1 << 24;
+
+    #[test]
+    fn a_split_shaped_pickle_passes_and_costs_little() {
+        // {frozenset({'v'}): numpy-like ndarray state via REDUCE + BUILD}
+        let mut p = b"\x80\x03}q\x00(cbuiltins\nfrozenset\nq\x01]q\x02X\x01\x00\x00\x00vq\x03a\x85q\x04Rq\x05".to_vec();
+        p.extend(b"cnumpy.core.multiarray\n_reconstruct\nq\x06cnumpy\nndarray\nq\x07K\x00\x85q\x08C\x01bq\x09\x87q\x0aRq\x0b");
+        p.extend(b"(K\x01K\x02\x85q\x0ch\x01\x89C\x10");
+        p.extend([0u8; 16]);
+        p.extend(b"tq\x0dbu.");
+        let scanned = scan(&p, BUDGET).unwrap();
+        assert!(scanned.bytes < 64 << 10, "{}", scanned.bytes);
+    }
+
+    #[test]
+    fn nesting_fails_at_the_bound_in_constant_stack() {
+        // Run on a thread with a small stack: the scan must not recurse.
+        let e = std::thread::Builder::new()
+            .stack_size(64 << 10)
+            .spawn(|| {
+                let mut p = b"\x80\x02".to_vec();
+                p.extend(b"]".repeat(200_000));
+                p.extend(b"a".repeat(199_999));
+                p.push(b'.');
+                scan(&p, BUDGET).unwrap_err()
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+        assert!(
+            e.starts_with("containers nest deeper than 64 levels"),
+            "{e}"
+        );
+        // 64 levels pass, 65 do not.
+        for (levels, ok) in [(64usize, true), (65, false)] {
+            let mut p = b"]".repeat(levels);
+            p.extend(b"a".repeat(levels - 1));
+            p.push(b'.');
+            assert_eq!(scan(&p, BUDGET).is_ok(), ok, "{levels}");
+        }
+    }
+
+    #[test]
+    fn memo_copies_are_counted_at_full_size() {
+        let mut p = b"B".to_vec();
+        p.extend((1u32 << 20).to_le_bytes());
+        p.resize(p.len() + (1 << 20), 0);
+        p.extend(b"\x94]");
+        let base = {
+            let mut q = p.clone();
+            q.push(b'.');
+            scan(&q, BUDGET).unwrap().bytes
+        };
+        p.extend(b"h\x00a".repeat(10));
+        p.push(b'.');
+        let with_refs = scan(&p, BUDGET).unwrap().bytes;
+        assert!(with_refs - base >= 10 << 20, "{base} -> {with_refs}");
+    }
 }
