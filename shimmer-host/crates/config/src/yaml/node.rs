@@ -99,9 +99,9 @@ pub(crate) fn check_key_depth(key: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// `text` cut to its first 60 characters, for a message.
+/// `text` cut to its first 200 characters, for a message.
 pub(crate) fn shorten(text: &str) -> String {
-    match text.char_indices().nth(60) {
+    match text.char_indices().nth(200) {
         Some((at, _)) => format!("{}… ({} characters)", &text[..at], text.chars().count()),
         None => text.to_string(),
     }
