@@ -579,3 +579,69 @@ fn a_checkpoint_whose_bytes_changed_is_refused_on_resume() {
         &[last.to_str().unwrap(), "is corrupt"],
     );
 }
+
+#[test]
+fn outputs_never_replace_special_files_links_or_the_runs_own_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("run");
+    let out = run_args(&tutorial_args(&dir, &["training.max_epochs=1"]));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let fifo = tmp.path().join("fifo");
+    assert!(
+        Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let link = tmp.path().join("link.safetensors");
+    let target = tmp.path().join("target.safetensors");
+    std::fs::write(&target, b"keep").unwrap();
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    let d = dir.to_str().unwrap();
+    let own = [
+        dir.join("config.yaml"),
+        dir.join("summary.json"),
+        dir.join("checkpoints/last.safetensors"),
+        dir.join("scalars.jsonl"),
+        // The same file, named through a path with `..` in it.
+        dir.join("checkpoints/../config.yaml"),
+    ];
+    let cases: Vec<(PathBuf, &str)> = [
+        (PathBuf::from("/dev/null"), "a device"),
+        (fifo.clone(), "a FIFO"),
+        (link.clone(), "is a symbolic link"),
+        (tmp.path().to_path_buf(), "a folder"),
+    ]
+    .into_iter()
+    .chain(own.iter().map(|p| (p.clone(), "of the run")))
+    .collect();
+    // Reads regular files only (a FIFO would block the reader).
+    let contents = |p: &Path| {
+        std::fs::symlink_metadata(p)
+            .is_ok_and(|m| m.is_file())
+            .then(|| std::fs::read(p).unwrap())
+    };
+    for (path, why) in &cases {
+        let before = contents(path);
+        let p = path.to_str().unwrap();
+        refused(&["export", d, "--out", p], &[p, why]);
+        refused(&["predict", d, "--out", p], &[p, why]);
+        assert_eq!(contents(path), before, "{p} changed");
+    }
+    assert!(
+        std::fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    assert_eq!(std::fs::read(&target).unwrap(), b"keep");
+    // The run still resumes, tests and exports where it may.
+    let fine = tmp.path().join("weights.safetensors");
+    let out = common::shimmer()
+        .args(["export", d, "--out", fine.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(fine.is_file());
+}

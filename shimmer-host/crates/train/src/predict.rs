@@ -83,6 +83,7 @@ pub fn test(opts: &EvalOptions) -> Result<IndexMap<String, f64>> {
 /// outputs, rows in loader order, to a safetensors file (`items` holds the
 /// item indices). Returns the number of rows.
 pub fn predict(opts: &EvalOptions, out: &Path) -> Result<usize> {
+    RunDir::open(&opts.run_dir)?.check_output(out)?;
     let (mut task, loader, _) = load(opts)?;
     let mut parts: IndexMap<String, Vec<Tensor>> = IndexMap::new();
     let mut items: Vec<i64> = Vec::new();
@@ -112,10 +113,10 @@ pub fn predict(opts: &EvalOptions, out: &Path) -> Result<usize> {
         "items".to_string(),
         Tensor::from_vec(items, rows, &candle_core::Device::Cpu)?,
     );
-    let tmp = out.with_extension("safetensors.tmp");
-    candle_core::safetensors::save(&tensors.into_iter().collect(), &tmp)
-        .with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, out).with_context(|| format!("cannot write {}", out.display()))?;
+    let tensors: std::collections::HashMap<String, Tensor> = tensors.into_iter().collect();
+    shimmer_sys::fs::write_atomic_with(out, |tmp, _| {
+        Ok(candle_core::safetensors::save(&tensors, tmp)?)
+    })?;
     Ok(rows)
 }
 
@@ -126,6 +127,7 @@ pub fn predict(opts: &EvalOptions, out: &Path) -> Result<usize> {
 /// # Errors
 /// A run without checkpoint, or an unwritable `out`.
 pub fn export(opts: &EvalOptions, out: &Path) -> Result<(usize, PathBuf)> {
+    RunDir::open(&opts.run_dir)?.check_output(out)?;
     let (task, _, checkpoint) = load_model(opts)?;
     let tensors: std::collections::HashMap<String, Tensor> =
         task.state_dict()?.into_iter().collect();

@@ -167,6 +167,71 @@ impl RunDir {
         Err(atomic)
     }
 
+    /// Refuses `out` as the file a command writes (`predict --out`,
+    /// `export --out`) when writing it would destroy something: a special
+    /// file (device, FIFO, socket, folder), a symbolic link (which the
+    /// rename would replace, not follow), or one of this run's own files
+    /// (its config, summary, logs, checkpoints, images, lock), which would
+    /// leave the run unreadable. A missing file in an existing folder, or an
+    /// earlier output, is fine.
+    ///
+    /// # Errors
+    /// What `out` is and why it is refused.
+    pub fn check_output(&self, out: &Path) -> Result<()> {
+        use std::os::unix::fs::FileTypeExt;
+        if let Ok(meta) = std::fs::symlink_metadata(out) {
+            let kind = meta.file_type();
+            if kind.is_symlink() {
+                let target = std::fs::read_link(out)
+                    .map(|t| format!(" (to {})", t.display()))
+                    .unwrap_or_default();
+                bail!(
+                    "{} is a symbolic link{target}: shimmer replaces files whole and does not \
+                     write through links; give the file itself or another path",
+                    out.display()
+                );
+            }
+            if !kind.is_file() {
+                let what = if kind.is_dir() {
+                    "a folder"
+                } else if kind.is_fifo() {
+                    "a FIFO"
+                } else if kind.is_socket() {
+                    "a socket"
+                } else if kind.is_block_device() || kind.is_char_device() {
+                    "a device"
+                } else {
+                    "not a regular file"
+                };
+                bail!("{} is {what}: give the path of a file to write", out.display());
+            }
+        }
+        let name = out
+            .file_name()
+            .with_context(|| format!("{} does not name a file", out.display()))?;
+        let parent = out.parent().filter(|p| !p.as_os_str().is_empty());
+        let parent = parent.unwrap_or(Path::new("."));
+        let folder = parent.canonicalize().with_context(|| {
+            format!("cannot write {}: no folder {}", out.display(), parent.display())
+        })?;
+        let run = self
+            .path
+            .canonicalize()
+            .with_context(|| format!("cannot resolve {}", self.path.display()))?;
+        let Ok(inside) = folder.join(name).strip_prefix(&run).map(Path::to_path_buf) else {
+            return Ok(());
+        };
+        if let Some(what) = own_file(&inside) {
+            bail!(
+                "{} is {what} of the run {}: writing there would leave the run unreadable; \
+                 choose another path",
+                out.display(),
+                self.path.display()
+            );
+        }
+        Ok(())
+    }
+
     /// Writes `value` as the JSON file `name` of the run folder, atomically.
     pub fn write_json<T: Serialize>(&self, name: &str, value: &T) -> Result<()> {
         let text = serde_json::to_string_pretty(value)?;
@@ -349,5 +414,28 @@ mod tests {
         assert!(err.to_string().contains("already exists"), "{err}");
         assert!(RunDir::open(a.path()).is_ok());
         assert!(RunDir::open(root.path()).is_err());
+    }
+}
+
+/// What `rel`, a path inside a run folder, is when it is one of the files
+/// the run itself reads or writes.
+fn own_file(rel: &Path) -> Option<&'static str> {
+    let mut parts = rel.components();
+    let first = parts.next()?.as_os_str().to_str().unwrap_or_default();
+    let nested = parts.next().is_some();
+    match first {
+        "checkpoints" => Some("in the checkpoints"),
+        "images" => Some("in the image grids"),
+        _ if nested => None,
+        CONFIG_FILE => Some("the config"),
+        SUMMARY_FILE => Some("the summary"),
+        crate::provenance::PROVENANCE_FILE => Some("the provenance record"),
+        crate::logger::SCALARS_FILE => Some("the scalar log"),
+        shimmer_sys::lock::LOCK_FILE => Some("the lock"),
+        f if f.starts_with(shimmer_tensorboard::EVENT_FILE_PREFIX) => {
+            Some("a TensorBoard event file")
+        }
+        f if f.starts_with("eval-") && f.ends_with(".json") => Some("an evaluation report"),
+        _ => None,
     }
 }
