@@ -402,6 +402,20 @@ fn a_run_records_its_provenance_and_refuses_a_changed_frozen_checkpoint() {
         "{}",
         stderr(&out)
     );
+
+    // Deleting the record does not turn the check off.
+    std::fs::remove_file(dir.join("provenance.json")).unwrap();
+    let missing = "has no provenance.json";
+    refused(&["test", d], &[d, missing, "--allow-changed-checkpoints"]);
+    refused(&["run", "--resume", d], &[d, missing]);
+    let x = tmp.path().join("x.safetensors");
+    refused(&["export", d, "--out", x.to_str().unwrap()], &[d, missing]);
+    let out = common::shimmer()
+        .args(["test", d, "--allow-changed-checkpoints"])
+        .current_dir(common::workspace_root())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
 }
 
 #[test]

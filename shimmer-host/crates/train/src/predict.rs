@@ -32,9 +32,9 @@ fn load_model(opts: &EvalOptions) -> Result<(Box<dyn Task>, shimmer_data::DataPi
     let exp = shimmer_config::load(&run.config_file(), &[])?.config;
     let experiment_file = run.experiment_file()?;
     let sources = shimmer_data::open_sources(&exp)?;
-    if let Some(recorded) = Provenance::read(&run)? {
-        let now = Provenance::of(&exp, &sources)?;
-        for note in now.compare(&recorded, opts.allow_changed_checkpoints)? {
+    let now = Provenance::of(&exp, &sources)?;
+    if let Some((_, notes)) = now.compare_with_run(&run, opts.allow_changed_checkpoints)? {
+        for note in notes {
             eprintln!("note: {note}");
         }
     }

@@ -110,6 +110,37 @@ impl Provenance {
         run.read_json(PROVENANCE_FILE, "a provenance record")
     }
 
+    /// Compares what is loaded now (`self`) with `run`'s record (see
+    /// [`Provenance::compare`]); returns the record and one note per
+    /// difference. A run without a record is refused when it loads frozen
+    /// checkpoints, unless `allow_changed_checkpoints`: a deleted record
+    /// must not turn the check off.
+    ///
+    /// # Errors
+    /// A missing record with checkpoints to check, or what `compare` refuses.
+    pub fn compare_with_run(
+        &self,
+        run: &RunDir,
+        allow_changed_checkpoints: bool,
+    ) -> Result<Option<(Self, Vec<String>)>> {
+        let Some(recorded) = Self::read(run)? else {
+            if self.checkpoints.is_empty() || allow_changed_checkpoints {
+                return Ok(None);
+            }
+            let domains: Vec<&str> = self.checkpoints.keys().map(String::as_str).collect();
+            anyhow::bail!(
+                "{} has no {PROVENANCE_FILE}: nothing says which checkpoints of the frozen \
+                 domain models ({}) this run was trained on, so a changed one cannot be \
+                 caught; restore the file, or pass --allow-changed-checkpoints to go on \
+                 without the check",
+                run.path().display(),
+                domains.join(", ")
+            );
+        };
+        let notes = self.compare(&recorded, allow_changed_checkpoints)?;
+        Ok(Some((recorded, notes)))
+    }
+
     /// Writes the record into `run`.
     ///
     /// # Errors

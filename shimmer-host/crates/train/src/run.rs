@@ -105,15 +105,13 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary> {
         open_inputs(&p, opts.watch).map_err(|e| crate::build::place_at_key(e, &p.document))?;
     crate::build::check_monitors(&p.exp, &pipeline, task.as_mut())?
         .map_err(|e| p.document.invalid_at(&e.key, e.message))?;
-    if let Some(dir) = &p.run_dir
-        && let Some(done) = finished_already(dir, &p.exp, &pipeline, opts)?
-    {
-        return Ok(done);
-    }
     let (run_dir, resuming) = match &p.run_dir {
         Some(dir) => {
-            if let Some(recorded) = Provenance::read(dir)? {
-                let notes = provenance.compare(&recorded, opts.allow_changed_checkpoints)?;
+            let record = provenance.compare_with_run(dir, opts.allow_changed_checkpoints)?;
+            if let Some(done) = finished_already(dir, &p.exp, &pipeline, task.as_ref(), opts)? {
+                return Ok(done);
+            }
+            if let Some((recorded, notes)) = record {
                 let stamp = shimmer_sys::time::utc_stamp(std::time::SystemTime::now());
                 provenance.changes = recorded.changes;
                 for note in notes {
@@ -223,6 +221,7 @@ fn finished_already(
     dir: &RunDir,
     exp: &Experiment,
     pipeline: &DataPipeline,
+    task: &dyn Task,
     opts: &RunOptions,
 ) -> Result<Option<RunSummary>> {
     let Some(summary) = dir.read_summary()? else {
@@ -235,6 +234,11 @@ fn finished_already(
     let stopped_early = summary.stop_reason.is_some() && opts.overrides.is_empty();
     if summary.steps < total && !stopped_early {
         return Ok(None);
+    }
+    // What a resume would refuse is refused here too: a damaged checkpoint.
+    let last = dir.last_checkpoint();
+    if last.exists() {
+        checkpoint::load_weights(&last, task.params())?;
     }
     let how = match &summary.stop_reason {
         Some(reason) if summary.steps < total => {

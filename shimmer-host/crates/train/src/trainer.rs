@@ -96,7 +96,14 @@ impl Fit<'_, '_> {
 /// Number of optimiser steps of a run.
 pub fn total_steps(cfg: &TrainingConfig, steps_per_epoch: usize) -> Result<u64> {
     let per_epoch = steps_per_epoch as u64;
-    let from_epochs = cfg.max_epochs.map(|e| e as u64 * per_epoch);
+    let from_epochs = match cfg.max_epochs {
+        None => None,
+        Some(e) => Some((e as u64).checked_mul(per_epoch).with_context(|| {
+            format!(
+                "training.max_epochs: {e} epochs of {per_epoch} batches is too many steps to count"
+            )
+        })?),
+    };
     let total = match (cfg.max_steps.map(|s| s as u64), from_epochs) {
         (Some(s), Some(e)) => s.min(e),
         (Some(s), None) => s,
