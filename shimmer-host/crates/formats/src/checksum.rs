@@ -6,6 +6,14 @@
 //! CRC-32C over each tensor's name, dtype, shape and bytes, in name order:
 //! independent of where the file puts each tensor, fast (hardware CRC) on
 //! the large files checkpoints are.
+//!
+//! A file shimmer wrote must carry its checksum: one without (its key
+//! renamed or dropped) was altered, and is refused like a corrupt one. A
+//! file is shimmer's when its metadata has any `shimmer.` key (the
+//! [`WRITER_KEY`] every checkpoint carries) or it holds the optimiser or
+//! trainer entries only shimmer's training checkpoints have. Files from
+//! other tools (a state dict saved from Python) carry none of these and
+//! load as they are.
 
 use crate::error::{FormatError, Result, excerpt};
 use safetensors::SafeTensors;
@@ -13,6 +21,18 @@ use std::path::Path;
 
 /// Metadata key of the checksum in `.safetensors` files shimmer writes.
 pub const CHECKSUM_KEY: &str = "shimmer.crc32c";
+
+/// Metadata key naming the program that wrote a `.safetensors` file; shimmer
+/// writes [`WRITER`] under it in every checkpoint, so a checkpoint stripped of
+/// its checksum is still known as one of shimmer's.
+pub const WRITER_KEY: &str = "shimmer.writer";
+
+/// The value of [`WRITER_KEY`] in files shimmer writes.
+pub const WRITER: &str = "shimmer-rs";
+
+/// Prefixes of tensor names only shimmer's training checkpoints hold (the
+/// optimiser state and the trainer's bookkeeping).
+const OWN_TENSOR_PREFIXES: [&str; 2] = ["optimizer.", "trainer."];
 
 /// Accumulates the checksum of tensors given in name order.
 #[derive(Debug, Default)]
@@ -56,12 +76,22 @@ pub fn checksum_of(file: &SafeTensors<'_>) -> String {
     sum.finish()
 }
 
+/// The metadata shimmer writes with tensors whose checksum is `sum`: the
+/// checksum and the writer.
+pub fn metadata(sum: &TensorChecksum) -> std::collections::HashMap<String, String> {
+    std::collections::HashMap::from([
+        (CHECKSUM_KEY.to_string(), sum.finish()),
+        (WRITER_KEY.to_string(), WRITER.to_string()),
+    ])
+}
+
 /// Checks the checksum `bytes` (a whole `.safetensors` file read from
-/// `path`) carries, if it carries one (files written by other tools do
-/// not, and are accepted as they are).
+/// `path`) carries. A file without one is accepted only when nothing in it
+/// says shimmer wrote it (files written by other tools carry no checksum).
 ///
 /// # Errors
-/// A malformed file, or one whose tensors do not match its checksum.
+/// A malformed file, one whose tensors do not match its checksum, or one
+/// of shimmer's without its checksum.
 pub fn verify(path: &Path, bytes: &[u8]) -> Result<()> {
     let (_, metadata) = SafeTensors::read_metadata(bytes).map_err(|e| invalid(path, &e))?;
     let Some(expected) = metadata
@@ -69,6 +99,14 @@ pub fn verify(path: &Path, bytes: &[u8]) -> Result<()> {
         .as_ref()
         .and_then(|m| m.get(CHECKSUM_KEY))
     else {
+        if let Some(why) = written_by_shimmer(&metadata) {
+            return Err(FormatError::new(
+                path,
+                format!(
+                    "has no checksum ({CHECKSUM_KEY} missing from its metadata) although                      {why}: it was altered or truncated"
+                ),
+            ));
+        }
         return Ok(());
     };
     let file = SafeTensors::deserialize(bytes).map_err(|e| invalid(path, &e))?;
@@ -84,6 +122,33 @@ pub fn verify(path: &Path, bytes: &[u8]) -> Result<()> {
         ));
     }
     Ok(())
+}
+
+/// Why the file whose header is `metadata` is one shimmer wrote (a
+/// `shimmer.` metadata key, or an optimiser or trainer tensor), or `None`
+/// for a file of another tool.
+fn written_by_shimmer(metadata: &safetensors::tensor::Metadata) -> Option<String> {
+    if let Some(key) = metadata
+        .metadata()
+        .as_ref()
+        .and_then(|m| m.keys().filter(|k| k.starts_with("shimmer.")).min())
+    {
+        return Some(format!(
+            "its metadata key `{}` says shimmer wrote it",
+            excerpt(key)
+        ));
+    }
+    metadata
+        .offset_keys()
+        .into_iter()
+        .filter(|name| OWN_TENSOR_PREFIXES.iter().any(|p| name.starts_with(p)))
+        .min()
+        .map(|name| {
+            format!(
+                "its tensor `{}` is one only shimmer's training checkpoints hold",
+                excerpt(&name)
+            )
+        })
 }
 
 /// The error of a file the `safetensors` crate cannot read.
@@ -105,12 +170,20 @@ mod tests {
     use std::collections::HashMap;
 
     fn file(values: &[f32], with_sum: bool) -> Vec<u8> {
+        let meta = with_sum.then(|| {
+            let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+            let mut sum = TensorChecksum::default();
+            sum.add("w", "F32", &[values.len()], &bytes);
+            metadata(&sum)
+        });
+        named("w", values, meta)
+    }
+
+    /// One F32 tensor `name` with `meta` as the file's metadata.
+    fn named(name: &str, values: &[f32], meta: Option<HashMap<String, String>>) -> Vec<u8> {
         let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
         let view = TensorView::new(Dtype::F32, vec![values.len()], &bytes).unwrap();
-        let mut sum = TensorChecksum::default();
-        sum.add("w", "F32", &[values.len()], &bytes);
-        let meta = with_sum.then(|| HashMap::from([(CHECKSUM_KEY.to_string(), sum.finish())]));
-        safetensors::serialize([("w", view)], meta).unwrap()
+        safetensors::serialize([(name, view)], meta).unwrap()
     }
 
     #[test]
@@ -127,5 +200,65 @@ mod tests {
             "{err}"
         );
         verify(path, &file(&[1.0], false)).unwrap();
+    }
+
+    /// Replaces the first `from` of the header (before the tensors' bytes)
+    /// with `to`, of the same length, so the header length stays valid.
+    fn rename_in_header(bytes: &mut [u8], from: &str, to: &str) {
+        assert_eq!(from.len(), to.len());
+        let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+        let header = &mut bytes[8..8 + header_len];
+        let at = header
+            .windows(from.len())
+            .position(|w| w == from.as_bytes())
+            .unwrap();
+        header[at..at + to.len()].copy_from_slice(to.as_bytes());
+    }
+
+    #[test]
+    fn a_file_of_shimmer_stripped_of_its_checksum_is_refused() {
+        let path = Path::new("last.safetensors");
+        let good = file(&[1.0, 2.0, 3.0], true);
+        // The checksum key renamed (still a `shimmer.` key), a weight flipped.
+        let mut stripped = good.clone();
+        rename_in_header(&mut stripped, CHECKSUM_KEY, "shimmer.crc32_");
+        let last = stripped.len() - 1;
+        stripped[last] ^= 0x10;
+        let err = verify(path, &stripped).unwrap_err().to_string();
+        assert!(
+            err.starts_with("last.safetensors: has no checksum")
+                && err.contains("it was altered or truncated"),
+            "{err}"
+        );
+        // Both keys renamed out of the `shimmer.` namespace: the writer key
+        // was the last sign; the file is then another tool's.
+        let mut both = good.clone();
+        rename_in_header(&mut both, CHECKSUM_KEY, "xhimmer.crc32c");
+        rename_in_header(&mut both, WRITER_KEY, "xhimmer.writer");
+        verify(path, &both).unwrap();
+        // ...unless it holds a training checkpoint's entries.
+        let step = named("trainer.step", &[3.0], None);
+        let err = verify(path, &step).unwrap_err().to_string();
+        assert!(
+            err.contains("has no checksum") && err.contains("`trainer.step`"),
+            "{err}"
+        );
+        let opt = named("optimizer.scheduler.step", &[3.0], None);
+        assert!(verify(path, &opt).is_err());
+        // The writer key alone (an older file or a foreign one) is enough.
+        let writer = HashMap::from([(WRITER_KEY.to_string(), WRITER.to_string())]);
+        let err = verify(path, &named("w", &[1.0], Some(writer)))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("`shimmer.writer`"), "{err}");
+    }
+
+    #[test]
+    fn files_of_other_tools_load_as_they_are() {
+        let path = Path::new("export.safetensors");
+        // What `safetensors.torch.save_file` writes: `format: pt`, no sum.
+        let pt = HashMap::from([("format".to_string(), "pt".to_string())]);
+        verify(path, &named("gw_mod.w", &[1.0, 2.0], Some(pt))).unwrap();
+        verify(path, &named("encoder.0.weight", &[1.0], None)).unwrap();
     }
 }

@@ -6,8 +6,13 @@
 //! (`optimizer.scheduler.step`), so training resumes exactly.
 //!
 //! Files are written to a temporary file beside the target and renamed, so
-//! a crash never leaves a truncated checkpoint. Loading checks every name and
-//! shape and names the offending tensor.
+//! a crash never leaves a truncated checkpoint. Every file carries the
+//! checksum of its tensors and a writer entry in its metadata
+//! ([`shimmer_formats::checksum`]); every load goes through one reader,
+//! which refuses a file whose tensors do not match its checksum, and one of
+//! shimmer's without its checksum (altered), while a plain safetensors file
+//! from another tool still loads. Loading checks every name and shape and
+//! names the offending tensor.
 //!
 //! ```no_run
 //! # fn demo(gw: &shimmer_nn::GlobalWorkspace, opt: &mut shimmer_nn::optim::Optimizer) -> anyhow::Result<()> {
@@ -77,6 +82,8 @@ fn read(path: &Path, params: &ParamStore) -> Result<HashMap<String, Tensor>> {
     read_on(path, params.device())
 }
 
+/// The one reader of checkpoints: a regular file, its checksum verified
+/// (required in the files shimmer writes), then its tensors on `device`.
 fn read_on(path: &Path, device: &candle_core::Device) -> Result<HashMap<String, Tensor>> {
     // A regular file only: a path to a device or FIFO would be read forever.
     let file = shimmer_formats::file::map_regular(path)
@@ -139,10 +146,7 @@ fn write_atomic(path: &Path, tensors: &HashMap<String, Tensor>) -> Result<()> {
                 .map(|view| (*name, view))
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let metadata = HashMap::from([(
-        shimmer_formats::checksum::CHECKSUM_KEY.to_string(),
-        sum.finish(),
-    )]);
+    let metadata = shimmer_formats::checksum::metadata(&sum);
     shimmer_sys::fs::write_atomic_with(path, |tmp, _| {
         Ok(safetensors::serialize_to_file(views, Some(metadata), tmp)?)
     })
@@ -302,6 +306,106 @@ mod tests {
             err.contains("ck.safetensors") && err.contains("is corrupt"),
             "{err}"
         );
+    }
+
+    /// Renames each `from` to its `to` (same length) in the file's header,
+    /// so the header length stays valid, and flips the last byte (a
+    /// weight's).
+    fn strip_and_flip(path: &Path, renames: &[(&str, &str)]) {
+        let mut bytes = std::fs::read(path).unwrap();
+        let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+        let header = &mut bytes[8..8 + header_len];
+        for (from, to) in renames {
+            assert_eq!(from.len(), to.len());
+            let at = header
+                .windows(from.len())
+                .position(|w| w == from.as_bytes())
+                .unwrap();
+            header[at..at + to.len()].copy_from_slice(to.as_bytes());
+        }
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0x01;
+        std::fs::write(path, &bytes).unwrap();
+    }
+
+    #[test]
+    fn a_checkpoint_stripped_of_its_checksum_is_refused_on_every_load() {
+        use shimmer_formats::checksum::{CHECKSUM_KEY, WRITER_KEY};
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = OptimConfig::default();
+        let gw = model(1);
+        let mut opt = Optimizer::new(gw.params().params(), &cfg, Some(6)).unwrap();
+        train(&gw, &mut opt, 0..2);
+        let weights = dir.path().join("w.safetensors");
+        save_weights(&weights, gw.params()).unwrap();
+        strip_and_flip(&weights, &[(CHECKSUM_KEY, "shimmer.crc32_")]);
+        let training = dir.path().join("last.safetensors");
+        let trainer = IndexMap::from([(
+            format!("{TRAINER_PREFIX}step"),
+            Tensor::new(&[2i64], &Device::Cpu).unwrap(),
+        )]);
+        save_training(&training, gw.params(), Some(&opt), &trainer).unwrap();
+        // Both keys out of the `shimmer.` namespace: the trainer's and the
+        // optimiser's entries still say whose file it is.
+        strip_and_flip(
+            &training,
+            &[
+                (CHECKSUM_KEY, "xhimmer.crc32c"),
+                (WRITER_KEY, "xhimmer.writer"),
+            ],
+        );
+        let gw2 = model(2);
+        let mut opt2 = Optimizer::new(gw2.params().params(), &cfg, Some(6)).unwrap();
+        let errors = [
+            format!("{:#}", load_weights(&weights, gw2.params()).unwrap_err()),
+            format!("{:#}", load_weights(&training, gw2.params()).unwrap_err()),
+            format!(
+                "{:#}",
+                load(&training, gw2.params(), Some(&mut opt2)).unwrap_err()
+            ),
+            format!(
+                "{:#}",
+                load_training(&training, gw2.params(), &mut opt2).unwrap_err()
+            ),
+        ];
+        for err in errors {
+            assert!(
+                err.starts_with("checkpoint ")
+                    && err.contains(".safetensors: has no checksum")
+                    && err.contains("it was altered or truncated"),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_state_dict_of_another_tool_loads_without_a_checksum() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("from_python.safetensors");
+        let gw = model(1);
+        // What `safetensors.torch.save_file` writes: `format: pt` only.
+        let host: Vec<(String, Vec<u8>, Vec<usize>)> = gw
+            .params()
+            .tensors()
+            .into_iter()
+            .map(|(n, t)| {
+                let bytes = safetensors::View::data(&&t).into_owned();
+                (n, bytes, t.dims().to_vec())
+            })
+            .collect();
+        let views = host.iter().map(|(n, b, d)| {
+            let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, d.clone(), b)
+                .unwrap();
+            (n.as_str(), view)
+        });
+        let meta = HashMap::from([("format".to_string(), "pt".to_string())]);
+        safetensors::serialize_to_file(views, Some(meta), &path).unwrap();
+        let gw2 = model(2);
+        load_weights(&path, gw2.params()).unwrap();
+        for (name, t) in gw.params().tensors() {
+            let u = &gw2.params().tensors()[&name];
+            assert_eq!(shimmer_kernels::test_util::max_abs_diff(&t, u), 0.0);
+        }
     }
 
     #[test]
