@@ -16,6 +16,7 @@ const PACKAGES: &[&str] = &[
     "abi-v2-plugin",
     "faulty-plugin",
     "not-a-plugin",
+    "data-entry-plugin",
     "versioned-plugin",
 ];
 

@@ -266,6 +266,40 @@ fn inspect_library_without_entry_symbol_is_a_one_line_error() {
 }
 
 #[test]
+fn an_entry_symbol_that_is_data_is_refused_before_it_is_called() {
+    let path = common::plugin_path("data_entry_plugin");
+    let out = inspect(&[path.to_str().unwrap()]);
+    assert_one_line_error(&out, "`shimmer_plugin_entry` is not a function in it");
+    // The same through a run: refused as bad input, no crash.
+    let tmp = tempfile::tempdir().unwrap();
+    let exp = tmp.path().join("exp.yaml");
+    std::fs::write(
+        &exp,
+        format!(
+            "name: data-entry\ndomains:\n  a: {{ plugin: {} }}\n  \
+             b: {{ plugin: random-vectors, config: {{ dim: 3 }} }}\n\
+             workspace: {{ flavour: two_domains, dim: 4 }}\n\
+             data: {{ batch_size: 4, groups: [{{ domains: [a, b], items: {{ count: 8 }} }}] }}\n\
+             training: {{ max_steps: 2 }}\n",
+            path.display()
+        ),
+    )
+    .unwrap();
+    let out = common::shimmer()
+        .args(["run", exp.to_str().unwrap(), "--run-dir"])
+        .arg(tmp.path().join("run"))
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_one_line_error(&out, "`shimmer_plugin_entry` is not a function in it");
+}
+
+#[test]
 fn inspect_other_abi_and_bad_config_are_one_line_errors() {
     let path = common::plugin_path("abi_v2_plugin");
     let out = inspect(&[path.to_str().unwrap()]);

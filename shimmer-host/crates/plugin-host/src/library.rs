@@ -107,7 +107,26 @@ impl PluginLibrary {
                 path: path.to_path_buf(),
                 symbol: abi::ENTRY_SYMBOL,
             })?;
-        // SAFETY: calling the entry point is the contract's first step.
+        // A data symbol under the entry's name would crash the call: only
+        // code in an executable mapping is called.
+        let executable = shimmer_sys::proc::is_executable_address(entry as usize).map_err(|e| {
+            PluginError::Invalid {
+                plugin: path.display().to_string(),
+                message: format!("cannot check its entry point: {e:#}"),
+            }
+        })?;
+        if !executable {
+            return Err(PluginError::Invalid {
+                plugin: path.display().to_string(),
+                message: format!(
+                    "`{}` is not a function in it (the symbol lies outside its code): \
+                     not a shimmer plugin, or a damaged one",
+                    abi::ENTRY_SYMBOL
+                ),
+            });
+        }
+        // SAFETY: calling the entry point is the contract's first step; it
+        // lies in the library's code (checked above).
         let descriptor = unsafe { entry() };
         if descriptor.is_null() {
             return Err(PluginError::Invalid {

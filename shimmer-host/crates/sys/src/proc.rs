@@ -7,6 +7,21 @@ use procfs::process::{MMPermissions, MMapPath, MemoryMap, Process};
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 
+/// Whether `address` lies in an executable mapping of this process: a
+/// symbol a loader found is code only there (a data symbol under a
+/// function's name would crash the caller).
+///
+/// # Errors
+/// Where `/proc/self/maps` cannot be read (not Linux).
+pub fn is_executable_address(address: usize) -> Result<bool> {
+    let me = Process::myself().context("cannot read /proc/self")?;
+    let maps = me.maps().context("cannot read /proc/self/maps")?;
+    let address = address as u64;
+    Ok(maps.iter().any(|m| {
+        m.address.0 <= address && address < m.address.1 && m.perms.contains(MMPermissions::EXECUTE)
+    }))
+}
+
 /// Folder-name part of every private plugin copy.
 const COPY_MARK: &str = "/shimmer-plugin-";
 
@@ -145,6 +160,16 @@ pub fn trim_released_plugin_copies() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn code_is_executable_and_data_is_not() {
+        static DATA: [u8; 64] = [7; 64];
+        let code = code_is_executable_and_data_is_not as fn() as usize;
+        assert!(is_executable_address(code).unwrap());
+        assert!(!is_executable_address(DATA.as_ptr() as usize).unwrap());
+        let heap = Box::new(5u64);
+        assert!(!is_executable_address(&*heap as *const u64 as usize).unwrap());
+    }
 
     #[test]
     fn process_stats_are_read() {
