@@ -384,7 +384,10 @@ fn the_sample_validates_each_step_once_and_the_same_weights_the_same() {
         .args(["run", "--run-dir"])
         .arg(&run)
         .arg(&exp)
-        .args(["training.val_every_n_steps=2", "training.val_every_n_epochs=1"])
+        .args([
+            "training.val_every_n_steps=2",
+            "training.val_every_n_epochs=1",
+        ])
         .current_dir(tmp.path())
         .output()
         .unwrap();

@@ -900,7 +900,10 @@ fn a_final_summary_that_cannot_be_written_fails_the_run() {
         .unwrap();
     let started = Instant::now();
     while !dir.join("checkpoints/last.safetensors").exists() {
-        assert!(started.elapsed() < Duration::from_secs(120), "no checkpoint");
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "no checkpoint"
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
     // Neither a rename nor a write in place can replace a folder.

@@ -203,7 +203,10 @@ impl RunDir {
                 } else {
                     "not a regular file"
                 };
-                bail!("{} is {what}: give the path of a file to write", out.display());
+                bail!(
+                    "{} is {what}: give the path of a file to write",
+                    out.display()
+                );
             }
         }
         let name = out
@@ -212,7 +215,11 @@ impl RunDir {
         let parent = out.parent().filter(|p| !p.as_os_str().is_empty());
         let parent = parent.unwrap_or(Path::new("."));
         let folder = parent.canonicalize().with_context(|| {
-            format!("cannot write {}: no folder {}", out.display(), parent.display())
+            format!(
+                "cannot write {}: no folder {}",
+                out.display(),
+                parent.display()
+            )
         })?;
         let run = self
             .path
