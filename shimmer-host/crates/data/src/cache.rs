@@ -4,6 +4,19 @@
 //! [`ItemSource::cache_key`] (plugin name, version, kind, config) and split,
 //! and later runs read the file instead of calling the plugin.
 //!
+//! A cache file (`SHMRLAT2`) holds its key, the latent size and the number
+//! of values, the values (f32, little-endian), then the CRC-32C of
+//! everything before it. It is read only if it is a regular file whose size
+//! is the one its header declares, whose checksum matches and whose values
+//! are all finite. A cache is derived data: a file that fails any check (an
+//! older format, other data, truncated, corrupt, non-finite values) is
+//! reported on a `warning:` line naming the file and why, then rebuilt from
+//! the plugin and rewritten. A special file (a FIFO, a device, a folder) at
+//! a cache file's path is refused: it is not ours to delete, and reading
+//! it would block or never end. The encoded latents must be finite: a
+//! plugin whose encode yields NaN or an infinity is refused, naming the
+//! domain, the split and the item.
+//!
 //! ```
 //! use shimmer_data::{CachedSource, ItemSource, MemorySource};
 //! use shimmer_plugin_api::Split;
@@ -27,8 +40,12 @@ use std::sync::Arc;
 
 /// Items encoded per call while filling the cache.
 const BLOCK_ITEMS: usize = 1024;
-/// First bytes of a cache file (format version 1).
-const MAGIC: &[u8; 8] = b"SHMRLAT1";
+/// First bytes of a cache file (format version 2: with a CRC-32C).
+const MAGIC: &[u8; 8] = b"SHMRLAT2";
+/// First bytes of the cache files of earlier versions (rebuilt when found).
+const OLD_MAGICS: [&[u8; 8]; 1] = [b"SHMRLAT1"];
+/// Values read or written at a time.
+const CHUNK_VALUES: usize = 65536;
 
 /// A source whose listed splits are held, encoded, in memory; other splits
 /// go to the wrapped source.
@@ -73,11 +90,21 @@ impl CachedSource {
                 _ => None,
             };
             let expected = table_len(domain, inner.as_ref(), split)?;
-            if let Some((path, key)) = &file
-                && let Some(table) = read_cache_file(path, key, inner.latent_dim(), expected)?
-            {
-                *slot = Some(Arc::new(table));
-                continue;
+            if let Some((path, key)) = &file {
+                match read_cache_file(path, key, inner.latent_dim(), expected)
+                    .with_context(|| format!("domain `{domain}`: the {split} latents"))?
+                {
+                    CacheRead::Hit(table) => {
+                        *slot = Some(Arc::new(table));
+                        continue;
+                    }
+                    CacheRead::Missing => {}
+                    CacheRead::Invalid(why) => eprintln!(
+                        "warning: domain `{domain}`: latent cache {} {why}; rebuilding it \
+                         from the plugin",
+                        path.display()
+                    ),
+                }
             }
             let table = encode_split(domain, inner.as_ref(), split, threads)?;
             if let Some((path, key)) = &file {
@@ -174,7 +201,8 @@ fn table_len(domain: &str, src: &dyn ItemSource, split: Split) -> Result<usize> 
 
 /// Loads and encodes a whole split, `BLOCK_ITEMS` at a time, blocks spread
 /// over `threads` threads. The first failing block (in item order) is
-/// reported, with its failing item.
+/// reported, with its failing item; so is the first item whose latent is
+/// not finite (nothing is cached then).
 pub fn encode_split(
     domain: &str,
     src: &dyn ItemSource,
@@ -220,10 +248,20 @@ pub fn encode_split(
             .collect()
     });
     errors.sort_by_key(|(b, _)| *b);
-    match errors.into_iter().next() {
-        Some((_, e)) => Err(e.context(format!("while caching the {split} latents"))),
-        None => Ok(table),
+    if let Some((_, e)) = errors.into_iter().next() {
+        return Err(e.context(format!("while caching the {split} latents")));
     }
+    if let Some(at) = table.iter().position(|v| !v.is_finite()) {
+        bail!(
+            "domain `{domain}` ({}): {split} item {} encodes to a non-finite latent \
+             ({} at position {}): refusing to cache it; the plugin's data or encode is broken",
+            src.describe(),
+            at / dim,
+            table[at],
+            at % dim
+        );
+    }
+    Ok(table)
 }
 
 /// `<dir>/<fnv1a(key)>-<split>.latents`.
@@ -231,75 +269,217 @@ pub fn cache_file(dir: &Path, key: &str, split: Split) -> PathBuf {
     dir.join(format!("{:016x}-{split}.latents", fnv1a(key.as_bytes())))
 }
 
-/// Reads a cache file if it exists and holds `key` with the expected
-/// shape; `Ok(None)` when missing or stale (it will be rewritten).
-fn read_cache_file(path: &Path, key: &str, dim: usize, len: usize) -> Result<Option<Vec<f32>>> {
-    let file = match std::fs::File::open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+/// What [`read_cache_file`] found.
+#[derive(Debug)]
+enum CacheRead {
+    /// The file holds the latents asked for.
+    Hit(Vec<f32>),
+    /// No file at the path.
+    Missing,
+    /// A file that fails a check (the reason, to follow the file's name):
+    /// it is rebuilt.
+    Invalid(String),
+}
+
+/// Reads the cache file at `path` if it is there and holds `key` with `len`
+/// values of size `dim`, its size, checksum and values checked; memory is
+/// allocated only once the file's real size is the one declared.
+///
+/// # Errors
+/// Only a path that is not a regular file (a FIFO, a device, a folder),
+/// which must not be read nor replaced; every other fault is
+/// [`CacheRead::Invalid`].
+fn read_cache_file(path: &Path, key: &str, dim: usize, len: usize) -> Result<CacheRead> {
+    let (file, size) = match shimmer_formats::file::open_regular(path) {
+        Ok(opened) => opened,
         Err(e) => {
-            return Err(e).with_context(|| format!("cannot open latent cache {}", path.display()));
+            return match std::fs::metadata(path) {
+                Err(m) if m.kind() == std::io::ErrorKind::NotFound => Ok(CacheRead::Missing),
+                Ok(m) if !m.is_file() => bail!(
+                    "cannot use latent cache {e}: remove it, or set `data.cache.dir` to \
+                     another folder"
+                ),
+                _ => Ok(CacheRead::Invalid(format!(
+                    "cannot be opened ({})",
+                    e.message()
+                ))),
+            };
         }
     };
-    let mut r = BufReader::new(file);
-    let read = |r: &mut BufReader<std::fs::File>| -> std::io::Result<Option<Vec<f32>>> {
-        let mut magic = [0u8; 8];
-        r.read_exact(&mut magic)?;
-        let mut word = [0u8; 8];
-        r.read_exact(&mut word)?;
-        let key_len = u64::from_le_bytes(word) as usize;
-        if &magic != MAGIC || key_len != key.len() {
-            return Ok(None);
-        }
-        let mut stored = vec![0u8; key_len];
-        r.read_exact(&mut stored)?;
-        r.read_exact(&mut word)?;
-        let stored_dim = u64::from_le_bytes(word) as usize;
-        r.read_exact(&mut word)?;
-        let stored_len = u64::from_le_bytes(word) as usize;
-        if stored != key.as_bytes() || stored_dim != dim || stored_len != len {
-            return Ok(None);
-        }
-        let mut table = vec![0.0f32; len];
-        let mut bytes = vec![0u8; 4 * 65536];
-        for chunk in table.chunks_mut(65536) {
-            let b = &mut bytes[..4 * chunk.len()];
-            r.read_exact(b)?;
-            for (v, x) in chunk.iter_mut().zip(b.chunks_exact(4)) {
-                *v = f32::from_le_bytes([x[0], x[1], x[2], x[3]]);
+    let mut r = CrcReader {
+        inner: BufReader::new(file),
+        crc: 0,
+    };
+    Ok(match parse_cache(&mut r, size, key, dim, len) {
+        Ok(Ok(table)) => CacheRead::Hit(table),
+        Ok(Err(why)) => CacheRead::Invalid(why),
+        Err(e) => CacheRead::Invalid(format!("cannot be read ({e})")),
+    })
+}
+
+/// Bytes of a cache file holding `key` and `len` values, or `None` past
+/// `u64`.
+fn cache_file_size(key: &str, len: usize) -> Option<u64> {
+    (len as u64)
+        .checked_mul(4)?
+        .checked_add(MAGIC.len() as u64 + 8 + key.len() as u64 + 8 + 8 + 4)
+}
+
+/// The checks of [`read_cache_file`] over the opened file (`size` bytes):
+/// the table, or why the file is not used.
+fn parse_cache<R: Read>(
+    r: &mut CrcReader<R>,
+    size: u64,
+    key: &str,
+    dim: usize,
+    len: usize,
+) -> std::io::Result<Result<Vec<f32>, String>> {
+    let header = (MAGIC.len() + 8) as u64;
+    if size < header {
+        return Ok(Err(format!(
+            "is {size} bytes, shorter than a latent cache's header"
+        )));
+    }
+    let mut magic = [0u8; 8];
+    r.read_exact(&mut magic)?;
+    if OLD_MAGICS.contains(&&magic) {
+        return Ok(Err(format!(
+            "is in an older format ({}, without a checksum)",
+            String::from_utf8_lossy(&magic)
+        )));
+    }
+    if &magic != MAGIC {
+        return Ok(Err(format!(
+            "is not a latent cache of this version (it does not start with {})",
+            String::from_utf8_lossy(MAGIC)
+        )));
+    }
+    let key_len = r.read_u64()?;
+    if key_len != key.len() as u64 {
+        return Ok(Err(format!(
+            "holds the latents of other data (a key of {key_len} bytes, expected {})",
+            key.len()
+        )));
+    }
+    let expected = cache_file_size(key, len).unwrap_or(u64::MAX);
+    if size < header + key_len + 16 {
+        return Ok(Err(format!(
+            "is {size} bytes, shorter than its header: truncated"
+        )));
+    }
+    let mut stored = vec![0u8; key.len()];
+    r.read_exact(&mut stored)?;
+    if stored != key.as_bytes() {
+        return Ok(Err(
+            "holds the latents of other data (its key differs)".into()
+        ));
+    }
+    let stored_dim = r.read_u64()?;
+    let stored_len = r.read_u64()?;
+    if stored_dim != dim as u64 || stored_len != len as u64 {
+        return Ok(Err(format!(
+            "holds {stored_len} values of latent size {stored_dim}, the data now has {len} \
+             of size {dim}"
+        )));
+    }
+    if size != expected {
+        return Ok(Err(format!(
+            "is {size} bytes, its header declares {expected}: truncated or damaged"
+        )));
+    }
+    let mut table = vec![0.0f32; len];
+    let mut bytes = vec![0u8; 4 * CHUNK_VALUES];
+    let mut non_finite = None;
+    for (c, chunk) in table.chunks_mut(CHUNK_VALUES).enumerate() {
+        let b = &mut bytes[..4 * chunk.len()];
+        r.read_exact(b)?;
+        for (i, (v, x)) in chunk.iter_mut().zip(b.chunks_exact(4)).enumerate() {
+            *v = f32::from_le_bytes([x[0], x[1], x[2], x[3]]);
+            if non_finite.is_none() && !v.is_finite() {
+                non_finite = Some((c * CHUNK_VALUES + i, *v));
             }
         }
-        Ok(Some(table))
-    };
-    match read(&mut r) {
-        Ok(t) => Ok(t),
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(None),
-        Err(e) => Err(e).with_context(|| format!("cannot read latent cache {}", path.display())),
+    }
+    let computed = r.crc;
+    let mut word = [0u8; 4];
+    r.inner.read_exact(&mut word)?;
+    let written = u32::from_le_bytes(word);
+    if written != computed {
+        return Ok(Err(format!(
+            "is corrupt: its CRC-32C is {written:08x}, its contents now give {computed:08x}"
+        )));
+    }
+    if let Some((at, v)) = non_finite {
+        return Ok(Err(format!(
+            "holds a non-finite value ({v} at item {}, position {})",
+            at / dim.max(1),
+            at % dim.max(1)
+        )));
+    }
+    Ok(Ok(table))
+}
+
+/// A reader that keeps the CRC-32C of what it read.
+struct CrcReader<R> {
+    inner: R,
+    crc: u32,
+}
+
+impl<R: Read> CrcReader<R> {
+    fn read_exact(&mut self, buf: &mut [u8]) -> std::io::Result<()> {
+        self.inner.read_exact(buf)?;
+        self.crc = shimmer_formats::checksum::crc32c_append(self.crc, buf);
+        Ok(())
+    }
+
+    fn read_u64(&mut self) -> std::io::Result<u64> {
+        let mut word = [0u8; 8];
+        self.read_exact(&mut word)?;
+        Ok(u64::from_le_bytes(word))
     }
 }
 
-/// Writes a cache file atomically (a temporary file renamed into place).
+/// A writer that keeps the CRC-32C of what it wrote.
+struct CrcWriter<W> {
+    inner: W,
+    crc: u32,
+}
+
+impl<W: Write> CrcWriter<W> {
+    fn write_all(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.crc = shimmer_formats::checksum::crc32c_append(self.crc, bytes);
+        self.inner.write_all(bytes)
+    }
+}
+
+/// Writes a cache file atomically (a temporary file renamed into place),
+/// its CRC-32C last.
 fn write_cache_file(path: &Path, key: &str, dim: usize, table: &[f32]) -> Result<()> {
     let dir = path
         .parent()
         .with_context(|| format!("{} has no parent folder", path.display()))?;
     std::fs::create_dir_all(dir)?;
     shimmer_sys::fs::write_atomic_with(path, |_, file| {
-        let mut w = BufWriter::new(file);
+        let mut w = CrcWriter {
+            inner: BufWriter::new(file),
+            crc: 0,
+        };
         w.write_all(MAGIC)?;
         w.write_all(&(key.len() as u64).to_le_bytes())?;
         w.write_all(key.as_bytes())?;
         w.write_all(&(dim as u64).to_le_bytes())?;
         w.write_all(&(table.len() as u64).to_le_bytes())?;
-        let mut bytes = Vec::with_capacity(4 * 65536);
-        for chunk in table.chunks(65536) {
+        let mut bytes = Vec::with_capacity(4 * CHUNK_VALUES);
+        for chunk in table.chunks(CHUNK_VALUES) {
             bytes.clear();
             chunk
                 .iter()
                 .for_each(|v| bytes.extend_from_slice(&v.to_le_bytes()));
             w.write_all(&bytes)?;
         }
-        w.flush()?;
+        let crc = w.crc;
+        w.inner.write_all(&crc.to_le_bytes())?;
+        w.inner.flush()?;
         Ok(())
     })?;
     if !path.exists() {
@@ -388,6 +568,168 @@ mod tests {
         CachedSource::build("a", other.clone(), &[Split::Train], Some(dir.path()), 2).unwrap();
         assert_eq!(other.loads.load(Ordering::Relaxed), 100);
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2);
+    }
+
+    /// The one cache file of `dir`.
+    fn only_file(dir: &Path) -> PathBuf {
+        let files: Vec<PathBuf> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        assert_eq!(files.len(), 1, "{files:?}");
+        files[0].clone()
+    }
+
+    fn invalid(read: CacheRead) -> String {
+        match read {
+            CacheRead::Invalid(why) => why,
+            other => panic!("expected an invalid file, got {other:?}"),
+        }
+    }
+
+    const KEY: &str = "plugin=x\nversion=1";
+
+    #[test]
+    fn a_damaged_cache_file_is_reported_rebuilt_and_rewritten() {
+        let dir = tempfile::tempdir().unwrap();
+        CachedSource::build(
+            "a",
+            counting(100, KEY),
+            &[Split::Train],
+            Some(dir.path()),
+            2,
+        )
+        .unwrap();
+        let path = only_file(dir.path());
+        let good = std::fs::read(&path).unwrap();
+        assert_eq!(&good[..8], MAGIC);
+        assert_eq!(good.len() as u64, cache_file_size(KEY, 300).unwrap());
+        let mut bad = good.clone();
+        bad[good.len() - 100] ^= 0x04; // a bit of a value
+        std::fs::write(&path, &bad).unwrap();
+        let why = invalid(read_cache_file(&path, KEY, 3, 300).unwrap());
+        assert!(why.starts_with("is corrupt: its CRC-32C is"), "{why}");
+        // Rebuilt from the source, rewritten, then read back.
+        let again = counting(100, KEY);
+        CachedSource::build("a", again.clone(), &[Split::Train], Some(dir.path()), 2).unwrap();
+        assert_eq!(again.loads.load(Ordering::Relaxed), 100);
+        assert_eq!(std::fs::read(&path).unwrap(), good);
+        let third = counting(100, KEY);
+        CachedSource::build("a", third.clone(), &[Split::Train], Some(dir.path()), 2).unwrap();
+        assert_eq!(third.loads.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn old_truncated_and_mismatched_cache_files_say_why() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.latents");
+        let table: Vec<f32> = (0..300).map(|v| v as f32).collect();
+        write_cache_file(&path, KEY, 3, &table).unwrap();
+        match read_cache_file(&path, KEY, 3, 300).unwrap() {
+            CacheRead::Hit(t) => assert_eq!(t, table),
+            other => panic!("{other:?}"),
+        }
+        let good = std::fs::read(&path).unwrap();
+        let check = |bytes: &[u8], len: usize| {
+            std::fs::write(&path, bytes).unwrap();
+            invalid(read_cache_file(&path, KEY, 3, len).unwrap())
+        };
+        let mut old = good.clone();
+        old[..8].copy_from_slice(b"SHMRLAT1");
+        assert!(check(&old, 300).contains("older format (SHMRLAT1"));
+        assert!(check(&good[..good.len() - 1], 300).contains("declares"));
+        assert!(check(&good[..10], 300).contains("shorter than a latent cache's header"));
+        assert!(check(&good[..30], 300).contains("shorter than its header"));
+        assert!(check(&good, 303).contains("the data now has 303"));
+        assert!(check(b"not a cache at all", 300).contains("does not start with SHMRLAT2"));
+        // A header that declares far more values than the file holds is
+        // refused on its size, before any table is allocated.
+        let huge = 1usize << 40;
+        let mut lying = good.clone();
+        let at = 16 + KEY.len() + 8;
+        lying[at..at + 8].copy_from_slice(&(huge as u64).to_le_bytes());
+        let why = check(&lying, huge);
+        assert!(why.contains("its header declares"), "{why}");
+        std::fs::remove_file(&path).unwrap();
+        assert!(matches!(
+            read_cache_file(&path, KEY, 3, 300).unwrap(),
+            CacheRead::Missing
+        ));
+    }
+
+    #[test]
+    fn non_finite_latents_are_never_served_nor_cached() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = cache_file(dir.path(), KEY, Split::Train);
+        // A file with a valid checksum but NaN values is rebuilt.
+        write_cache_file(&path, KEY, 3, &[f32::NAN; 300]).unwrap();
+        let why = invalid(read_cache_file(&path, KEY, 3, 300).unwrap());
+        assert!(
+            why.contains("non-finite value (NaN at item 0, position 0)"),
+            "{why}"
+        );
+        let src = counting(100, KEY);
+        let cached =
+            CachedSource::build("a", src.clone(), &[Split::Train], Some(dir.path()), 2).unwrap();
+        assert_eq!(src.loads.load(Ordering::Relaxed), 100);
+        let mut out = [0.0; 3];
+        cached.load_latents(Split::Train, &[1], &mut out).unwrap();
+        assert_eq!(out, [3.0, 4.0, 5.0]);
+        // An encode that yields NaN is refused, naming the item, and no
+        // file is written.
+        let other = tempfile::tempdir().unwrap();
+        let nan: Arc<dyn ItemSource> = Arc::new(
+            MemorySource::from_fn(
+                2,
+                [10, 0, 0],
+                |_, i, c| {
+                    if i == 7 && c == 1 { f32::NAN } else { 1.0 }
+                },
+            )
+            .with_cache_key(KEY),
+        );
+        let err = format!(
+            "{:#}",
+            CachedSource::build("vision", nan, &[Split::Train], Some(other.path()), 2).unwrap_err()
+        );
+        assert!(
+            err.contains("domain `vision`")
+                && err.contains("train item 7 encodes to a non-finite latent (NaN at position 1)"),
+            "{err}"
+        );
+        assert_eq!(std::fs::read_dir(other.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn a_fifo_at_a_cache_path_is_refused_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = cache_file(dir.path(), KEY, Split::Train);
+        let made = std::process::Command::new("mkfifo")
+            .arg(&path)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        // Would block forever if opened for reading without O_NONBLOCK.
+        let err = format!(
+            "{:#}",
+            CachedSource::build("a", counting(10, KEY), &[Split::Train], Some(dir.path()), 1)
+                .unwrap_err()
+        );
+        assert!(
+            err.contains("domain `a`")
+                && err.contains(&path.display().to_string())
+                && err.contains("is a FIFO, not a regular file"),
+            "{err}"
+        );
+        // Left where it is: it is not ours to delete.
+        use std::os::unix::fs::FileTypeExt;
+        assert!(std::fs::metadata(&path).unwrap().file_type().is_fifo());
+        let sub = cache_file(dir.path(), "other", Split::Train);
+        std::fs::create_dir(&sub).unwrap();
+        let err = read_cache_file(&sub, "other", 3, 30)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("is a folder"), "{err}");
     }
 
     #[test]

@@ -58,6 +58,13 @@ impl TensorChecksum {
     }
 }
 
+/// The CRC-32C of `bytes` continuing `crc` (0 to start), for the other files
+/// shimmer writes and checks on reading (the latent cache), so every
+/// checksum of the project is computed one way.
+pub fn crc32c_append(crc: u32, bytes: &[u8]) -> u32 {
+    crc32c::crc32c_append(crc, bytes)
+}
+
 /// The checksum of every tensor of a parsed file.
 pub fn checksum_of(file: &SafeTensors<'_>) -> String {
     let mut names: Vec<&str> = file.names();
@@ -251,6 +258,16 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("`shimmer.writer`"), "{err}");
+    }
+
+    #[test]
+    fn crc32c_appends_and_matches_the_reference_value() {
+        // RFC 3720's check value of CRC-32C.
+        assert_eq!(crc32c_append(0, b"123456789"), 0xe306_9283);
+        assert_eq!(
+            crc32c_append(crc32c_append(0, b"1234"), b"56789"),
+            0xe306_9283
+        );
     }
 
     #[test]
