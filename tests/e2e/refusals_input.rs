@@ -110,6 +110,25 @@ fn slurm_fields_that_would_break_the_job_script_are_refused() {
         refused(&["sweep", &sweep, o, "--dry-run"], &[key, "is not a"]);
         refused(&["validate", &sweep, o], &[key]);
     }
+    // The same settings given as flags.
+    for (flag, value) in [
+        ("--time", "00:10:00\ntouch X"),
+        ("--partition", "gpu\ntouch X"),
+        ("--mem", "16GB"),
+    ] {
+        refused(
+            &[
+                "sweep",
+                &sweep,
+                "--launcher",
+                "slurm",
+                "--dry-run",
+                flag,
+                value,
+            ],
+            &[flag, "is not a"],
+        );
+    }
 }
 
 fn common_sweep() -> String {

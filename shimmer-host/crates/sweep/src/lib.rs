@@ -154,7 +154,7 @@ fn apply_flags(
     launcher: Option<LauncherKind>,
     jobs: Option<usize>,
     slurm: &SlurmConfig,
-) {
+) -> Result<()> {
     let l = &mut manifest.launcher;
     if let Some(kind) = launcher {
         l.kind = kind;
@@ -169,6 +169,17 @@ fn apply_flags(
     replace!(partition, time, cpus, gpus, mem, max_parallel, job_name);
     s.extra.extend(slurm.extra.iter().cloned());
     s.setup.extend(slurm.setup.iter().cloned());
+    // Flags are held to Slurm's syntax as the YAML is: a line break in
+    // `--time` would run as shell in the job script.
+    s.check().map_err(|e| {
+        let flag = e
+            .key
+            .rsplit('.')
+            .next()
+            .unwrap_or_default()
+            .replace('_', "-");
+        anyhow!("`--{flag}` or `{}`: {}", e.key, e.message)
+    })
 }
 
 /// `shimmer sweep <experiment>`: plans the sweep, creates its folder and
@@ -179,7 +190,7 @@ pub fn start(opts: &SweepOptions) -> Result<()> {
         runs_dir,
         trial_configs,
     } = plan(&opts.experiment, &opts.overrides)?;
-    apply_flags(&mut manifest, opts.launcher, opts.jobs, &opts.slurm);
+    apply_flags(&mut manifest, opts.launcher, opts.jobs, &opts.slurm)?;
     let root = match &opts.sweep_dir {
         Some(dir) => {
             std::path::absolute(dir).with_context(|| format!("cannot resolve {}", dir.display()))?
@@ -229,7 +240,7 @@ pub fn resume(
             dir.root().join("configs").display()
         );
     }
-    apply_flags(&mut manifest, launcher, jobs, slurm);
+    apply_flags(&mut manifest, launcher, jobs, slurm)?;
     let active = match manifest.launcher.kind {
         LauncherKind::Slurm => slurm::squeue(&slurm::job_ids(&manifest)).unwrap_or_default(),
         LauncherKind::Local => Default::default(),
