@@ -296,7 +296,7 @@ fn read_cache_file(path: &Path, key: &str, dim: usize, len: usize) -> Result<Cac
             return match std::fs::metadata(path) {
                 Err(m) if m.kind() == std::io::ErrorKind::NotFound => Ok(CacheRead::Missing),
                 Ok(m) if !m.is_file() => bail!(
-                    "cannot use latent cache {e}: remove it, or set `data.cache.dir` to \
+                    "cannot use latent cache {e}; remove it, or set `data.cache.dir` to \
                      another folder"
                 ),
                 _ => Ok(CacheRead::Invalid(format!(

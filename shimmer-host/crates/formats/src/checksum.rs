@@ -110,7 +110,8 @@ pub fn verify(path: &Path, bytes: &[u8]) -> Result<()> {
             return Err(FormatError::new(
                 path,
                 format!(
-                    "has no checksum ({CHECKSUM_KEY} missing from its metadata) although                      {why}: it was altered or truncated"
+                    "has no checksum: it was altered or truncated ({CHECKSUM_KEY} is \
+                     missing from its metadata, although {why})"
                 ),
             ));
         }
