@@ -11,6 +11,7 @@ mod hotswap;
 mod parity;
 mod plugins;
 mod refusals;
+mod refusals_files;
 mod refusals_input;
 mod run;
 mod simple_shapes;
