@@ -272,15 +272,35 @@ fn logged_once_each(dir: &Path) -> (LogCounts, LogCounts) {
 
 #[test]
 fn every_step_is_logged_once_across_kills_and_resumes() {
-    let tmp = tempfile::tempdir().unwrap();
-    let long = [
+    // Cadences that mostly miss each other.
+    logged_once_across_kills(&[
         "training.max_epochs=150",
         "training.checkpoint_every_n_steps=7",
         "training.val_every_n_epochs=10",
         "training.log_every_n_steps=3",
-    ];
+    ]);
+}
+
+#[test]
+fn every_step_is_logged_once_across_kills_when_cadences_coincide() {
+    // Eight steps an epoch: validation by steps and by epochs, checkpoints
+    // and logging all on the same steps.
+    logged_once_across_kills(&[
+        "training.max_epochs=150",
+        "training.checkpoint_every_n_steps=8",
+        "training.val_every_n_steps=8",
+        "training.val_every_n_epochs=1",
+        "training.log_every_n_steps=1",
+    ]);
+}
+
+/// Trains the tutorial with `long` straight, and again killed three times
+/// (each time just after a checkpoint of its own) and resumed: both logs
+/// hold every `(tag, step)` once, as the straight run's do.
+fn logged_once_across_kills(long: &[&str]) {
+    let tmp = tempfile::tempdir().unwrap();
     let straight = tmp.path().join("straight");
-    let out = run_args(&tutorial_args(&straight, &long));
+    let out = run_args(&tutorial_args(&straight, long));
     assert!(out.status.success(), "{}", stderr(&out));
 
     let killed = tmp.path().join("killed");
@@ -291,7 +311,7 @@ fn every_step_is_logged_once_across_kills_and_resumes() {
         let mut cmd = common::shimmer();
         cmd.arg("run");
         if attempt == 0 {
-            cmd.args(tutorial_args(&killed, &long));
+            cmd.args(tutorial_args(&killed, long));
         } else {
             cmd.args(["--resume", k]);
         }
