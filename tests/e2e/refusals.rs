@@ -659,3 +659,68 @@ fn outputs_never_replace_special_files_links_or_the_runs_own_files() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(fine.is_file());
 }
+
+/// SIGTERM while a slow plugin's latent cache is built (Slurm's time
+/// limit, with `KillWait` to come) ends the build after the block in
+/// flight, before a run folder exists or a step is trained.
+#[test]
+fn sigterm_during_the_latent_cache_build_ends_it_within_a_block() {
+    let tmp = tempfile::tempdir().unwrap();
+    let faulty = common::plugin_path("faulty_plugin");
+    let exp = write(
+        tmp.path(),
+        "slow.yaml",
+        &format!(
+            "name: slow\ndomains:\n  \
+             a: {{ plugin: {}, config: {{ dim: 4, items: 8192, hang_on: 1500, hang_s: 4 }} }}\n  \
+             b: {{ plugin: random-vectors, config: {{ dim: 3, train: 8192, val: 64, test: 64 }} }}\n\
+             workspace: {{ flavour: two_domains, dim: 4 }}\n\
+             data:\n  batch_size: 8\n  workers: 1\n  \
+             groups: [ {{ domains: [a, b] }} ]\n  \
+             val: [ {{ domains: [a, b], items: {{ range: [0, 8] }} }} ]\n  \
+             test: [ {{ domains: [a, b], items: {{ range: [0, 8] }} }} ]\n\
+             training: {{ max_epochs: 2, watchdog_s: 1 }}\n",
+            faulty.display()
+        ),
+    );
+    let dir = tmp.path().join("run");
+    let mut child = common::shimmer()
+        .args(["run", exp.to_str().unwrap(), "--run-dir"])
+        .arg(&dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let err = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufRead::lines(std::io::BufReader::new(err)).map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut seen = String::new();
+    let start = Instant::now();
+    // The watchdog names the block in flight once it waited a second.
+    while !seen.contains("warning: still waiting after") {
+        assert!(start.elapsed() < TIME_LIMIT, "no hang in: {seen}");
+        if let Ok(line) = rx.recv_timeout(Duration::from_millis(100)) {
+            seen.push_str(&line);
+            seen.push('\n');
+        }
+    }
+    // SAFETY: signals our own child, not yet reaped.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    let status = child.wait().unwrap();
+    while let Ok(line) = rx.recv_timeout(Duration::from_secs(5)) {
+        seen.push_str(&line);
+        seen.push('\n');
+    }
+    assert_eq!(status.code(), Some(143), "{seen}");
+    let last = seen.trim_end().lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("error:")
+            && last.contains("stopped by SIGTERM while building the latent cache of domain `a`"),
+        "{seen}"
+    );
+    assert!(!dir.exists(), "a run folder was written: {seen}");
+}

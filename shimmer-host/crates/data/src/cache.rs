@@ -202,7 +202,8 @@ fn table_len(domain: &str, src: &dyn ItemSource, split: Split) -> Result<usize> 
 /// Loads and encodes a whole split, `BLOCK_ITEMS` at a time, blocks spread
 /// over `threads` threads. The first failing block (in item order) is
 /// reported, with its failing item; so is the first item whose latent is
-/// not finite (nothing is cached then).
+/// not finite (nothing is cached then). A stop signal
+/// ([`shimmer_sys::stop`]) ends it before the next block.
 pub fn encode_split(
     domain: &str,
     src: &dyn ItemSource,
@@ -226,6 +227,11 @@ pub fn encode_split(
             .map(|share| {
                 s.spawn(move || -> Option<(usize, anyhow::Error)> {
                     for (b, chunk) in share {
+                        // A stop signal ends the build within one block.
+                        let during = format!("building the latent cache of domain `{domain}`");
+                        if let Err(stop) = shimmer_sys::stop::check(&during) {
+                            return Some((b, stop.into()));
+                        }
                         let start = (b * BLOCK_ITEMS) as u64;
                         let items: Vec<u64> = (start..start + (chunk.len() / dim) as u64).collect();
                         if let Err(e) = src.load_latents(split, &items, chunk) {

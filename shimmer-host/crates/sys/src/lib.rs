@@ -8,7 +8,9 @@
 //!   settings of the `shimmer` binary;
 //! * [`proc`]: what `/proc/self` says of this process (threads, memory,
 //!   mapped plugin copies), and handing clean pages of released plugin
-//!   copies back to the kernel.
+//!   copies back to the kernel;
+//! * [`stop`]: whether a signal asked the process to stop, for work that
+//!   runs before a training loop does.
 //!
 //! ```
 //! let dir = tempfile::tempdir()?;
@@ -28,4 +30,5 @@ pub mod lock;
 pub mod memory;
 pub mod proc;
 pub mod process;
+pub mod stop;
 pub mod time;

@@ -57,6 +57,12 @@ pub fn exit_code(e: &anyhow::Error) -> u8 {
             _ => 128 + 2,
         };
     }
+    if let Some(early) = e
+        .chain()
+        .find_map(|c| c.downcast_ref::<shimmer_sys::stop::StopAsked>())
+    {
+        return u8::try_from(128 + early.signal).unwrap_or(128 + 2);
+    }
     if e.chain().any(|c| c.is::<NonFiniteLoss>()) {
         return EXIT_NON_FINITE;
     }
@@ -104,5 +110,11 @@ mod tests {
         assert_eq!(exit_code(&sweep(2)), 130);
         assert_eq!(exit_code(&sweep(15)), 143);
         assert_eq!(exit_code(&sweep(1)), 129);
+        let early = anyhow::Error::new(shimmer_sys::stop::StopAsked {
+            signal: 15,
+            during: "building the latent cache".into(),
+        })
+        .context("data: domain `v`");
+        assert_eq!(exit_code(&early), 143);
     }
 }

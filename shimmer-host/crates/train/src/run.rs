@@ -103,6 +103,8 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary> {
     // Plugins, data and model first: bad input leaves no run folder behind.
     let (pipeline, mut task, watcher, mut provenance) =
         open_inputs(&p, opts.watch).map_err(|e| crate::build::place_at_key(e, &p.document))?;
+    // A stop asked while the inputs opened ends here, with nothing written.
+    shimmer_sys::stop::check("opening the plugins and data")?;
     crate::build::check_monitors(&p.exp, &pipeline, task.as_mut())?
         .map_err(|e| p.document.invalid_at(&e.key, e.message))?;
     let (run_dir, resuming) = match &p.run_dir {
@@ -171,7 +173,9 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary> {
     match &result {
         Ok(()) => summary.status = RunStatus::Finished,
         Err(e) => {
-            summary.status = if e.downcast_ref::<stop::Stopped>().is_some() {
+            let stopped = e.downcast_ref::<stop::Stopped>().is_some()
+                || e.downcast_ref::<shimmer_sys::stop::StopAsked>().is_some();
+            summary.status = if stopped {
                 RunStatus::Interrupted
             } else {
                 RunStatus::Failed
@@ -356,6 +360,23 @@ impl Run<'_> {
         let mut trainer = Trainer::new(task, optimizer, &exp.training, self.run_dir, tb, callbacks);
         trainer.fast_dev_run = fast_dev_run;
         self.start(&mut trainer, resumed.as_ref())?;
+        // A stop asked before the first step trains none.
+        if let (Some(signal), Some(number)) = (stop.asked(), stop.signal()) {
+            trainer.tb.flush()?;
+            if resumed.is_none() {
+                return Err(shimmer_sys::stop::StopAsked {
+                    signal: number,
+                    during: "starting the run".to_string(),
+                }
+                .into());
+            }
+            return Err(stop::Stopped {
+                signal,
+                step: trainer.position.global_step,
+                run_dir: self.run_dir.path().display().to_string(),
+            }
+            .into());
+        }
         let loaders = Loaders {
             train: &pipeline.train,
             val: pipeline.val.as_ref(),

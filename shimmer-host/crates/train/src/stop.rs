@@ -78,6 +78,9 @@ impl StopRequest {
                     }
                     seen.signal.store(sig as usize, Ordering::SeqCst);
                     seen.asked.store(true, Ordering::SeqCst);
+                    // Work before the training loop (a latent cache being
+                    // built) stops on this too.
+                    shimmer_sys::stop::record(sig);
                     eprintln!(
                         "\n{}: stopping after {} and saving a checkpoint; Ctrl-C again ends at once",
                         seen.asked().unwrap_or("a signal"),
@@ -102,11 +105,20 @@ impl StopRequest {
         if !self.asked.load(Ordering::SeqCst) {
             return None;
         }
+        Some(shimmer_sys::stop::signal_name(
+            self.signal.load(Ordering::SeqCst) as i32,
+        ))
+    }
+
+    /// The number of the signal that asked for a stop, if one did (SIGINT
+    /// for [`StopRequest::ask`]).
+    pub fn signal(&self) -> Option<i32> {
+        if !self.asked.load(Ordering::SeqCst) {
+            return None;
+        }
         Some(match self.signal.load(Ordering::SeqCst) as i32 {
-            SIGINT => "SIGINT (Ctrl-C)",
-            SIGTERM => "SIGTERM",
-            SIGHUP => "SIGHUP",
-            _ => "a stop request",
+            0 => SIGINT,
+            s => s,
         })
     }
 
