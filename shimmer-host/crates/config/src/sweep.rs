@@ -146,7 +146,7 @@ impl SlurmConfig {
     /// `sweep.launcher.slurm.<field>`. `setup` lines are shell by design.
     pub fn check(&self) -> Result<(), CheckError> {
         let fail = |field: &str, v: &str, want: &str| {
-            let v = crate::yaml::shorten(&v.escape_debug().to_string());
+            let v = shimmer_formats::excerpt(v);
             let key = format!("sweep.launcher.slurm.{field}");
             Err(CheckError::new(key, format!("`{v}` is not {want}")))
         };

@@ -17,8 +17,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
-/// File name of the record inside a run folder.
-pub const PROVENANCE_FILE: &str = "provenance.json";
+pub use crate::run_dir::PROVENANCE_FILE;
 
 /// The `shimmer` build running.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -13,6 +13,8 @@ use std::sync::Arc;
 pub const CONFIG_FILE: &str = "config.yaml";
 /// File name of the run summary.
 pub const SUMMARY_FILE: &str = "summary.json";
+/// File name of a run's provenance record (see [`crate::provenance`]).
+pub const PROVENANCE_FILE: &str = "provenance.json";
 
 /// A run folder. One made or opened to train holds its lock (see
 /// [`shimmer_sys::lock`]) for as long as any clone of it lives.
@@ -406,6 +408,29 @@ fn timestamp() -> String {
 pub use shimmer_sys::fs::write_atomic;
 pub use shimmer_sys::time::utc_stamp;
 
+/// What `rel`, a path inside a run folder, is when it is one of the files
+/// the run itself reads or writes.
+fn own_file(rel: &Path) -> Option<&'static str> {
+    let mut parts = rel.components();
+    let first = parts.next()?.as_os_str().to_str().unwrap_or_default();
+    let nested = parts.next().is_some();
+    match first {
+        "checkpoints" => Some("in the checkpoints"),
+        "images" => Some("in the image grids"),
+        _ if nested => None,
+        CONFIG_FILE => Some("the config"),
+        SUMMARY_FILE => Some("the summary"),
+        PROVENANCE_FILE => Some("the provenance record"),
+        crate::logger::SCALARS_FILE => Some("the scalar log"),
+        shimmer_sys::lock::LOCK_FILE => Some("the lock"),
+        f if f.starts_with(shimmer_tensorboard::EVENT_FILE_PREFIX) => {
+            Some("a TensorBoard event file")
+        }
+        f if f.starts_with("eval-") && f.ends_with(".json") => Some("an evaluation report"),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -421,28 +446,5 @@ mod tests {
         assert!(err.to_string().contains("already exists"), "{err}");
         assert!(RunDir::open(a.path()).is_ok());
         assert!(RunDir::open(root.path()).is_err());
-    }
-}
-
-/// What `rel`, a path inside a run folder, is when it is one of the files
-/// the run itself reads or writes.
-fn own_file(rel: &Path) -> Option<&'static str> {
-    let mut parts = rel.components();
-    let first = parts.next()?.as_os_str().to_str().unwrap_or_default();
-    let nested = parts.next().is_some();
-    match first {
-        "checkpoints" => Some("in the checkpoints"),
-        "images" => Some("in the image grids"),
-        _ if nested => None,
-        CONFIG_FILE => Some("the config"),
-        SUMMARY_FILE => Some("the summary"),
-        crate::provenance::PROVENANCE_FILE => Some("the provenance record"),
-        crate::logger::SCALARS_FILE => Some("the scalar log"),
-        shimmer_sys::lock::LOCK_FILE => Some("the lock"),
-        f if f.starts_with(shimmer_tensorboard::EVENT_FILE_PREFIX) => {
-            Some("a TensorBoard event file")
-        }
-        f if f.starts_with("eval-") && f.ends_with(".json") => Some("an evaluation report"),
-        _ => None,
     }
 }

@@ -62,7 +62,7 @@ mod scalar;
 mod tests;
 
 pub use error::{ConfigError, ErrorKind};
-pub(crate) use node::{check_key_depth, shorten};
+pub(crate) use node::check_key_depth;
 pub use origin::Origin;
 
 use serde::de::DeserializeOwned;

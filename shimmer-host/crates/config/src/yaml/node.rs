@@ -93,18 +93,10 @@ pub(crate) fn check_key_depth(key: &str) -> Result<(), String> {
         return Err(format!(
             "the key `{}` has {parts} dotted parts: keys nest at most {MAX_DEPTH} deep \
              (as in YAML files)",
-            shorten(key)
+            shimmer_formats::excerpt(key)
         ));
     }
     Ok(())
-}
-
-/// `text` cut to its first 200 characters, for a message.
-pub(crate) fn shorten(text: &str) -> String {
-    match text.char_indices().nth(200) {
-        Some((at, _)) => format!("{}… ({} characters)", &text[..at], text.chars().count()),
-        None => text.to_string(),
-    }
 }
 
 /// Most values (scalars and collections) one configuration may hold once

@@ -45,7 +45,7 @@ impl fmt::Display for Origin {
                 write!(f, "{}:{line}:{column}", path.display())
             }
             Origin::Override { text } => {
-                write!(f, "command-line override `{}`", super::node::shorten(text))
+                write!(f, "command-line override `{}`", shimmer_formats::excerpt(text))
             }
         }
     }
