@@ -45,7 +45,11 @@ impl fmt::Display for Origin {
                 write!(f, "{}:{line}:{column}", path.display())
             }
             Origin::Override { text } => {
-                write!(f, "command-line override `{}`", shimmer_formats::excerpt(text))
+                write!(
+                    f,
+                    "command-line override `{}`",
+                    shimmer_formats::excerpt(text)
+                )
             }
         }
     }
