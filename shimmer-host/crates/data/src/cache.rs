@@ -13,9 +13,9 @@
 //! reported on a `warning:` line naming the file and why, then rebuilt from
 //! the plugin and rewritten. A special file (a FIFO, a device, a folder) at
 //! a cache file's path is refused: it is not ours to delete, and reading
-//! it would block or never end. The encoded latents must be finite: a
-//! plugin whose encode yields NaN or an infinity is refused, naming the
-//! domain, the split and the item.
+//! it would block or never end. Latents holding NaN or an infinity (data
+//! allowed to, `allow_non_finite`) are cached in memory only, never in a
+//! file, which would read as damaged.
 //!
 //! ```
 //! use shimmer_data::{CachedSource, ItemSource, MemorySource};
@@ -107,7 +107,10 @@ impl CachedSource {
                 }
             }
             let table = encode_split(domain, inner.as_ref(), split, threads)?;
-            if let Some((path, key)) = &file {
+            // Data allowed to hold NaN (`allow_non_finite`) is cached in
+            // memory only: a file with one would read as damaged.
+            let finite = table.iter().all(|v| v.is_finite());
+            if let Some((path, key)) = file.as_ref().filter(|_| finite) {
                 write_cache_file(path, key, inner.latent_dim(), &table).with_context(|| {
                     format!(
                         "domain `{domain}`: cannot write latent cache {}",
@@ -201,8 +204,7 @@ fn table_len(domain: &str, src: &dyn ItemSource, split: Split) -> Result<usize> 
 
 /// Loads and encodes a whole split, `BLOCK_ITEMS` at a time, blocks spread
 /// over `threads` threads. The first failing block (in item order) is
-/// reported, with its failing item; so is the first item whose latent is
-/// not finite (nothing is cached then). A stop signal
+/// reported, with its failing item. A stop signal
 /// ([`shimmer_sys::stop`]) ends it before the next block.
 pub fn encode_split(
     domain: &str,
@@ -256,16 +258,6 @@ pub fn encode_split(
     errors.sort_by_key(|(b, _)| *b);
     if let Some((_, e)) = errors.into_iter().next() {
         return Err(e.context(format!("while caching the {split} latents")));
-    }
-    if let Some(at) = table.iter().position(|v| !v.is_finite()) {
-        bail!(
-            "domain `{domain}` ({}): {split} item {} encodes to a non-finite latent \
-             ({} at position {}): refusing to cache it; the plugin's data or encode is broken",
-            src.describe(),
-            at / dim,
-            table[at],
-            at % dim
-        );
     }
     Ok(table)
 }
@@ -664,7 +656,7 @@ mod tests {
     }
 
     #[test]
-    fn non_finite_latents_are_never_served_nor_cached() {
+    fn non_finite_latents_are_never_read_from_a_file_nor_written_to_one() {
         let dir = tempfile::tempdir().unwrap();
         let path = cache_file(dir.path(), KEY, Split::Train);
         // A file with a valid checksum but NaN values is rebuilt.
@@ -681,8 +673,8 @@ mod tests {
         let mut out = [0.0; 3];
         cached.load_latents(Split::Train, &[1], &mut out).unwrap();
         assert_eq!(out, [3.0, 4.0, 5.0]);
-        // An encode that yields NaN is refused, naming the item, and no
-        // file is written.
+        // An encode that yields NaN (data allowed to hold it) is served
+        // from memory, and no file is written that would read as damaged.
         let other = tempfile::tempdir().unwrap();
         let nan: Arc<dyn ItemSource> = Arc::new(
             MemorySource::from_fn(
@@ -694,15 +686,11 @@ mod tests {
             )
             .with_cache_key(KEY),
         );
-        let err = format!(
-            "{:#}",
-            CachedSource::build("vision", nan, &[Split::Train], Some(other.path()), 2).unwrap_err()
-        );
-        assert!(
-            err.contains("domain `vision`")
-                && err.contains("train item 7 encodes to a non-finite latent (NaN at position 1)"),
-            "{err}"
-        );
+        let cached =
+            CachedSource::build("vision", nan, &[Split::Train], Some(other.path()), 2).unwrap();
+        let mut out = [0.0; 2];
+        cached.load_latents(Split::Train, &[7], &mut out).unwrap();
+        assert!(out[0] == 1.0 && out[1].is_nan(), "{out:?}");
         assert_eq!(std::fs::read_dir(other.path()).unwrap().count(), 0);
     }
 
