@@ -8,6 +8,7 @@ mod callbacks;
 mod common;
 mod data_pipeline;
 mod hotswap;
+mod interop;
 mod parity;
 mod plugins;
 mod refusals;

@@ -78,6 +78,16 @@ pub fn load_training(
         .collect())
 }
 
+/// Every tensor of the safetensors file `path`, on the CPU, through the one
+/// checkpoint reader (regular file, checksum): what [`crate::weights`]
+/// reads a `.safetensors` file with.
+///
+/// # Errors
+/// An unreadable or corrupt file, or one of shimmer's that was altered.
+pub fn read_tensors(path: &Path) -> Result<HashMap<String, Tensor>> {
+    read_on(path, &candle_core::Device::Cpu)
+}
+
 fn read(path: &Path, params: &ParamStore) -> Result<HashMap<String, Tensor>> {
     read_on(path, params.device())
 }
@@ -122,6 +132,26 @@ pub fn load_weights(path: &Path, params: &ParamStore) -> Result<()> {
 /// brought to the host once; the check, the checksum and the file all read
 /// that copy.
 fn write_atomic(path: &Path, tensors: &HashMap<String, Tensor>) -> Result<()> {
+    write_tensors(path, tensors, HashMap::new(), true)
+        .with_context(|| format!("cannot write checkpoint {}", path.display()))
+}
+
+/// Writes `tensors` as one safetensors file at `path`, atomically, with
+/// the mode the umask gives (as every file a run writes), refusing
+/// non-finite values when `finite_only` (weights; predictions of data
+/// allowed to hold NaN may hold it too); its metadata holds `metadata`, the checksum of the
+/// tensors and the writer entry (see [`shimmer_formats::checksum`]), so the
+/// file is checked like a checkpoint wherever it is read back. Exports and
+/// predictions are written by it too.
+///
+/// # Errors
+/// A non-finite value (nothing is written), or a failed write.
+pub fn write_tensors(
+    path: &Path,
+    tensors: &HashMap<String, Tensor>,
+    metadata: HashMap<String, String>,
+    finite_only: bool,
+) -> Result<()> {
     let mut names: Vec<&String> = tensors.keys().collect();
     names.sort();
     let mut sum = shimmer_formats::checksum::TensorChecksum::default();
@@ -130,9 +160,9 @@ fn write_atomic(path: &Path, tensors: &HashMap<String, Tensor>) -> Result<()> {
         let t = &tensors[name];
         let dtype = safetensors::View::dtype(&t);
         let bytes = safetensors::View::data(&t).into_owned();
-        ensure_finite(name, dtype, &bytes).with_context(|| {
+        ensure_finite(name, dtype, &bytes, finite_only).with_context(|| {
             format!(
-                "not writing checkpoint {}: the last one written is kept",
+                "not writing {}: the one written before is kept",
                 path.display()
             )
         })?;
@@ -146,17 +176,23 @@ fn write_atomic(path: &Path, tensors: &HashMap<String, Tensor>) -> Result<()> {
                 .map(|view| (*name, view))
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let metadata = shimmer_formats::checksum::metadata(&sum);
-    shimmer_sys::fs::write_atomic_with(path, |tmp, _| {
-        Ok(safetensors::serialize_to_file(views, Some(metadata), tmp)?)
-    })
-    .with_context(|| format!("cannot write checkpoint {}", path.display()))
+    let mut all = metadata;
+    all.extend(shimmer_formats::checksum::metadata(&sum));
+    // Serialised here and written through the one atomic writer, whose
+    // temporary file takes the umask's mode (safetensors' own file writer
+    // makes a private temporary file and renames it: mode 0600).
+    let bytes = safetensors::serialize(views, Some(all))?;
+    drop(host);
+    shimmer_sys::fs::write_atomic(path, &bytes)
 }
 
 /// Refuses a floating-point tensor (little-endian `bytes` of `dtype`)
 /// holding NaN or an infinity: those are the values whose exponent bits
 /// are all set.
-fn ensure_finite(name: &str, dtype: safetensors::Dtype, bytes: &[u8]) -> Result<()> {
+fn ensure_finite(name: &str, dtype: safetensors::Dtype, bytes: &[u8], check: bool) -> Result<()> {
+    if !check {
+        return Ok(());
+    }
     use safetensors::Dtype;
     let non_finite = match dtype {
         Dtype::F64 => bytes
@@ -411,7 +447,7 @@ mod tests {
     #[test]
     fn non_finite_values_are_found_in_every_float_dtype() {
         use safetensors::Dtype;
-        let check = |dtype, bytes: &[u8]| ensure_finite("t", dtype, bytes).is_ok();
+        let check = |dtype, bytes: &[u8]| ensure_finite("t", dtype, bytes, true).is_ok();
         assert!(check(Dtype::F64, &1.5f64.to_le_bytes()));
         assert!(!check(Dtype::F64, &f64::NAN.to_le_bytes()));
         assert!(check(Dtype::F32, &f32::MAX.to_le_bytes()));

@@ -3,7 +3,8 @@
 //! module and selection ([`gw`]), losses ([`losses`]), the model that ties
 //! them together ([`GlobalWorkspace`]), AdamW and its schedules
 //! ([`optim`]), weight files
-//! under shimmer's names ([`checkpoint`]), devices ([`device`]) and the
+//! under shimmer's names ([`checkpoint`]), weights of every kind a
+//! researcher has, shimmer's and Lightning's included ([`weights`]), devices ([`device`]) and the
 //! replay of shimmer's golden data ([`replay`]).
 //!
 //! On the CPU, the hot spots run as the fused kernels of `shimmer-kernels`
@@ -18,6 +19,7 @@ pub mod ops;
 pub mod optim;
 pub mod params;
 pub mod replay;
+pub mod weights;
 pub mod workspace;
 
 pub use gw::{Batch, DomainSpec, GroupKey, Latents};

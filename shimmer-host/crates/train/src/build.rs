@@ -135,7 +135,7 @@ pub(crate) fn build_from(
             continue;
         }
         let seed = exp.seed.wrapping_add(i as u64 + 1);
-        let model = DomainModel::from_spec(&d.model, input_dim(name)?, &device, seed)
+        let model = DomainModel::from_spec(&d.model, name, input_dim(name)?, &device, seed)
             .with_context(|| format!("domain `{name}`"))?;
         if let Some(space) = spaces.get_mut(name) {
             space.model = Some(model.clone());

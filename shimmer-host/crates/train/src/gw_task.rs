@@ -204,13 +204,51 @@ impl Task for GwTask {
                 }
             }
         }
+        // shimmer's loss module holds the GW module and, beside it, the
+        // domain modules: each of those tensors is in its state dict twice.
         let aliases: Vec<(String, Tensor)> = out
             .iter()
             .filter(|(k, _)| k.starts_with("gw_mod.") || k.starts_with("selection_mod."))
-            .map(|(k, t)| (format!("loss_mod.{k}"), t.clone()))
+            .flat_map(|(k, t)| {
+                let inner = k
+                    .strip_prefix("gw_mod.")
+                    .filter(|rest| rest.starts_with("domain_mods."))
+                    .map(|rest| (format!("loss_mod.{rest}"), t.clone()));
+                std::iter::once((format!("loss_mod.{k}"), t.clone())).chain(inner)
+            })
             .collect();
         out.extend(aliases);
         Ok(out)
+    }
+
+    fn load_weights(&mut self, tensors: &HashMap<String, Tensor>, origin: &str) -> Result<()> {
+        const DOMAINS: &str = "gw_mod.domain_mods.";
+        for (d, space) in &self.spaces {
+            let prefix = format!("{DOMAINS}{d}.");
+            let theirs = shimmer_nn::weights::under(tensors, &prefix);
+            if theirs.is_empty() {
+                // A file of the GW alone: the domain models stay as loaded.
+                continue;
+            }
+            match &space.model {
+                Some(model) => shimmer_nn::weights::load_strict(
+                    model.params(),
+                    &theirs,
+                    &format!("{origin} (domain `{d}`)"),
+                )?,
+                None => anyhow::bail!(
+                    "{origin} holds a module for domain `{d}` ({} tensors under `{prefix}`), \
+                     but the experiment gives `{d}` no model",
+                    theirs.len()
+                ),
+            }
+        }
+        let gw: HashMap<String, Tensor> = tensors
+            .iter()
+            .filter(|(k, _)| !k.starts_with(DOMAINS))
+            .map(|(k, t)| (k.clone(), t.clone()))
+            .collect();
+        shimmer_nn::weights::load_strict(self.gw.params(), &gw, origin)
     }
 
     fn predict(&mut self, batch: &HostBatch) -> Result<IndexMap<String, Tensor>> {
@@ -226,6 +264,13 @@ impl Task for GwTask {
         let mut out = IndexMap::new();
         let mut states = Vec::new();
         for (d, z) in &latents {
+            // The items as the plugin gave them, to join predictions to data.
+            if let Some(space) = self.spaces.get(d) {
+                out.insert(
+                    format!("input/{d}"),
+                    space.plugin_values(group, d, &self.device)?,
+                );
+            }
             out.insert(format!("latent/{d}"), z.clone());
             let single: shimmer_nn::Latents = [(d.clone(), z.clone())].into();
             states.push((d.clone(), module.encode_and_fuse(&single, selection)?));

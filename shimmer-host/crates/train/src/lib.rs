@@ -18,6 +18,7 @@ pub mod grid;
 mod gw_task;
 mod hparams;
 pub mod images;
+pub mod import;
 pub mod logger;
 mod position;
 mod predict;

@@ -10,6 +10,7 @@ use candle_core::{DType, Tensor};
 use indexmap::IndexMap;
 use shimmer_nn::checkpoint;
 use shimmer_plugin_api::Split;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 /// Which run, checkpoint and split to evaluate.
@@ -46,7 +47,8 @@ fn load_model(opts: &EvalOptions) -> Result<(Box<dyn Task>, shimmer_data::DataPi
         None if run.last_checkpoint().exists() => run.last_checkpoint(),
         None => bail!("{} has no checkpoint yet", run.path().display()),
     };
-    checkpoint::load_weights(&checkpoint, task.params())?;
+    let mut task = task;
+    crate::import::load_into(task.as_mut(), &checkpoint, &exp)?;
     Ok((task, pipeline, checkpoint))
 }
 
@@ -114,9 +116,8 @@ pub fn predict(opts: &EvalOptions, out: &Path) -> Result<usize> {
         Tensor::from_vec(items, rows, &candle_core::Device::Cpu)?,
     );
     let tensors: std::collections::HashMap<String, Tensor> = tensors.into_iter().collect();
-    shimmer_sys::fs::write_atomic_with(out, |tmp, _| {
-        Ok(candle_core::safetensors::save(&tensors, tmp)?)
-    })?;
+    // Predictions of data allowed to hold NaN may hold it too.
+    checkpoint::write_tensors(out, &tensors, HashMap::new(), false)?;
     Ok(rows)
 }
 
@@ -129,12 +130,70 @@ pub fn predict(opts: &EvalOptions, out: &Path) -> Result<usize> {
 pub fn export(opts: &EvalOptions, out: &Path) -> Result<(usize, PathBuf)> {
     RunDir::open(&opts.run_dir)?.check_output(out)?;
     let (task, _, checkpoint) = load_model(opts)?;
-    let tensors: std::collections::HashMap<String, Tensor> =
-        task.state_dict()?.into_iter().collect();
+    let state_dict = task.state_dict()?;
+    let run = RunDir::open(&opts.run_dir)?;
+    let loaded = shimmer_config::load(&run.config_file(), &[])?;
+    let metadata = export_metadata(&loaded.config, &loaded.resolved_yaml, &state_dict)?;
+    let tensors: HashMap<String, Tensor> = state_dict.into_iter().collect();
     let n = tensors.len();
-    shimmer_sys::fs::write_atomic_with(out, |tmp, _| {
-        Ok(candle_core::safetensors::save(&tensors, tmp)?)
-    })
-    .with_context(|| format!("cannot write {}", out.display()))?;
+    checkpoint::write_tensors(out, &tensors, metadata, true)
+        .with_context(|| format!("cannot write {}", out.display()))?;
     Ok((n, checkpoint))
+}
+
+/// Metadata key of an export's hyperparameters (JSON).
+pub const HPARAMS_KEY: &str = "shimmer.hparams";
+/// Metadata key of an export's resolved experiment config (YAML).
+pub const CONFIG_KEY: &str = "shimmer.config";
+
+/// What a Python loader needs besides the tensors to build shimmer's
+/// modules: the flavour, workspace and encoder/decoder sizes, each domain's
+/// model settings and latent size (read from the weights), the loss
+/// coefficients (`shimmer.hparams`, JSON), and the whole resolved config
+/// (`shimmer.config`). `format: pt` marks a PyTorch state dict, as
+/// `safetensors.torch` writes it.
+fn export_metadata(
+    exp: &shimmer_config::Experiment,
+    resolved_yaml: &str,
+    state_dict: &IndexMap<String, Tensor>,
+) -> Result<HashMap<String, String>> {
+    let latent_dim = |d: &str| {
+        state_dict
+            .get(&format!("gw_mod.gw_encoders.{d}.0.weight"))
+            .and_then(|w| w.dims().get(1).copied())
+    };
+    let domains: serde_json::Map<String, serde_json::Value> = exp
+        .domains
+        .iter()
+        .map(|(d, cfg)| {
+            Ok((
+                d.clone(),
+                serde_json::json!({
+                    "model": serde_json::to_value(&cfg.model)?,
+                    "latent_dim": latent_dim(d),
+                }),
+            ))
+        })
+        .collect::<Result<_>>()?;
+    let mut hparams = serde_json::json!({
+        "domains": domains,
+        "loss_coefs": serde_json::to_value(&exp.loss.coefs)?,
+    });
+    if let Some(ws) = &exp.workspace {
+        hparams["flavour"] = serde_json::to_value(ws.flavour)?;
+        hparams["workspace_dim"] = ws.dim.into();
+        hparams["encoders"] = serde_json::to_value(&ws.encoders)?;
+        hparams["decoders"] = serde_json::to_value(&ws.decoders)?;
+        hparams["selection"] = serde_json::to_value(ws.selection())?;
+        hparams["activation"] = serde_json::to_value(ws.activation)?;
+        hparams["contrastive"] = serde_json::to_value(&ws.contrastive)?;
+    }
+    if let Some(pretrain) = &exp.pretrain {
+        hparams["pretrain"] = serde_json::to_value(pretrain)?;
+    }
+    Ok(HashMap::from([
+        (HPARAMS_KEY.to_string(), hparams.to_string()),
+        (CONFIG_KEY.to_string(), resolved_yaml.to_string()),
+        ("format".to_string(), "pt".to_string()),
+    ]))
 }

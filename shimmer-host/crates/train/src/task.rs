@@ -134,6 +134,14 @@ pub trait Task {
         Ok(Vec::new())
     }
 
+    /// Loads weights read from any kind of file ([`shimmer_nn::weights`],
+    /// canonical names) into the model, strictly: every parameter there with
+    /// its shape and nothing left over. A GW takes its domain modules' too
+    /// when the file has them (`gw_mod.domain_mods.<d>.*`).
+    fn load_weights(&mut self, tensors: &HashMap<String, Tensor>, origin: &str) -> Result<()> {
+        shimmer_nn::weights::load_strict(self.params(), tensors, origin)
+    }
+
     /// Every tensor of the model under the name shimmer's own
     /// `state_dict()` gives it (`shimmer export`), so that the Python
     /// module loads them with `load_state_dict(strict=True)`.
@@ -178,6 +186,9 @@ impl<T: Task + ?Sized> Task for Box<T> {
     }
     fn state_dict(&self) -> Result<IndexMap<String, Tensor>> {
         (**self).state_dict()
+    }
+    fn load_weights(&mut self, tensors: &HashMap<String, Tensor>, origin: &str) -> Result<()> {
+        (**self).load_weights(tensors, origin)
     }
 }
 

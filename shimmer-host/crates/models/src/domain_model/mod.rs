@@ -202,13 +202,14 @@ impl DomainModel {
     /// honour: it decides whether the parameters are optimised.)
     pub fn from_spec(
         spec: &DomainModelSpec,
+        domain: &str,
         input_dim: usize,
         device: &Device,
         seed: u64,
     ) -> Result<Self> {
         let model = Self::new(&spec.arch, input_dim, device, seed)?;
         if let Some(path) = &spec.checkpoint {
-            model.load(path)?;
+            model.load_for(path, domain)?;
         }
         Ok(model)
     }
@@ -355,7 +356,35 @@ impl DomainModel {
                 path.display()
             );
         }
-        checkpoint::load_weights(path, &self.params).map_err(|err| match self.dims_mismatch(path) {
+        checkpoint::load_weights(path, &self.params).map_err(|err| self.explain(err, path))
+    }
+
+    /// Loads the weights of domain `domain`'s module from `path`, whichever
+    /// kind of weights file it is ([`shimmer_nn::weights`]): this model's
+    /// own checkpoint, a domain module's state dict or Lightning checkpoint,
+    /// or a whole GW's (its `gw_mod.domain_mods.<domain>.*`).
+    ///
+    /// # Errors
+    /// An unreadable file, or weights that do not fit (each named).
+    pub fn load_for(&self, path: &Path, domain: &str) -> Result<()> {
+        if !self.has_params() {
+            bail!(
+                "domain model identity has no weights to load from {}",
+                path.display()
+            );
+        }
+        let weights = shimmer_nn::weights::read(path)?;
+        let tensors = shimmer_nn::weights::domain_module(
+            &shimmer_nn::weights::canonical(&weights.tensors),
+            domain,
+        );
+        shimmer_nn::weights::load_strict(&self.params, &tensors, &path.display().to_string())
+            .map_err(|err| self.explain(err, path))
+    }
+
+    /// `err`, a failed load of `path`, with what is known of why.
+    fn explain(&self, err: anyhow::Error, path: &Path) -> anyhow::Error {
+        match self.dims_mismatch(path) {
             Some(msg) => err.context(msg),
             None => err.context(format!(
                 "cannot load domain model {} for input_dim {} from {}",
@@ -363,7 +392,7 @@ impl DomainModel {
                 self.input_dim,
                 path.display()
             )),
-        })
+        }
     }
 
     /// A sentence explaining why the file at `path` does not fit, when it

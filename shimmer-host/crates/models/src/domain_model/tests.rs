@@ -309,7 +309,7 @@ fn save_load_round_trip_gives_identical_outputs() {
             checkpoint: Some(path.clone()),
             frozen: true,
         };
-        let c = DomainModel::from_spec(&spec, 8, &Device::Cpu, 3).unwrap();
+        let c = DomainModel::from_spec(&spec, "d", 8, &Device::Cpu, 3).unwrap();
         assert_eq!(max_abs_diff(&za, &c.encode(&x).unwrap()), 0.0, "{cfg}");
     }
 }
