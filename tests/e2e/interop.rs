@@ -336,3 +336,58 @@ fn every_file_a_run_writes_takes_the_umasks_mode() {
         }
     }
 }
+
+#[test]
+fn a_warm_start_begins_where_its_weights_left_off() {
+    let tmp = tempfile::tempdir().unwrap();
+    let source = tmp.path().join("source");
+    ok(run_args(&tutorial_args(
+        &source,
+        &["training.max_epochs=1"],
+    )));
+    let best = source.join("checkpoints/best.safetensors");
+    let best_val = crate::run::logged_scalars(&source)
+        .into_iter()
+        .find(|(_, tag, _)| tag == "best/val/loss")
+        .unwrap()
+        .2;
+    let warm = tmp.path().join("warm");
+    let init = format!("workspace.init_from={}", best.display());
+    let out = ok(run_args(&tutorial_args(
+        &warm,
+        &["training.max_epochs=1", &init],
+    )));
+    assert!(
+        stderr(&out).contains("starting from the weights of"),
+        "{}",
+        stderr(&out)
+    );
+    let at_start = crate::run::logged_scalars(&warm)
+        .into_iter()
+        .find(|(step, tag, _)| *step == 0 && tag == "val/loss")
+        .unwrap()
+        .2;
+    assert_eq!(at_start, best_val, "step 0 is where the source ended");
+    let record: Value =
+        serde_json::from_slice(&std::fs::read(warm.join("provenance.json")).unwrap()).unwrap();
+    let digest = Command::new("sha256sum").arg(&best).output().unwrap();
+    let digest = String::from_utf8_lossy(&digest.stdout);
+    assert_eq!(
+        record["init_from"]["sha256"].as_str().unwrap(),
+        digest.split_whitespace().next().unwrap(),
+        "{record}"
+    );
+    // shimmer's own weights of the same GW are a starting point too; its
+    // domain modules are not used.
+    let shimmers = interop().join("lightning/gw_state_dict.safetensors");
+    let init = format!("workspace.init_from={}", shimmers.display());
+    let out = ok(run_args(&tutorial_args(
+        &tmp.path().join("from-shimmer"),
+        &["training.max_epochs=1", &init],
+    )));
+    assert!(
+        stderr(&out).contains("also holds domain modules (domain1, domain2)"),
+        "{}",
+        stderr(&out)
+    );
+}

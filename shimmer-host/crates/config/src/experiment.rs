@@ -576,6 +576,11 @@ pub struct WorkspaceConfig {
     /// Contrastive loss.
     #[serde(default)]
     pub contrastive: ContrastiveConfig,
+    /// Weights a new run starts from (a warm start, with its own optimiser
+    /// and schedule; not a resume): this project's checkpoint or export, a
+    /// shimmer state dict or Lightning checkpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init_from: Option<std::path::PathBuf>,
 }
 
 impl WorkspaceConfig {

@@ -69,6 +69,9 @@ pub struct Provenance {
     /// What changed at each resume, oldest first.
     #[serde(default)]
     pub changes: Vec<String>,
+    /// The weights the run started from (`workspace.init_from`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init_from: Option<FileDigest>,
 }
 
 impl Provenance {
@@ -93,11 +96,21 @@ impl Provenance {
             let file = std::path::absolute(file).unwrap_or_else(|_| file.clone());
             checkpoints.insert(name.clone(), FileDigest { file, sha256 });
         }
+        let init_from = match exp.workspace.as_ref().and_then(|w| w.init_from.as_ref()) {
+            None => None,
+            Some(file) => Some(FileDigest {
+                sha256: shimmer_sys::fs::sha256_file(file).with_context(|| {
+                    format!("workspace.init_from: cannot read {}", file.display())
+                })?,
+                file: std::path::absolute(file).unwrap_or_else(|_| file.clone()),
+            }),
+        };
         Ok(Self {
             host: host_build(),
             plugins,
             checkpoints,
             changes: Vec::new(),
+            init_from,
         })
     }
 
@@ -246,6 +259,7 @@ mod tests {
             )]
             .into(),
             changes: Vec::new(),
+            init_from: None,
         }
     }
 

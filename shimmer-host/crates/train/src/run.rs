@@ -202,6 +202,38 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary> {
     result.map(|()| summary)
 }
 
+/// Loads the GW weights of `file` into a new run's model
+/// (`workspace.init_from`): its GW module strictly; a domain module the file
+/// holds too is left out, the experiment's own (`domains.<d>.model`) are
+/// used, and said so.
+fn warm_start(task: &mut dyn Task, file: &std::path::Path, exp: &Experiment) -> Result<()> {
+    let read = shimmer_nn::weights::read(file)?;
+    if let Some(hp) = &read.hyper_parameters {
+        for note in crate::import::hparam_notes(hp, exp) {
+            eprintln!("note: {}: {note}", file.display());
+        }
+    }
+    let all = shimmer_nn::weights::canonical(&read.tensors);
+    let domains: std::collections::BTreeSet<&str> = all
+        .keys()
+        .filter_map(|k| k.strip_prefix("gw_mod.domain_mods.")?.split('.').next())
+        .collect();
+    if !domains.is_empty() {
+        eprintln!(
+            "note: {} also holds domain modules ({}); the run uses the experiment's own",
+            file.display(),
+            domains.into_iter().collect::<Vec<_>>().join(", ")
+        );
+    }
+    let gw: HashMap<String, candle_core::Tensor> = all
+        .into_iter()
+        .filter(|(k, _)| !k.starts_with("gw_mod.domain_mods."))
+        .collect();
+    task.load_weights(&gw, &format!("workspace.init_from {}", file.display()))?;
+    eprintln!("starting from the weights of {}", file.display());
+    Ok(())
+}
+
 /// What a run folder offers to go on with: the resume command when a
 /// last checkpoint exists, otherwise that there is nothing to resume.
 fn resume_hint(dir: &RunDir) -> String {
@@ -357,9 +389,34 @@ impl Run<'_> {
         } else {
             RunLogger::create(self.run_dir.path())?
         };
+        let mut task = task;
+        if resumed.is_none()
+            && let Some(file) = exp.workspace.as_ref().and_then(|w| w.init_from.as_ref())
+        {
+            warm_start(task.as_mut(), file, exp)?;
+        }
         let mut trainer = Trainer::new(task, optimizer, &exp.training, self.run_dir, tb, callbacks);
         trainer.fast_dev_run = fast_dev_run;
         self.start(&mut trainer, resumed.as_ref())?;
+        if resumed.is_none()
+            && exp
+                .workspace
+                .as_ref()
+                .is_some_and(|w| w.init_from.is_some())
+            && let Some(val) = &pipeline.val
+            && !fast_dev_run
+        {
+            // Where the warm start stands before its first step, as a
+            // validation of the weights it starts from would say.
+            let means = evaluate(&mut trainer.task, val, "val", false)?;
+            for (name, v) in &means {
+                trainer.tb.scalar(name, 0, *v as f32)?;
+            }
+            trainer.tb.flush()?;
+            if let Some(loss) = means.get("val/loss") {
+                eprintln!("step 0  val/loss {loss:.5}  (the weights it starts from)");
+            }
+        }
         // A stop asked before the first step trains none.
         if let (Some(signal), Some(number)) = (stop.asked(), stop.signal()) {
             trainer.tb.flush()?;

@@ -58,8 +58,6 @@ mod origin;
 mod overrides;
 mod parse;
 mod scalar;
-#[cfg(test)]
-mod tests;
 
 pub use error::{ConfigError, ErrorKind};
 pub(crate) use node::check_key_depth;

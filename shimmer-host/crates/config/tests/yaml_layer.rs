@@ -1,10 +1,12 @@
-//! Loading from files: layers, overrides, interpolation and positioned
+//! The YAML layer, from outside: loading from files: layers, overrides, interpolation and positioned
 //! errors, with a small local type and with the real `Experiment`.
 
-use super::*;
-use crate::experiment::Experiment;
 use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use shimmer_config::Experiment;
+use shimmer_config::yaml::*;
 use std::fs;
+use std::path::{Path, PathBuf};
 use tempfile::TempDir;
 
 #[derive(Debug, Deserialize, PartialEq)]
@@ -415,7 +417,20 @@ fn syntax_error_has_file_line_and_column() {
     );
 }
 
-const P1: &str = crate::experiment::P1_TEST_YAML;
+/// A minimal valid experiment (the parity case P1's shape).
+const P1: &str = r#"
+name: p1
+domains:
+  a: { latent_dim: 8 }
+  b: { latent_dim: 16 }
+workspace:
+  flavour: two_domains
+  dim: 16
+loss:
+  coefs: { demi_cycles: 1, cycles: 1.0, translations: 1.0, contrastives: 0.05 }
+optim:
+  scheduler: { type: one_cycle, total_steps: 20 }
+"#;
 
 #[test]
 fn loads_a_real_experiment_with_overrides() {
