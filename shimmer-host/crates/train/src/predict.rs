@@ -182,11 +182,11 @@ fn export_metadata(
     if let Some(ws) = &exp.workspace {
         hparams["flavour"] = serde_json::to_value(ws.flavour)?;
         hparams["workspace_dim"] = ws.dim.into();
-        hparams["encoders"] = serde_json::to_value(&ws.encoders)?;
-        hparams["decoders"] = serde_json::to_value(&ws.decoders)?;
+        hparams["encoders"] = serde_json::to_value(ws.encoders)?;
+        hparams["decoders"] = serde_json::to_value(ws.decoders)?;
         hparams["selection"] = serde_json::to_value(ws.selection())?;
         hparams["activation"] = serde_json::to_value(ws.activation)?;
-        hparams["contrastive"] = serde_json::to_value(&ws.contrastive)?;
+        hparams["contrastive"] = serde_json::to_value(ws.contrastive)?;
     }
     if let Some(pretrain) = &exp.pretrain {
         hparams["pretrain"] = serde_json::to_value(pretrain)?;
