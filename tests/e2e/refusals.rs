@@ -491,6 +491,57 @@ fn plugin_messages_name_what_the_user_wrote() {
     assert_eq!(stderr(&m2.out).matches("No such file").count(), 1);
 }
 
+/// The lines a child writes to stderr, read on a thread of their own so
+/// a test can wait for one while the child runs.
+struct StderrLines {
+    rx: std::sync::mpsc::Receiver<String>,
+    seen: String,
+}
+
+impl StderrLines {
+    /// Takes `child`'s piped stderr.
+    fn of(child: &mut std::process::Child) -> Self {
+        let err = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufRead::lines(std::io::BufReader::new(err)).map_while(Result::ok)
+            {
+                let _ = tx.send(line);
+            }
+        });
+        Self {
+            rx,
+            seen: String::new(),
+        }
+    }
+
+    /// Everything read once a line holds `needle` (fails past [`TIME_LIMIT`]).
+    fn wait_for(&mut self, needle: &str) -> String {
+        let start = Instant::now();
+        while !self.seen.contains(needle) {
+            assert!(
+                start.elapsed() < TIME_LIMIT,
+                "no `{needle}` in: {}",
+                self.seen
+            );
+            if let Ok(line) = self.rx.recv_timeout(Duration::from_millis(100)) {
+                self.seen.push_str(&line);
+                self.seen.push('\n');
+            }
+        }
+        self.seen.clone()
+    }
+
+    /// Everything, once the child closed its stderr.
+    fn rest(mut self) -> String {
+        while let Ok(line) = self.rx.recv_timeout(Duration::from_secs(5)) {
+            self.seen.push_str(&line);
+            self.seen.push('\n');
+        }
+        self.seen
+    }
+}
+
 #[test]
 fn a_hung_plugin_is_named_and_a_second_ctrl_c_ends_the_run_on_record() {
     let tmp = tempfile::tempdir().unwrap();
@@ -523,25 +574,8 @@ fn a_hung_plugin_is_named_and_a_second_ctrl_c_ends_the_run_on_record() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let err = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in std::io::BufRead::lines(std::io::BufReader::new(err)).map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let mut seen = String::new();
-    let mut wait_for = |needle: &str| {
-        let start = Instant::now();
-        while !seen.contains(needle) {
-            assert!(start.elapsed() < TIME_LIMIT, "no `{needle}` in: {seen}");
-            if let Ok(line) = rx.recv_timeout(Duration::from_millis(100)) {
-                seen.push_str(&line);
-                seen.push('\n');
-            }
-        }
-        seen.clone()
-    };
+    let mut lines = StderrLines::of(&mut child);
+    let mut wait_for = |needle: &str| lines.wait_for(needle);
     let hung = "plugin `faulty` (domain `faulty`): load of 8 train items (16, 17, 18, 19, ...)";
     let said = wait_for("warning: still waiting after");
     assert!(said.contains(hung), "{said}");
@@ -622,7 +656,7 @@ fn outputs_never_replace_special_files_links_or_the_runs_own_files() {
         dir.join("checkpoints/../config.yaml"),
     ];
     let cases: Vec<(PathBuf, &str)> = [
-        (PathBuf::from("/dev/null"), "a device"),
+        (PathBuf::from("/dev/null"), "a character device"),
         (fifo.clone(), "a FIFO"),
         (link.clone(), "is a symbolic link"),
         (tmp.path().to_path_buf(), "a folder"),
@@ -691,30 +725,13 @@ fn sigterm_during_the_latent_cache_build_ends_it_within_a_block() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let err = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in std::io::BufRead::lines(std::io::BufReader::new(err)).map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let mut seen = String::new();
-    let start = Instant::now();
+    let mut lines = StderrLines::of(&mut child);
     // The watchdog names the block in flight once it waited a second.
-    while !seen.contains("warning: still waiting after") {
-        assert!(start.elapsed() < TIME_LIMIT, "no hang in: {seen}");
-        if let Ok(line) = rx.recv_timeout(Duration::from_millis(100)) {
-            seen.push_str(&line);
-            seen.push('\n');
-        }
-    }
+    lines.wait_for("warning: still waiting after");
     // SAFETY: signals our own child, not yet reaped.
     unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
     let status = child.wait().unwrap();
-    while let Ok(line) = rx.recv_timeout(Duration::from_secs(5)) {
-        seen.push_str(&line);
-        seen.push('\n');
-    }
+    let seen = lines.rest();
     assert_eq!(status.code(), Some(143), "{seen}");
     let last = seen.trim_end().lines().last().unwrap_or_default();
     assert!(

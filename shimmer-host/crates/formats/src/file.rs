@@ -30,25 +30,34 @@ pub fn open_regular(path: &Path) -> Result<(File, u64)> {
     })?;
     let kind = meta.file_type();
     if !kind.is_file() {
-        let what = if kind.is_dir() {
-            "a folder"
-        } else if kind.is_char_device() {
-            "a character device"
-        } else if kind.is_block_device() {
-            "a block device"
-        } else if kind.is_fifo() {
-            "a FIFO"
-        } else if kind.is_socket() {
-            "a socket"
-        } else {
-            "a special file"
-        };
         return Err(FormatError::new(
             path,
-            format!("is {what}, not a regular file"),
+            format!("is {}, not a regular file", kind_of(kind)),
         ));
     }
     Ok((file, meta.len()))
+}
+
+/// What a file that is not a regular one is, for a message (`a FIFO`,
+/// `a folder`, `a character device`, ...).
+pub fn kind_of(kind: std::fs::FileType) -> &'static str {
+    if kind.is_dir() {
+        "a folder"
+    } else if kind.is_symlink() {
+        "a symbolic link"
+    } else if kind.is_char_device() {
+        "a character device"
+    } else if kind.is_block_device() {
+        "a block device"
+    } else if kind.is_fifo() {
+        "a FIFO"
+    } else if kind.is_socket() {
+        "a socket"
+    } else if kind.is_file() {
+        "a regular file"
+    } else {
+        "a special file"
+    }
 }
 
 /// Reads the whole regular file at `path`, refusing one larger than

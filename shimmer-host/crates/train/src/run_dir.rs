@@ -180,7 +180,6 @@ impl RunDir {
     /// # Errors
     /// What `out` is and why it is refused.
     pub fn check_output(&self, out: &Path) -> Result<()> {
-        use std::os::unix::fs::FileTypeExt;
         if let Ok(meta) = std::fs::symlink_metadata(out) {
             let kind = meta.file_type();
             if kind.is_symlink() {
@@ -194,20 +193,10 @@ impl RunDir {
                 );
             }
             if !kind.is_file() {
-                let what = if kind.is_dir() {
-                    "a folder"
-                } else if kind.is_fifo() {
-                    "a FIFO"
-                } else if kind.is_socket() {
-                    "a socket"
-                } else if kind.is_block_device() || kind.is_char_device() {
-                    "a device"
-                } else {
-                    "not a regular file"
-                };
                 bail!(
-                    "{} is {what}: give the path of a file to write",
-                    out.display()
+                    "{} is {}: give the path of a file to write",
+                    out.display(),
+                    shimmer_formats::file::kind_of(kind)
                 );
             }
         }
