@@ -45,6 +45,40 @@ const MEMO_BYTES: u64 = 64;
 /// Strings up to this length are kept by the scan (global names).
 const TEXT_KEPT: usize = 64;
 
+/// What one kind of file may hold: its bounds, what its messages call it,
+/// and whether PyTorch's opcodes and objects are accepted.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Rules {
+    /// Deepest nesting of containers.
+    pub(crate) depth: u32,
+    /// Most calls (GLOBAL, STACK_GLOBAL, REDUCE, INST, OBJ, NEWOBJ, BINPERSID, ...).
+    pub(crate) calls: u32,
+    /// Bytes one MARK costs the decoder.
+    pub(crate) mark_bytes: u64,
+    /// The file, for messages ("a domain split").
+    pub(crate) what: &'static str,
+    /// How deep such a file nests, for messages.
+    pub(crate) usual_depth: &'static str,
+    /// How many calls such a file makes, for messages.
+    pub(crate) usual_calls: &'static str,
+    /// PyTorch's pickles (`torch.save`): persistent ids (BINPERSID, PERSID)
+    /// are read, and what REDUCE, NEWOBJ or BUILD make is an object that
+    /// keeps its arguments and state and takes items (an `OrderedDict`, a
+    /// dict subclass), as an interpreter that calls nothing builds it.
+    pub(crate) torch: bool,
+}
+
+/// The rules of shimmer-ssd's domain splits, decoded by `serde-pickle`.
+pub(crate) const DOMAIN_SPLIT: Rules = Rules {
+    depth: MAX_DEPTH,
+    calls: MAX_CALLS,
+    mark_bytes: MARK_BYTES,
+    what: "a domain split",
+    usual_depth: "about 6",
+    usual_calls: "a few per group",
+    torch: false,
+};
+
 /// The kinds of value `serde-pickle` distinguishes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Kind {
@@ -58,6 +92,8 @@ enum Kind {
     FrozenSet,
     Dict,
     Global(Global),
+    /// What a call builds in a PyTorch pickle (see [`Rules::torch`]).
+    Object,
 }
 
 /// The globals `serde-pickle` knows (its `Global`).
@@ -86,6 +122,7 @@ impl Kind {
             Kind::FrozenSet => "a frozenset",
             Kind::Dict => "a dict",
             Kind::Global(_) => "a global",
+            Kind::Object => "an object",
         }
     }
 }
@@ -187,13 +224,20 @@ struct Scan<'a> {
     spent: u64,
     budget: u64,
     calls: u32,
+    rules: Rules,
 }
 
 type Step<T = ()> = std::result::Result<T, String>;
 
 /// Walks the pickle `data` (up to its STOP) and returns what decoding it
-/// costs, or why it is refused: `budget` bytes materialised at most.
+/// costs, or why it is refused: `budget` bytes materialised at most, under
+/// the rules of a domain split.
 pub(crate) fn scan(data: &[u8], budget: u64) -> Step<Scanned> {
+    scan_with(data, budget, DOMAIN_SPLIT)
+}
+
+/// [`scan`] under the given rules.
+pub(crate) fn scan_with(data: &[u8], budget: u64, rules: Rules) -> Step<Scanned> {
     let mut s = Scan {
         data,
         pos: 0,
@@ -204,6 +248,7 @@ pub(crate) fn scan(data: &[u8], budget: u64) -> Step<Scanned> {
         spent: 0,
         budget,
         calls: 0,
+        rules,
     };
     s.run()?;
     Ok(Scanned { bytes: s.spent })
@@ -218,8 +263,8 @@ impl Scan<'_> {
         self.spent = self.spent.saturating_add(bytes);
         if self.spent > self.budget {
             return self.fail(format_args!(
-                "decoding it would materialise more than {} bytes, more than a domain split of this size needs",
-                self.budget
+                "decoding it would materialise more than {} bytes, more than {} of this size needs",
+                self.budget, self.rules.what
             ));
         }
         Ok(())
@@ -227,9 +272,15 @@ impl Scan<'_> {
 
     fn call(&mut self) -> Step {
         self.calls += 1;
-        if self.calls > MAX_CALLS {
+        let Rules {
+            calls,
+            what,
+            usual_calls,
+            ..
+        } = self.rules;
+        if self.calls > calls {
             return self.fail(format_args!(
-                "it makes more than {MAX_CALLS} calls (GLOBAL, REDUCE, ...); a domain split makes a few per group"
+                "it makes more than {calls} calls (GLOBAL, REDUCE, ...); {what} makes {usual_calls}"
             ));
         }
         Ok(())
@@ -289,11 +340,9 @@ impl Scan<'_> {
 
     fn push(&mut self, slot: Slot) -> Step {
         if let Slot::Val(s) = &slot
-            && s.flat.depth > MAX_DEPTH
+            && s.flat.depth > self.rules.depth
         {
-            return self.fail(format_args!(
-                "containers nest deeper than {MAX_DEPTH} levels; a domain split nests about 6"
-            ));
+            return self.fail(self.too_deep());
         }
         self.stack.push(slot);
         Ok(())
@@ -303,6 +352,16 @@ impl Scan<'_> {
     fn push_new(&mut self, kind: Kind, bytes: u64) -> Step {
         self.spend(bytes)?;
         self.push(Slot::Val(Summary::plain(kind, bytes)))
+    }
+
+    fn too_deep(&self) -> String {
+        let Rules {
+            depth,
+            what,
+            usual_depth,
+            ..
+        } = self.rules;
+        format!("containers nest deeper than {depth} levels; {what} nests {usual_depth}")
     }
 
     fn pop(&mut self) -> Step<Slot> {
@@ -379,8 +438,10 @@ impl Scan<'_> {
     fn extend_top(&mut self, kind: Kind, bytes: u64, depth: u32, overhead: u64) -> Step {
         self.spend(overhead)?;
         let at = self.at;
+        let max_depth = self.rules.depth;
+        let deep = self.too_deep();
         let top = self.top_mut()?;
-        if top.kind != kind {
+        if top.kind != kind && top.kind != Kind::Object {
             let found = top.kind.name();
             return Err(format!(
                 "an opcode adds to {found}, where it needs {} (at byte {at} of the pickle)",
@@ -389,10 +450,8 @@ impl Scan<'_> {
         }
         top.bytes = top.bytes.saturating_add(bytes).saturating_add(overhead);
         top.depth = top.depth.max(depth.saturating_add(1));
-        if top.depth > MAX_DEPTH {
-            return Err(format!(
-                "containers nest deeper than {MAX_DEPTH} levels; a domain split nests about 6 (at byte {at} of the pickle)"
-            ));
+        if top.depth > max_depth {
+            return Err(format!("{deep} (at byte {at} of the pickle)"));
         }
         Ok(())
     }
@@ -438,7 +497,8 @@ impl Scan<'_> {
     fn binary_int(&mut self, len: u64) -> Step {
         if len > MAX_INT_DIGITS as u64 {
             return self.fail(format_args!(
-                "it holds an integer of {len} bytes; a domain split's fit in 8 (at most {MAX_INT_DIGITS} are read)"
+                "it holds an integer of {len} bytes; {}'s fit in 8 (at most {MAX_INT_DIGITS} are read)",
+                self.rules.what
             ));
         }
         self.take(len)?;
@@ -451,7 +511,8 @@ impl Scan<'_> {
         let len = rest.iter().position(|&b| b == b'\n').unwrap_or(rest.len());
         if len > MAX_INT_DIGITS + 2 {
             return self.fail(format_args!(
-                "it holds a number written in {len} characters; a domain split's have at most 20 digits (at most {MAX_INT_DIGITS} are read)"
+                "it holds a number written in {len} characters; {}'s have at most 20 digits (at most {MAX_INT_DIGITS} are read)",
+                self.rules.what
             ));
         }
         let text = self.line(None)?;
@@ -546,6 +607,9 @@ impl Scan<'_> {
                 callee.flat.kind.name()
             ));
         };
+        if self.rules.torch {
+            return self.push_object(vec![Slot::Val(callee), Slot::Val(args)]);
+        }
         let [first, before_last, last] = match args.info.as_deref() {
             Some(Info::Tuple(e)) => *e,
             _ => [None, None, None],
@@ -600,6 +664,17 @@ impl Scan<'_> {
         }))
     }
 
+    /// Pushes the object a call builds of `parts` (its callee, arguments
+    /// and state), each resolved, as an interpreter that keeps them does.
+    fn push_object(&mut self, parts: Vec<Slot>) -> Step {
+        let mut resolved = Vec::with_capacity(parts.len());
+        for part in parts {
+            resolved.push(Slot::Val(self.resolve(part)?));
+        }
+        let s = self.container(Kind::Object, &resolved, 0)?;
+        self.push(Slot::Val(s))
+    }
+
     fn run(&mut self) -> Step {
         loop {
             self.at = self.pos;
@@ -623,7 +698,7 @@ impl Scan<'_> {
                 }
                 // MARK
                 b'(' => {
-                    self.spend(MARK_BYTES)?;
+                    self.spend(self.rules.mark_bytes)?;
                     self.marks.push(self.stack.len());
                 }
                 // POP
@@ -870,20 +945,43 @@ impl Scan<'_> {
                 0x81 | 0x92 => {
                     self.call()?;
                     let n = if op == 0x81 { 2 } else { 3 };
+                    let mut parts = Vec::with_capacity(n);
                     for _ in 0..n {
-                        self.pop()?;
+                        parts.push(self.pop()?);
                     }
-                    self.push_new(Kind::Dict, VALUE_BYTES)?;
+                    if self.rules.torch {
+                        self.push_object(parts)?;
+                    } else {
+                        self.push_new(Kind::Dict, VALUE_BYTES)?;
+                    }
                 }
-                // BUILD: the state replaces the object.
+                // BUILD: the state replaces the object (for PyTorch, it is
+                // kept with the object).
                 b'b' => {
                     let state = self.pop()?;
-                    self.pop()?;
-                    self.push(state)?;
+                    let object = self.pop()?;
+                    if self.rules.torch {
+                        self.push_object(vec![object, state])?;
+                    } else {
+                        self.push(state)?;
+                    }
+                }
+                // BINPERSID, PERSID (PyTorch's storages): an object
+                // standing for the id.
+                b'Q' if self.rules.torch => {
+                    self.call()?;
+                    let id = self.pop()?;
+                    self.push_object(vec![id])?;
+                }
+                b'P' if self.rules.torch => {
+                    self.call()?;
+                    let len = self.line(Some(MAX_NAME_BYTES))?.len() as u64;
+                    self.push_new(Kind::Object, VALUE_BYTES + len)?;
                 }
                 other => {
                     return self.fail(format_args!(
-                        "it uses pickle opcode 0x{other:02x}, which is not read (a domain split does not need it)"
+                        "it uses pickle opcode 0x{other:02x}, which is not read ({} does not need it)",
+                        self.rules.what
                     ));
                 }
             }
@@ -963,6 +1061,39 @@ mod tests {
             p.push(b'.');
             assert_eq!(scan(&p, BUDGET).is_ok(), ok, "{levels}");
         }
+    }
+
+    #[test]
+    fn torch_rules_read_persistent_ids_and_objects_that_take_items() {
+        // OrderedDict() taking an item whose value is a
+        // _rebuild_tensor_v2 call on a persistent id, then BUILD.
+        let mut p = b"\x80\x02ccollections\nOrderedDict\nq\x00)Rq\x01(X\x01\x00\x00\x00w".to_vec();
+        p.extend(
+            b"ctorch._utils\n_rebuild_tensor_v2\n((X\x07\x00\x00\x00storagectorch\nFloatStorage\n",
+        );
+        p.extend(
+            b"X\x01\x00\x00\x000X\x03\x00\x00\x00cpuK\x04tQK\x00K\x04\x85K\x01\x85\x89)tRu}b.",
+        );
+        let torch = Rules {
+            torch: true,
+            ..DOMAIN_SPLIT
+        };
+        scan_with(&p, BUDGET, torch).unwrap();
+        let e = scan(&p, BUDGET).unwrap_err();
+        assert!(e.starts_with("it uses pickle opcode 0x51"), "{e}");
+        // Objects keep their arguments: nesting them is bounded too.
+        let mut p = b"\x80\x02".to_vec();
+        for _ in 0..100 {
+            p.extend(b"cm\nf\n");
+        }
+        p.extend(b")");
+        p.extend(b"\x85R".repeat(100));
+        p.push(b'.');
+        let e = scan_with(&p, BUDGET, torch).unwrap_err();
+        assert!(
+            e.starts_with("containers nest deeper than 64 levels"),
+            "{e}"
+        );
     }
 
     #[test]
