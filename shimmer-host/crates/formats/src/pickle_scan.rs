@@ -456,13 +456,26 @@ impl Scan<'_> {
         Ok(())
     }
 
+    /// Bytes and depth `slot` adds to a container holding it. An
+    /// interpreter of PyTorch's rules copies a memo reference into the
+    /// container: it weighs what it refers to.
+    fn weigh(&self, slot: &Slot) -> Step<(u64, u32)> {
+        match slot {
+            Slot::Ref(id) if self.rules.torch => {
+                let flat = self.memo_get(*id)?.flat;
+                Ok((flat.bytes, flat.depth))
+            }
+            _ => Ok(slot.weight()),
+        }
+    }
+
     /// A container of `kind` holding `items` (their memory moved, the
     /// container's array `fresh` new bytes).
     fn container(&mut self, kind: Kind, items: &[Slot], fresh: u64) -> Step<Summary> {
         self.spend(VALUE_BYTES.saturating_add(fresh))?;
         let mut flat = Flat::new(kind, VALUE_BYTES);
         for item in items {
-            let (bytes, depth) = item.weight();
+            let (bytes, depth) = self.weigh(item)?;
             flat.bytes = flat.bytes.saturating_add(bytes);
             flat.depth = flat.depth.max(depth.saturating_add(1));
         }
@@ -884,12 +897,12 @@ impl Scan<'_> {
                 // APPEND, SETITEM
                 b'a' | b's' => {
                     let value = self.pop()?;
-                    let (mut bytes, mut depth) = value.weight();
+                    let (mut bytes, mut depth) = self.weigh(&value)?;
                     let kind = if op == b'a' {
                         Kind::List
                     } else {
                         let key = self.pop()?;
-                        let (b, d) = key.weight();
+                        let (b, d) = self.weigh(&key)?;
                         bytes = bytes.saturating_add(b);
                         depth = depth.max(d);
                         Kind::Dict
@@ -907,7 +920,7 @@ impl Scan<'_> {
                     };
                     let (mut bytes, mut depth) = (0u64, 0u32);
                     for item in &items {
-                        let (b, d) = item.weight();
+                        let (b, d) = self.weigh(item)?;
                         bytes = bytes.saturating_add(b);
                         depth = depth.max(d);
                     }
@@ -1081,6 +1094,21 @@ mod tests {
         scan_with(&p, BUDGET, torch).unwrap();
         let e = scan(&p, BUDGET).unwrap_err();
         assert!(e.starts_with("it uses pickle opcode 0x51"), "{e}");
+        // Memo references are copied into containers: a chain of lists
+        // each holding the previous one nests as deep as it is long.
+        let mut p = b"\x80\x02]\x94".to_vec();
+        for i in 0..100u32 {
+            p.extend(b"]j");
+            p.extend(i.to_le_bytes());
+            p.extend(b"a\x94");
+        }
+        p.push(b'.');
+        scan(&p, BUDGET).unwrap();
+        let e = scan_with(&p, BUDGET, torch).unwrap_err();
+        assert!(
+            e.starts_with("containers nest deeper than 64 levels"),
+            "{e}"
+        );
         // Objects keep their arguments: nesting them is bounded too.
         let mut p = b"\x80\x02".to_vec();
         for _ in 0..100 {
