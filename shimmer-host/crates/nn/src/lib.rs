@@ -4,7 +4,9 @@
 //! them together ([`GlobalWorkspace`]), AdamW and its schedules
 //! ([`optim`]), weight files
 //! under shimmer's names ([`checkpoint`]), weights of every kind a
-//! researcher has, shimmer's and Lightning's included ([`weights`]), devices ([`device`]) and the
+//! researcher has, shimmer's and Lightning's included ([`weights`]), PyTorch and
+//! Lightning checkpoints read without running their pickle
+//! ([`torch_checkpoint`]), devices ([`device`]) and the
 //! replay of shimmer's golden data ([`replay`]).
 //!
 //! On the CPU, the hot spots run as the fused kernels of `shimmer-kernels`
@@ -19,6 +21,7 @@ pub mod ops;
 pub mod optim;
 pub mod params;
 pub mod replay;
+pub mod torch_checkpoint;
 pub mod weights;
 pub mod workspace;
 
