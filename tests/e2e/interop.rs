@@ -358,7 +358,7 @@ fn a_warm_start_begins_where_its_weights_left_off() {
         &["training.max_epochs=1", &init],
     )));
     assert!(
-        stderr(&out).contains("starting from the weights of"),
+        stderr(&out).contains("(workspace.init_from)"),
         "{}",
         stderr(&out)
     );
@@ -390,4 +390,36 @@ fn a_warm_start_begins_where_its_weights_left_off() {
         "{}",
         stderr(&out)
     );
+}
+
+#[test]
+fn a_warm_start_that_does_not_fit_is_refused_by_validate_at_its_key() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ckpt = interop().join("lightning/gw_state_dict.safetensors");
+    let init = format!("workspace.init_from={}", ckpt.display());
+    let dir = tmp.path().join("run");
+    let mut args = tutorial_args(&dir, &["workspace.dim=12", &init]);
+    // `validate` takes the experiment and overrides, not --run-dir.
+    args.drain(1..3);
+    let out = common::shimmer()
+        .arg("validate")
+        .args(&args)
+        .current_dir(common::workspace_root())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("workspace.init_from") && err.contains("does not fit the model"),
+        "{err}"
+    );
+    let mut run = vec!["run".to_string()];
+    run.extend(tutorial_args(&dir, &["workspace.dim=12", &init]));
+    let out = common::shimmer()
+        .args(&run)
+        .current_dir(common::workspace_root())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(!dir.exists(), "a run folder was left");
 }

@@ -264,6 +264,7 @@ pub fn validate(experiment: &Path, overrides: &[String]) -> Result<String> {
         build(exp, &base_dir(Some(experiment))).map_err(|e| place_at_key(e, &loaded.document))?;
     check_monitors(exp, &pipeline, task.as_mut())?
         .map_err(|e| loaded.invalid_at(&e.key, e.message))?;
+    crate::import::warm_start(task.as_mut(), exp, &loaded.document)?;
     let steps = total_steps(&exp.training, pipeline.train.len())?;
     let mut report = format!(
         "{}: ok\n  domains      {}\n  model        {}\n  device       {}\n  training     {} batches per epoch, {steps} steps\n",

@@ -37,6 +37,47 @@ pub fn load_into(task: &mut dyn Task, path: &Path, exp: &Experiment) -> Result<(
     )
 }
 
+/// Loads the GW weights of `workspace.init_from`, when set, into a new
+/// run's model (and `validate`'s): its GW module strictly; a domain module the file
+/// holds too is left out, the experiment's own (`domains.<d>.model`) are
+/// used, and said so.
+pub fn warm_start(
+    task: &mut dyn Task,
+    exp: &Experiment,
+    document: &shimmer_config::Document,
+) -> Result<()> {
+    let Some(file) = exp.workspace.as_ref().and_then(|w| w.init_from.as_ref()) else {
+        return Ok(());
+    };
+    let at_key = |e: anyhow::Error| document.invalid_at("workspace.init_from", format!("{e:#}"));
+    let read = weights::read(file).map_err(at_key)?;
+    if let Some(hp) = &read.hyper_parameters {
+        for note in hparam_notes(hp, exp) {
+            eprintln!("note: {}: {note}", file.display());
+        }
+    }
+    let all = weights::canonical(&read.tensors);
+    let domains: std::collections::BTreeSet<&str> = all
+        .keys()
+        .filter_map(|k| k.strip_prefix("gw_mod.domain_mods.")?.split('.').next())
+        .collect();
+    if !domains.is_empty() {
+        eprintln!(
+            "note: {} also holds domain modules ({}); the run uses the experiment's own",
+            file.display(),
+            domains.into_iter().collect::<Vec<_>>().join(", ")
+        );
+    }
+    let gw: std::collections::HashMap<String, candle_core::Tensor> = all
+        .into_iter()
+        .filter(|(k, _)| !k.starts_with("gw_mod.domain_mods."))
+        .collect();
+    task.load_weights(&gw, &file.display().to_string())
+        .map_err(at_key)?;
+    eprintln!("GW weights from {} (workspace.init_from)", file.display());
+    Ok(())
+}
+
 /// Each of shimmer's `hyper_parameters` (a Lightning checkpoint's) that
 /// differs from the experiment's setting: workspace size, loss
 /// coefficients, learning rate, weight decay.

@@ -107,6 +107,9 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary> {
     shimmer_sys::stop::check("opening the plugins and data")?;
     crate::build::check_monitors(&p.exp, &pipeline, task.as_mut())?
         .map_err(|e| p.document.invalid_at(&e.key, e.message))?;
+    if p.run_dir.is_none() {
+        crate::import::warm_start(task.as_mut(), &p.exp, &p.document)?;
+    }
     let (run_dir, resuming) = match &p.run_dir {
         Some(dir) => {
             let record = provenance.compare_with_run(dir, opts.allow_changed_checkpoints)?;
@@ -200,38 +203,6 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary> {
         }));
     }
     result.map(|()| summary)
-}
-
-/// Loads the GW weights of `file` into a new run's model
-/// (`workspace.init_from`): its GW module strictly; a domain module the file
-/// holds too is left out, the experiment's own (`domains.<d>.model`) are
-/// used, and said so.
-fn warm_start(task: &mut dyn Task, file: &std::path::Path, exp: &Experiment) -> Result<()> {
-    let read = shimmer_nn::weights::read(file)?;
-    if let Some(hp) = &read.hyper_parameters {
-        for note in crate::import::hparam_notes(hp, exp) {
-            eprintln!("note: {}: {note}", file.display());
-        }
-    }
-    let all = shimmer_nn::weights::canonical(&read.tensors);
-    let domains: std::collections::BTreeSet<&str> = all
-        .keys()
-        .filter_map(|k| k.strip_prefix("gw_mod.domain_mods.")?.split('.').next())
-        .collect();
-    if !domains.is_empty() {
-        eprintln!(
-            "note: {} also holds domain modules ({}); the run uses the experiment's own",
-            file.display(),
-            domains.into_iter().collect::<Vec<_>>().join(", ")
-        );
-    }
-    let gw: HashMap<String, candle_core::Tensor> = all
-        .into_iter()
-        .filter(|(k, _)| !k.starts_with("gw_mod.domain_mods."))
-        .collect();
-    task.load_weights(&gw, &format!("workspace.init_from {}", file.display()))?;
-    eprintln!("starting from the weights of {}", file.display());
-    Ok(())
 }
 
 /// What a run folder offers to go on with: the resume command when a
@@ -389,12 +360,6 @@ impl Run<'_> {
         } else {
             RunLogger::create(self.run_dir.path())?
         };
-        let mut task = task;
-        if resumed.is_none()
-            && let Some(file) = exp.workspace.as_ref().and_then(|w| w.init_from.as_ref())
-        {
-            warm_start(task.as_mut(), file, exp)?;
-        }
         let mut trainer = Trainer::new(task, optimizer, &exp.training, self.run_dir, tb, callbacks);
         trainer.fast_dev_run = fast_dev_run;
         self.start(&mut trainer, resumed.as_ref())?;
