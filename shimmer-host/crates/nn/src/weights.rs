@@ -46,9 +46,16 @@ pub struct Weights {
 /// # Errors
 /// An unreadable, corrupt or unknown file, named with the cause.
 pub fn read(path: &Path) -> Result<Weights> {
-    // TORCH-READER
-    if is_zip(path) {
-        bail!("{}: PyTorch checkpoints are not read yet", path.display());
+    if crate::torch_checkpoint::is_torch_checkpoint(path)? {
+        let ckpt = crate::torch_checkpoint::read(path)?;
+        return Ok(Weights {
+            tensors: ckpt.tensors.into_iter().collect(),
+            hyper_parameters: ckpt.hyper_parameters,
+            kind: WeightsKind::Torch {
+                lightning: ckpt.lightning_version,
+                migrations: ckpt.migrations_applied,
+            },
+        });
     }
     Ok(Weights {
         tensors: crate::checkpoint::read_tensors(path)?,
@@ -109,14 +116,6 @@ pub fn under(tensors: &HashMap<String, Tensor>, prefix: &str) -> HashMap<String,
         .iter()
         .filter_map(|(k, t)| Some((k.strip_prefix(prefix)?.to_string(), t.clone())))
         .collect()
-}
-
-fn is_zip(path: &Path) -> bool {
-    let mut head = [0u8; 4];
-    std::fs::File::open(path)
-        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut head))
-        .is_ok()
-        && head == *b"PK\x03\x04"
 }
 
 /// Most problems one error lists (the rest are counted).
