@@ -8,6 +8,8 @@
 //! * [`image`]: PNG images and folders of `{index}.png`, to `f32` in
 //!   [0, 1] channels first; RGB images to PNG bytes;
 //! * [`domain_split`]: shimmer-ssd's pickled domain-split files;
+//! * [`torch_zip`]: PyTorch zip checkpoints (`torch.save`, Lightning's
+//!   `.ckpt`) read without running their pickle, as plain data;
 //! * [`file`]: only regular files, under size caps.
 //!
 //! Every error names the file and the problem ([`FormatError`]).
@@ -34,6 +36,7 @@ mod pickle_scan;
 pub mod safetensors_file;
 #[cfg(test)]
 mod test_util;
+pub mod torch_zip;
 
 pub use array::{Layout, NumArray};
 pub use domain_split::{DomainSplit, SplitEntry};
