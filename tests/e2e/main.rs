@@ -11,6 +11,7 @@ mod hotswap;
 mod interop;
 mod parity;
 mod plugins;
+mod readme;
 mod refusals;
 mod refusals_files;
 mod refusals_input;
