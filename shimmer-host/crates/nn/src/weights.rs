@@ -23,7 +23,7 @@ pub enum WeightsKind {
     Torch {
         /// `pytorch-lightning_version`, when present.
         lightning: Option<String>,
-        /// shimmer's checkpoint migrations applied while reading it.
+        /// shimmer's checkpoint migrations that changed it while it was read.
         migrations: Vec<String>,
     },
 }
