@@ -33,9 +33,12 @@ def main(export, checkpoint, predictions, domains):
         name, path = spec.split("=", 1)
         for k, v in load_file(path).items():
             expected[f"gw_mod.domain_mods.{name}.{k}"] = v
+    # shimmer's loss module holds the GW module and the domain modules.
     for k in list(expected):
         if k.startswith(("gw_mod.", "selection_mod.")):
             expected["loss_mod." + k] = expected[k]
+        if k.startswith("gw_mod.domain_mods."):
+            expected["loss_mod." + k[len("gw_mod."):]] = expected[k]
     if sorted(out) != sorted(expected):
         sys.exit(f"names differ: extra {sorted(set(out) - set(expected))}, missing {sorted(set(expected) - set(out))}")
     for k, v in expected.items():
@@ -46,6 +49,13 @@ def main(export, checkpoint, predictions, domains):
     worst = 0.0
     for src in names:
         z = pred[f"latent/{src}"]
+        # The items as given, through the exported domain module (a linear
+        # encoder in the tutorial), are the latents.
+        w = out.get(f"gw_mod.domain_mods.{src}.encoder.weight")
+        if w is not None:
+            x = pred[f"input/{src}"]
+            latent = x @ w.T + out[f"gw_mod.domain_mods.{src}.encoder.bias"]
+            worst = max(worst, float(np.abs(latent - z).max()))
         state = np.tanh(mlp(out, f"gw_mod.gw_encoders.{src}.", z))
         worst = max(worst, float(np.abs(state - pred[f"gw/{src}"]).max()))
         for dst in names:

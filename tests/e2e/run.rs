@@ -741,7 +741,7 @@ fn export_writes_shimmers_state_dict_that_numpy_recomputes() {
     };
     let said = shimmer(&["export", d]);
     let export = dir.join("shimmer-state-dict.safetensors");
-    assert!(said.contains("65 tensors"), "{said}");
+    assert!(said.contains("73 tensors"), "{said}");
     let predictions = dir.join("predictions.safetensors");
     shimmer(&["predict", d, "--out", predictions.to_str().unwrap()]);
     let mut check = Command::new(common::test_python());
