@@ -967,34 +967,32 @@ impl<'a> Interp<'a> {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// Builders of PyTorch-like pickles and zips, for the tests of this crate
+/// and of the crates that read checkpoints through it (feature
+/// `test-fixtures`). They panic on I/O errors: test code only.
+#[cfg(any(test, feature = "test-fixtures"))]
+#[allow(clippy::unwrap_used, clippy::missing_panics_doc)]
+pub mod fixtures {
     use std::io::Write;
+    use std::path::{Path, PathBuf};
 
-    fn shared(name: &str) -> std::path::PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../../../../shared/interop/lightning")
-            .join(name)
-    }
-
-    /// BINUNICODE.
-    fn s(text: &str) -> Vec<u8> {
+    /// A pickled string (BINUNICODE).
+    pub fn s(text: &str) -> Vec<u8> {
         let mut out = b"X".to_vec();
         out.extend((text.len() as u32).to_le_bytes());
         out.extend(text.as_bytes());
         out
     }
 
-    /// BININT.
-    fn int(v: i32) -> Vec<u8> {
+    /// A pickled int (BININT).
+    pub fn int(v: i32) -> Vec<u8> {
         let mut out = b"J".to_vec();
         out.extend(v.to_le_bytes());
         out
     }
 
     /// A `_rebuild_tensor_v2` call as `torch.save` pickles it.
-    fn tensor_call(
+    pub fn tensor_call(
         class: &str,
         key: &str,
         stored: i32,
@@ -1020,7 +1018,7 @@ mod tests {
     }
 
     /// An OrderedDict of `(name, pickled value)`.
-    fn ordered_dict(entries: &[(&str, Vec<u8>)]) -> Vec<u8> {
+    pub fn ordered_dict(entries: &[(&str, Vec<u8>)]) -> Vec<u8> {
         let mut p = b"ccollections\nOrderedDict\nq\x00)Rq\x01(".to_vec();
         for (name, value) in entries {
             p.extend(s(name));
@@ -1030,9 +1028,9 @@ mod tests {
         p
     }
 
-    /// A zip of stored entries, written to a temporary folder.
-    fn zip_file(dir: &tempfile::TempDir, entries: &[(&str, &[u8])]) -> std::path::PathBuf {
-        let path = dir.path().join("x.pt");
+    /// A zip of stored entries, written as `dir/x.pt`.
+    pub fn zip_file(dir: &Path, entries: &[(&str, &[u8])]) -> PathBuf {
+        let path = dir.join("x.pt");
         let mut w = zip::ZipWriter::new(std::fs::File::create(&path).unwrap());
         let opts = zip::write::SimpleFileOptions::default()
             .compression_method(zip::CompressionMethod::Stored);
@@ -1044,11 +1042,47 @@ mod tests {
         path
     }
 
-    fn pt(
-        dir: &tempfile::TempDir,
-        pickle: &[u8],
-        storages: &[(&str, &[u8])],
-    ) -> std::path::PathBuf {
+    /// A plain `torch.save` of a state dict in `dir`, in this order:
+    /// `z.half` f16 `[1.5, -2.0]`; `a.double` f64 `[[3.0], [7.0]]` (storage
+    /// offset 1); `m.num_batches_tracked` an int64 scalar `-1` (offset 1);
+    /// `b.mask` bool `[true, false]`.
+    pub fn plain_state_dict(dir: &Path) -> PathBuf {
+        let f16: Vec<u8> = [0x3e00u16, 0xc000]
+            .iter()
+            .flat_map(|x| x.to_le_bytes())
+            .collect();
+        let f64s: Vec<u8> = [0.25f64, 3.0, 7.0]
+            .iter()
+            .flat_map(|x| x.to_le_bytes())
+            .collect();
+        let longs: Vec<u8> = [5i64, -1].iter().flat_map(|x| x.to_le_bytes()).collect();
+        let pickle = [
+            b"\x80\x02".to_vec(),
+            ordered_dict(&[
+                ("z.half", tensor_call("HalfStorage", "0", 2, 0, &[2], &[1])),
+                (
+                    "a.double",
+                    tensor_call("DoubleStorage", "1", 3, 1, &[2, 1], &[1, 1]),
+                ),
+                (
+                    "m.num_batches_tracked",
+                    tensor_call("LongStorage", "2", 2, 1, &[], &[]),
+                ),
+                ("b.mask", tensor_call("BoolStorage", "3", 2, 0, &[2], &[1])),
+            ]),
+            b".".to_vec(),
+        ]
+        .concat();
+        pt(
+            dir,
+            &pickle,
+            &[("0", &f16), ("1", &f64s), ("2", &longs), ("3", &[1, 0])],
+        )
+    }
+
+    /// A `torch.save`-like zip in `dir`: `pickle` as its `data.pkl`, and
+    /// each `(key, bytes)` as a storage.
+    pub fn pt(dir: &Path, pickle: &[u8], storages: &[(&str, &[u8])]) -> PathBuf {
         let names: Vec<String> = storages
             .iter()
             .map(|(k, _)| format!("x/data/{k}"))
@@ -1061,6 +1095,18 @@ mod tests {
                 .map(|(n, (_, b))| (n.as_str(), *b)),
         );
         zip_file(dir, &entries)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fixtures::*;
+    use super::*;
+
+    fn shared(name: &str) -> std::path::PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../../../shared/interop/lightning")
+            .join(name)
     }
 
     fn err(path: &Path) -> String {
@@ -1097,37 +1143,7 @@ mod tests {
     #[test]
     fn a_plain_state_dict_reads_in_every_dtype_in_order() {
         let dir = tempfile::tempdir().unwrap();
-        let f16: Vec<u8> = [0x3e00u16, 0xc000]
-            .iter()
-            .flat_map(|x| x.to_le_bytes())
-            .collect();
-        let f64s: Vec<u8> = [0.25f64, 3.0, 7.0]
-            .iter()
-            .flat_map(|x| x.to_le_bytes())
-            .collect();
-        let longs: Vec<u8> = [5i64, -1].iter().flat_map(|x| x.to_le_bytes()).collect();
-        let pickle = [
-            b"\x80\x02".to_vec(),
-            ordered_dict(&[
-                ("z.half", tensor_call("HalfStorage", "0", 2, 0, &[2], &[1])),
-                (
-                    "a.double",
-                    tensor_call("DoubleStorage", "1", 3, 1, &[2, 1], &[1, 1]),
-                ),
-                (
-                    "m.num_batches_tracked",
-                    tensor_call("LongStorage", "2", 2, 1, &[], &[]),
-                ),
-                ("b.mask", tensor_call("BoolStorage", "3", 2, 0, &[2], &[1])),
-            ]),
-            b".".to_vec(),
-        ]
-        .concat();
-        let path = pt(
-            &dir,
-            &pickle,
-            &[("0", &f16), ("1", &f64s), ("2", &longs), ("3", &[1, 0])],
-        );
+        let path = plain_state_dict(dir.path());
         let got = read(&path).unwrap();
         let t = &got.tensors;
         let names: Vec<&str> = t.iter().map(|t| t.name.as_str()).collect();
@@ -1140,12 +1156,14 @@ mod tests {
             elements,
             [Element::F16, Element::F64, Element::I64, Element::Bool]
         );
-        assert_eq!(t[0].bytes(), f16);
+        // 1.5 and -2.0 as IEEE half floats.
+        assert_eq!(t[0].bytes(), [0x00, 0x3e, 0x00, 0xc0]);
         assert_eq!((t[1].shape.as_slice(), t[1].offset), (&[2, 1][..], 1));
         assert_eq!(t[1].stride, [1, 1]);
-        assert_eq!(t[1].bytes(), &f64s[8..]);
+        let f64s: Vec<u8> = [3.0f64, 7.0].iter().flat_map(|x| x.to_le_bytes()).collect();
+        assert_eq!(t[1].bytes(), f64s);
         assert!(t[2].shape.is_empty());
-        assert_eq!(t[2].bytes(), &longs[8..]);
+        assert_eq!(t[2].bytes(), (-1i64).to_le_bytes());
         assert_eq!((t[3].bytes(), t[3].storage.as_str()), (&[1u8, 0][..], "3"));
         assert!(got.lightning.is_none());
     }
@@ -1179,7 +1197,7 @@ mod tests {
             b"au.".to_vec(),
         ]
         .concat();
-        let got = read(&pt(&dir, &pickle, &[])).unwrap();
+        let got = read(&pt(dir.path(), &pickle, &[])).unwrap();
         assert!(!marker.exists());
         assert!(got.tensors.is_empty());
         let l = got.lightning.unwrap();
@@ -1200,7 +1218,7 @@ mod tests {
         assert!(err(&raw).contains("not a zip archive"));
         std::fs::write(&raw, b"PK\x03\x04 this is not a zip").unwrap();
         assert!(err(&raw).contains("is not a readable zip archive"));
-        let e = err(&zip_file(&dir, &[("x/other", b"")]));
+        let e = err(&zip_file(dir.path(), &[("x/other", b"")]));
         assert!(e.contains("holds no <archive>/data.pkl"), "{e}");
 
         let one = |class: &str, stored: i32, offset: i32, size: &[i32], stride: &[i32]| {
@@ -1213,18 +1231,18 @@ mod tests {
             .concat()
         };
         let e = err(&pt(
-            &dir,
+            dir.path(),
             &one("FloatStorage", 4, 0, &[4], &[1]),
             &[("0", &[0; 8])],
         ));
         assert!(e.contains("tensor w: its storage data/0 is too short: 8 bytes, where 4 elements of 4 bytes need 16"), "{e}");
-        let e = err(&pt(&dir, &one("FloatStorage", 4, 0, &[4], &[1]), &[]));
+        let e = err(&pt(dir.path(), &one("FloatStorage", 4, 0, &[4], &[1]), &[]));
         assert!(
             e.contains("tensor w: its storage x/data/0 is missing"),
             "{e}"
         );
         let e = err(&pt(
-            &dir,
+            dir.path(),
             &one("FloatStorage", 4, 2, &[4], &[1]),
             &[("0", &[0; 16])],
         ));
@@ -1233,7 +1251,7 @@ mod tests {
             "{e}"
         );
         let e = err(&pt(
-            &dir,
+            dir.path(),
             &one("ComplexFloatStorage", 1, 0, &[1], &[1]),
             &[("0", &[0; 8])],
         ));
@@ -1242,7 +1260,7 @@ mod tests {
             "{e}"
         );
         let e = err(&pt(
-            &dir,
+            dir.path(),
             &one("FloatStorage", 4, 0, &[2, 2], &[1, 2]),
             &[("0", &[0; 16])],
         ));
@@ -1254,7 +1272,7 @@ mod tests {
         deep.extend(b"a".repeat(199_999));
         deep.push(b'.');
         let start = std::time::Instant::now();
-        let e = err(&pt(&dir, &deep, &[]));
+        let e = err(&pt(dir.path(), &deep, &[]));
         assert!(
             e.contains("refused before reading: containers nest deeper than 64 levels"),
             "{e}"
@@ -1266,7 +1284,7 @@ mod tests {
         big.extend(b"q\x00]");
         big.extend(b"h\x00a".repeat(4000));
         big.push(b'.');
-        let e = err(&pt(&dir, &big, &[]));
+        let e = err(&pt(dir.path(), &big, &[]));
         assert!(e.contains("would materialise more than"), "{e}");
         assert!(start.elapsed().as_secs() < 10);
     }

@@ -228,97 +228,12 @@ fn migrate_changed<T: Clone>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Write;
+    use shimmer_formats::torch_zip::fixtures::*;
 
     fn shared(name: &str) -> std::path::PathBuf {
         Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("../../../../shared/interop/lightning")
             .join(name)
-    }
-
-    /// BINUNICODE.
-    fn s(text: &str) -> Vec<u8> {
-        let mut out = b"X".to_vec();
-        out.extend((text.len() as u32).to_le_bytes());
-        out.extend(text.as_bytes());
-        out
-    }
-
-    /// BININT.
-    fn int(v: i32) -> Vec<u8> {
-        let mut out = b"J".to_vec();
-        out.extend(v.to_le_bytes());
-        out
-    }
-
-    /// A `_rebuild_tensor_v2` call as `torch.save` pickles it.
-    fn tensor_call(
-        class: &str,
-        key: &str,
-        stored: i32,
-        offset: i32,
-        size: &[i32],
-        stride: &[i32],
-    ) -> Vec<u8> {
-        let mut p = b"ctorch._utils\n_rebuild_tensor_v2\n((".to_vec();
-        p.extend(s("storage"));
-        p.extend(format!("ctorch\n{class}\n").bytes());
-        p.extend(s(key));
-        p.extend(s("cpu"));
-        p.extend(int(stored));
-        p.extend(b"tQ");
-        p.extend(int(offset));
-        for dims in [size, stride] {
-            p.push(b'(');
-            dims.iter().for_each(|&d| p.extend(int(d)));
-            p.push(b't');
-        }
-        p.extend(b"\x89ccollections\nOrderedDict\n)RtR");
-        p
-    }
-
-    /// An OrderedDict of `(name, pickled value)`.
-    fn ordered_dict(entries: &[(&str, Vec<u8>)]) -> Vec<u8> {
-        let mut p = b"ccollections\nOrderedDict\nq\x00)Rq\x01(".to_vec();
-        for (name, value) in entries {
-            p.extend(s(name));
-            p.extend(value);
-        }
-        p.extend(b"u}b");
-        p
-    }
-
-    /// A zip of stored entries, written to a temporary folder.
-    fn zip_file(dir: &tempfile::TempDir, entries: &[(&str, &[u8])]) -> std::path::PathBuf {
-        let path = dir.path().join("x.pt");
-        let mut w = zip::ZipWriter::new(std::fs::File::create(&path).unwrap());
-        let opts = zip::write::SimpleFileOptions::default()
-            .compression_method(zip::CompressionMethod::Stored);
-        for (name, bytes) in entries {
-            w.start_file(*name, opts).unwrap();
-            w.write_all(bytes).unwrap();
-        }
-        w.finish().unwrap();
-        path
-    }
-
-    fn pt(
-        dir: &tempfile::TempDir,
-        pickle: &[u8],
-        storages: &[(&str, &[u8])],
-    ) -> std::path::PathBuf {
-        let names: Vec<String> = storages
-            .iter()
-            .map(|(k, _)| format!("x/data/{k}"))
-            .collect();
-        let mut entries = vec![("x/data.pkl", pickle), ("x/byteorder", &b"little"[..])];
-        entries.extend(
-            names
-                .iter()
-                .zip(storages)
-                .map(|(n, (_, b))| (n.as_str(), *b)),
-        );
-        zip_file(dir, &entries)
     }
 
     #[test]
@@ -364,38 +279,7 @@ mod tests {
     #[test]
     fn a_plain_state_dict_reads_in_every_dtype_in_order_without_migrations() {
         let dir = tempfile::tempdir().unwrap();
-        // 1.5 and -2.0 as IEEE half floats.
-        let f16: Vec<u8> = [0x3e00u16, 0xc000]
-            .iter()
-            .flat_map(|x| x.to_le_bytes())
-            .collect();
-        let f64s: Vec<u8> = [0.25f64, 3.0, 7.0]
-            .iter()
-            .flat_map(|x| x.to_le_bytes())
-            .collect();
-        let longs: Vec<u8> = [5i64, -1].iter().flat_map(|x| x.to_le_bytes()).collect();
-        let pickle = [
-            b"\x80\x02".to_vec(),
-            ordered_dict(&[
-                ("z.half", tensor_call("HalfStorage", "0", 2, 0, &[2], &[1])),
-                (
-                    "a.double",
-                    tensor_call("DoubleStorage", "1", 3, 1, &[2, 1], &[1, 1]),
-                ),
-                (
-                    "m.num_batches_tracked",
-                    tensor_call("LongStorage", "2", 2, 1, &[], &[]),
-                ),
-                ("b.mask", tensor_call("BoolStorage", "3", 2, 0, &[2], &[1])),
-            ]),
-            b".".to_vec(),
-        ]
-        .concat();
-        let path = pt(
-            &dir,
-            &pickle,
-            &[("0", &f16), ("1", &f64s), ("2", &longs), ("3", &[1, 0])],
-        );
+        let path = plain_state_dict(dir.path());
         let got = read(&path).unwrap();
         let names: Vec<&str> = got.tensors.keys().map(String::as_str).collect();
         assert_eq!(
